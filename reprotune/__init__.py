@@ -1,0 +1,1 @@
+"""reprotune: the shared library behind the pipeline stages in `stages/`."""

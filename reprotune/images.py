@@ -1,0 +1,52 @@
+"""How an image file becomes an RGB picture: one rule for the clean stage (which checks it) and for every
+stage that later reads pixels (featurize, finetune, evaluate), so what passed cleaning is what they see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+Background = tuple[int, int, int]
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def _to_eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images scaled (not clipped) into 0..255."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and pixels.max(initial=0) > 255):
+        pixels = pixels / 257.0  # 65535 -> 255
+    elif image.mode == "F" and pixels.max(initial=0) <= 1.0:
+        pixels = pixels * 255.0
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(image: Image.Image, background: Background) -> Image.Image:
+    """Convert any Pillow mode to RGB; transparent pixels are composited onto `background`, not dropped."""
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in {"I", "F"}:
+        image = _to_eight_bit(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a corrupt EXIF block leaves the image as stored rather than failing it."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - Pillow raises many types for malformed EXIF; the pixels are still fine
+        return image
+
+
+def load_rgb(path: Path, background: Background) -> Image.Image:
+    """Decode a file the clean stage has already accepted."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(upright(image), background)

@@ -1,0 +1,184 @@
+"""Where every stage reads and writes, derived from `params.paths`, and how it writes.
+
+The folders come from params.yaml, which dvc.yaml interpolates too, so a path is written once; the file
+names inside them live here (tests/test_layout.py checks dvc.yaml declares each one). Every write goes to
+a temporary sibling first and is renamed into place, so a crash never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reprotune.params import Paths
+
+SPLITS = ("train", "val", "test")
+MODELS = ("head", "finetune")
+
+
+@dataclass(frozen=True)
+class Layout:
+    paths: Paths
+
+    # ingest
+    @property
+    def raw(self) -> Path:
+        return Path(self.paths.raw)
+
+    @property
+    def ingested(self) -> Path:
+        return Path(self.paths.ingested)
+
+    @property
+    def ingest_manifest(self) -> Path:
+        return self.ingested / "manifest.csv"
+
+    @property
+    def sample(self) -> Path:
+        return self.ingested / "sample"
+
+    # clean
+    @property
+    def cleaned(self) -> Path:
+        return Path(self.paths.cleaned)
+
+    @property
+    def clean_manifest(self) -> Path:
+        return self.cleaned / "manifest.csv"
+
+    @property
+    def cleaning_report(self) -> Path:
+        return self.reports / "cleaning.json"
+
+    @property
+    def cleaning_summary(self) -> Path:
+        return self.reports / "cleaning.md"
+
+    # split
+    @property
+    def splits(self) -> Path:
+        return Path(self.paths.splits)
+
+    @property
+    def split_manifest(self) -> Path:
+        return self.splits / "manifest.csv"
+
+    @property
+    def split_report(self) -> Path:
+        return self.reports / "split.json"
+
+    # featurize
+    @property
+    def features(self) -> Path:
+        return Path(self.paths.features)
+
+    def features_file(self, split: str) -> Path:
+        return self.features / f"{split}.safetensors"
+
+    @property
+    def features_meta(self) -> Path:
+        return self.features / "features.json"
+
+    # train_head
+    @property
+    def head(self) -> Path:
+        return Path(self.paths.head)
+
+    @property
+    def head_weights(self) -> Path:
+        return self.head / "head.safetensors"
+
+    @property
+    def head_meta(self) -> Path:
+        return self.head / "head.json"
+
+    # finetune
+    @property
+    def finetuned(self) -> Path:
+        return Path(self.paths.finetuned)
+
+    @property
+    def finetuned_weights(self) -> Path:
+        return self.finetuned / "model.safetensors"
+
+    @property
+    def finetuned_meta(self) -> Path:
+        return self.finetuned / "finetune.json"
+
+    @property
+    def finetune_history(self) -> Path:
+        return self.reports / "finetune_history.csv"
+
+    # evaluate
+    @property
+    def reports(self) -> Path:
+        return Path(self.paths.reports)
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / "metrics.json"
+
+    @property
+    def per_class(self) -> Path:
+        return self.reports / "per_class.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.reports / "predictions"
+
+    def predictions_file(self, model: str) -> Path:
+        return self.predictions / f"{model}_test.csv"
+
+    @property
+    def plots(self) -> Path:
+        return self.reports / "plots"
+
+    # track
+    @property
+    def mlflow_run(self) -> Path:
+        return self.reports / "mlflow_run.json"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def atomic_output(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `target` (file or folder) to fill; rename it into place on success.
+
+    On any exception (Ctrl-C included) the temporary is removed and `target` is left as it was.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    _remove(temporary)
+    try:
+        yield temporary
+        if temporary.is_dir():
+            _remove(target)  # os.replace cannot put a folder over a non-empty folder
+        os.replace(temporary, target)
+    finally:
+        _remove(temporary)
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,197 @@
+"""The one typed schema for params.yaml.
+
+Every stage validates the whole file before touching any output, so a typo in a section a stage does not
+read still stops it: the user learns about the problem on the first `dvc repro`, not halfway through.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Workers = Literal["auto"] | Annotated[int, Field(ge=0)]
+ImageFormat = Literal["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
+
+
+class Section(BaseModel):
+    # Unknown keys are errors (a misspelt key silently ignored is a wasted experiment). Validation runs in
+    # strict JSON mode: YAML lists become tuples and ints pass as floats, but `lr: "1e-3"` (a string) is
+    # rejected rather than guessed at.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Paths(Section):
+    raw: str
+    ingested: str
+    cleaned: str
+    splits: str
+    features: str
+    head: str
+    finetuned: str
+    reports: str
+
+
+class Ingest(Section):
+    sample_image_size: Annotated[int, Field(ge=32, le=1024)]
+
+
+class Clean(Section):
+    formats: Annotated[list[ImageFormat], Field(min_length=1)]
+    min_side: PositiveInt
+    max_aspect_ratio: Annotated[float, Field(ge=1)]
+    max_pixels: PositiveInt
+    background: tuple[
+        Annotated[int, Field(ge=0, le=255)],
+        Annotated[int, Field(ge=0, le=255)],
+        Annotated[int, Field(ge=0, le=255)],
+    ]
+
+
+class Split(Section):
+    seed: Annotated[int, Field(ge=0)]
+    val_fraction: Fraction
+    test_fraction: Fraction
+
+    @model_validator(mode="after")
+    def _leave_room_for_training(self) -> Split:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 0.9 so that training keeps some data "
+                f"(got {self.val_fraction} + {self.test_fraction})"
+            )
+        return self
+
+
+class Backbone(Section):
+    name: Annotated[str, Field(min_length=1)]
+    weights: str | None
+    input_size: Annotated[int, Field(ge=16, le=1024)] | None
+    channels_last: bool
+
+
+class Featurize(Section):
+    batch_size: PositiveInt
+    num_workers: Workers
+
+
+class TrainHead(Section):
+    C: PositiveFloat
+    max_iter: PositiveInt
+
+
+class Augment(Section):
+    scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]]
+    hflip: Annotated[float, Field(ge=0, le=1)]
+    color_jitter: Annotated[float, Field(ge=0, le=1)]
+
+    @field_validator("scale")
+    @classmethod
+    def _ordered(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if scale[0] > scale[1]:
+            raise ValueError(f"scale must be [low, high] with low <= high (got {list(scale)})")
+        return scale
+
+
+class Finetune(Section):
+    seed: Annotated[int, Field(ge=0)]
+    device: Literal["auto", "cpu", "cuda"]
+    strategy: Literal["frozen", "last_n", "full"]
+    unfreeze_last_n: PositiveInt
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: PositiveFloat
+    backbone_lr_factor: Annotated[float, Field(ge=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_epochs: Annotated[float, Field(ge=0)]
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    patience: PositiveInt
+    freeze_bn_stats: bool
+    augment: Augment
+    num_workers: Workers
+
+
+class Track(Section):
+    experiment: Annotated[str, Field(min_length=1)]
+
+
+class Params(Section):
+    paths: Paths
+    ingest: Ingest
+    clean: Clean
+    split: Split
+    backbone: Backbone
+    featurize: Featurize
+    train_head: TrainHead
+    finetune: Finetune
+    track: Track
+
+
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where `1e-3` is a string; DVC (ruamel) reads it as a float. Agree with DVC."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+class ParamsError(Exception):
+    """params.yaml is missing, unreadable or invalid; `problems` has one readable line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _describe(error: dict[str, Any], source: Path) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{source}: {key}: unknown key (check the spelling against the schema in reprotune/params.py)"
+    if error["type"] == "missing":
+        return f"{source}: {key}: missing; it must be set"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{source}: {key}: {message} (got {error['input']!r})"
+
+
+def validate(raw: Any, source: Path = PARAMS_FILE) -> Params:
+    """Turn an already-parsed params mapping into Params, or raise ParamsError listing every problem."""
+    if not isinstance(raw, dict):
+        raise ParamsError([f"{source}: the file must be a mapping of sections (got {type(raw).__name__})"])
+    try:
+        return Params.model_validate_json(json.dumps(raw))
+    except ValidationError as error:
+        raise ParamsError([_describe(e, source) for e in error.errors()]) from None
+
+
+def load(path: Path = PARAMS_FILE) -> Params:
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12FloatLoader)  # noqa: S506 (safe loader)
+    except FileNotFoundError:
+        raise ParamsError([f"{path}: not found; run the stage from the project root"]) from None
+    except yaml.YAMLError as error:
+        raise ParamsError([f"{path}: not valid YAML: {error}"]) from None
+    return validate(raw, path)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the key style of `dvc params diff` and of MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

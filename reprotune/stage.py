@@ -1,0 +1,30 @@
+"""The entry point every stage shares: logging, params validation, and how failures reach the user."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from reprotune import params as params_module
+from reprotune.params import Params, ParamsError
+
+
+class InputError(Exception):
+    """The user's data, params or environment stop the stage; the message says what to change."""
+
+
+def run(work: Callable[[Params], None]) -> None:
+    """Validate params.yaml, then run `work`. Exit 2 on bad params, 1 on bad input, with no traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        params = params_module.load()
+    except ParamsError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        work(params)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

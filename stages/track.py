@@ -1,0 +1,105 @@
+"""track: record this pipeline result as one MLflow run.
+
+DVC runs this stage only when something upstream changed, so an unchanged `dvc repro` adds no run. The run
+holds every params.yaml value (flattened keys), the metrics, the reports and plots, the models (safetensors)
+and tags for the git commit and the data's content hash.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from reprotune import stage
+from reprotune.layout import Layout, read_json, write_json
+from reprotune.params import Params, flatten
+from reprotune.tracking import git_lineage, tracking_uri
+
+log = logging.getLogger(__name__)
+
+MLFLOW_PARAM_LIMIT = 6000  # characters MLflow accepts in one param value
+
+
+def param_values(params: Params) -> tuple[dict[str, str], dict[str, str]]:
+    """(params short enough for MLflow, the rest), all as strings."""
+    flat = {
+        key: json.dumps(value) if isinstance(value, list | dict) else str(value)
+        for key, value in flatten(params.model_dump(mode="json")).items()
+    }
+    short = {k: v for k, v in flat.items() if len(v) <= MLFLOW_PARAM_LIMIT}
+    return short, {k: v for k, v in flat.items() if k not in short}
+
+
+def run_metrics(layout: Layout) -> dict[str, float]:
+    numbers = {k: float(v) for k, v in flatten(read_json(layout.metrics)).items()}
+    head = read_json(layout.head_meta)
+    numbers |= {"head.val.accuracy": head["val_accuracy"], "head.iterations": head["iterations"]}
+    finetuned = read_json(layout.finetuned_meta)
+    numbers |= {f"finetune.{k}": float(finetuned[k]) for k in ("best_val_accuracy", "best_epoch", "seconds")}
+    return numbers
+
+
+def epoch_history(layout: Layout) -> list[dict[str, float]]:
+    with layout.finetune_history.open(newline="") as stream:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(stream)]
+
+
+def track(params: Params) -> None:
+    import mlflow
+    from mlflow.entities import Metric
+
+    layout = Layout(params.paths)
+    data_hash = hashlib.sha256(layout.clean_manifest.read_bytes()).hexdigest()
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(params.track.experiment)
+    short, long = param_values(params)
+    with mlflow.start_run() as run:
+        mlflow.log_params(short)
+        mlflow.log_metrics(run_metrics(layout))
+        history = [
+            Metric(f"finetune.epoch.{name}", value, 0, int(row["epoch"]))
+            for row in epoch_history(layout)
+            for name, value in row.items()
+            if name != "epoch"
+        ]
+        mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=history)
+        mlflow.set_tags(
+            git_lineage()
+            | {
+                "data_sha256": data_hash,
+                "backbone": params.backbone.name,
+                "backbone_weights": read_json(layout.features_meta)["weights"],
+            }
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            extras = Path(folder)
+            (extras / "classes.json").write_text(json.dumps(read_json(layout.head_meta)["classes"]))
+            (extras / "params_too_long.json").write_text(json.dumps(long, indent=2))
+            mlflow.log_artifacts(folder, "lineage")
+        for report in (
+            layout.cleaning_report,
+            layout.cleaning_summary,
+            layout.split_report,
+            layout.metrics,
+            layout.per_class,
+            layout.finetune_history,
+        ):
+            mlflow.log_artifact(str(report), "reports")
+        mlflow.log_artifacts(str(layout.plots), "reports/plots")
+        mlflow.log_artifacts(str(layout.predictions), "reports/predictions")
+        mlflow.log_artifacts(str(layout.head), "models/head")
+        mlflow.log_artifacts(str(layout.finetuned), "models/finetuned")
+    write_json(layout.mlflow_run, {"run_id": run.info.run_id, "experiment": params.track.experiment})
+    log.info("MLflow run %s in %s", run.info.run_id, tracking_uri())
+
+
+def main() -> None:
+    stage.run(track)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Fixtures: tiny image folders made on the fly, and the project's real params shrunk for speed."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from reprotune import params as params_module
+from reprotune.params import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 60, 210)}
+
+
+def noisy_image(colour: tuple[int, int, int], seed: int, size: tuple[int, int] = (40, 40)) -> Image.Image:
+    """A distinct picture per seed (noise around a class colour), so no two are duplicates."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, mode="RGB")
+
+
+def make_class_folder(root: Path, per_class: int = 10, split: str | None = None, seed: int = 0) -> Path:
+    """root/[split/]<colour>/<n>.png, `per_class` images of each of three colour classes."""
+    for index, (name, colour) in enumerate(COLOURS.items()):
+        folder = root / split / name if split else root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            noisy_image(colour, seed * 100_000 + index * 1000 + n).save(folder / f"{n:03d}.png")
+    return root
+
+
+def real_params_raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def tiny_params_raw(base: Path | None = None) -> dict:
+    """The repository's params.yaml, shrunk: tiny test backbone, one epoch, paths under `base`."""
+    raw = copy.deepcopy(real_params_raw())
+    raw["backbone"].update(name="reprotune-tiny-test", input_size=32)
+    raw["finetune"].update(epochs=1, batch_size=8)
+    raw["featurize"]["batch_size"] = 16
+    raw["split"].update(val_fraction=0.2, test_fraction=0.2)
+    if base is not None:
+        raw["paths"] = {key: str(base / value) for key, value in raw["paths"].items()}
+    return raw
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path) -> Params:
+    return params_module.validate(tiny_params_raw(tmp_path))
+
+
+def copy_project(destination: Path) -> Path:
+    """The project as a fresh clone would have it (tracked files only), in its own git repository."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination

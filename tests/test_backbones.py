@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from reprotune.backbones import TINY_TEST, load_backbone, load_matching
+from reprotune.params import Backbone as BackboneParams
+from reprotune.stage import InputError
+
+
+def params(name: str, weights: str | None = None, input_size: int | None = None) -> BackboneParams:
+    return BackboneParams(name=name, weights=weights, input_size=input_size, channels_last=False)
+
+
+def test_tiny_backbone_embeds_random_input():
+    backbone = load_backbone(params(TINY_TEST))
+    images = torch.randn(3, 3, backbone.data.input_size, backbone.data.input_size, requires_grad=True)
+    embeddings = backbone.model.train()(images)
+    assert embeddings.shape == (3, backbone.num_features)
+    assert torch.isfinite(embeddings).all()
+    embeddings.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert [n for group in backbone.layer_groups for n in group] == [
+        n for n, _ in backbone.model.named_parameters()
+    ]
+
+
+def test_weights_map_in_order_when_names_differ():
+    source, target = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1)), nn.Sequential()
+    target.first, target.second = nn.Linear(2, 3), nn.Linear(3, 1)
+    renamed = {f"renamed_{i}": t for i, t in enumerate(source.state_dict().values())}
+    load_matching(target, renamed, "test")
+    assert torch.equal(target.first.weight, source[0].weight)
+    assert torch.equal(target.second.bias, source[1].bias)
+
+
+def test_shape_mismatch_names_the_tensor():
+    target = nn.Sequential(nn.Linear(2, 3))
+    with pytest.raises(InputError, match=r"0.weight has shape \(3, 4\)"):
+        load_matching(target, {"0.weight": torch.zeros(3, 4), "0.bias": torch.zeros(3)}, "file")
+
+
+def test_explicit_weights_file_is_loaded(tmp_path: Path):
+    reference = load_backbone(params(TINY_TEST))
+    changed = {k: v + 1 if v.is_floating_point() else v for k, v in reference.model.state_dict().items()}
+    save_file(changed, tmp_path / "w.safetensors")
+    loaded = load_backbone(params(TINY_TEST, weights=str(tmp_path / "w.safetensors")))
+    assert torch.equal(loaded.model.stem[0].weight, reference.model.stem[0].weight + 1)
+    assert "sha256" in loaded.weights
+    with pytest.raises(InputError, match="backbone.weights: file .* not found"):
+        load_backbone(params(TINY_TEST, weights=str(tmp_path / "missing.safetensors")))
+
+
+def test_unknown_name_suggests_close_ones():
+    with pytest.raises(
+        InputError, match="backbone.name: unknown model 'tf_efficientnet_lite9'.*Did you mean"
+    ):
+        load_backbone(params("tf_efficientnet_lite9"))
+    with pytest.raises(InputError, match="unknown model 'torchvision:resnet_x'"):
+        load_backbone(params("torchvision:resnet_x"))
+
+
+@pytest.mark.slow
+def test_default_backbone_is_imagenet_pretrained():
+    """The shipped weights, mapped onto timm's tf_efficientnet_lite0, classify scikit-learn's sample photos."""
+    import timm.data
+    from sklearn.datasets import load_sample_images
+
+    backbone = load_backbone(params("tf_efficientnet_lite0"), keep_classifier=True)
+    assert backbone.data.input_size == 224 and backbone.data.mean == (0.5, 0.5, 0.5)
+    transform = backbone.data.eval_transform()
+    photos = load_sample_images()
+    batch = torch.stack([transform(Image.fromarray(image)) for image in photos.images])
+    with torch.inference_mode():
+        top1 = backbone.model(batch).argmax(dim=1).tolist()
+    info = timm.data.ImageNetInfo()
+    names = [info.index_to_description(i) for i in top1]
+    assert [Path(f).name for f in photos.filenames] == ["china.jpg", "flower.jpg"]
+    assert names == ["palace", "daisy"]

@@ -1,0 +1,101 @@
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from reprotune.images import to_rgb
+from stages import clean, ingest
+from tests.conftest import make_class_folder, noisy_image
+
+
+def run_clean(params) -> tuple[pd.DataFrame, dict]:
+    ingest.ingest(params)
+    clean.clean(params)
+    kept = pd.read_csv(
+        Path(params.paths.cleaned) / "manifest.csv", dtype={"label": str}, keep_default_na=False
+    )
+    report = json.loads((Path(params.paths.reports) / "cleaning.json").read_text())
+    return kept, report
+
+
+def test_each_bad_file_gets_its_reason(tiny_params):
+    raw = make_class_folder(Path(tiny_params.paths.raw), per_class=3)
+    png = io.BytesIO()
+    noisy_image((1, 2, 3), 99).save(png, format="PNG")
+    (raw / "red" / "empty.png").write_bytes(b"")
+    (raw / "red" / "text.jpg").write_text("not an image")
+    (raw / "red" / "truncated.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])
+    Image.new("RGB", (10, 10)).save(raw / "green" / "tiny.png")
+    Image.new("RGB", (400, 35)).save(raw / "green" / "strip.png")
+    noisy_image((5, 5, 5), 98).save(raw / "blue" / "photo.ico", format="ICO")
+    (raw / "blue" / "copy.png").write_bytes((raw / "red" / "000.png").read_bytes())  # label conflict
+    (raw / "red" / "copy.png").write_bytes((raw / "red" / "001.png").read_bytes())  # plain duplicate
+    before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+
+    kept, report = run_clean(tiny_params)
+
+    reasons = {Path(d["path"]).relative_to(raw).as_posix(): d["reason"] for d in report["dropped_files"]}
+    assert reasons == {
+        "red/empty.png": "empty_file",
+        "red/text.jpg": "not_an_image",
+        "red/truncated.png": "truncated_or_corrupt",
+        "green/tiny.png": "too_small",
+        "green/strip.png": "extreme_aspect",
+        "blue/photo.ico": "format_not_allowed",
+        "blue/copy.png": "label_conflict",
+        "red/000.png": "label_conflict",
+    }
+    assert report["kept"] + report["dropped"] == report["scanned"] == 9 + 8
+    duplicates = kept[kept["path"].isin([str(raw / "red" / "copy.png"), str(raw / "red" / "001.png")])]
+    assert len(duplicates) == 2 and duplicates["group"].nunique() == 1
+    assert before == {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}  # raw untouched
+
+
+def test_too_many_pixels_is_refused_from_the_header(tiny_params):
+    raw = make_class_folder(Path(tiny_params.paths.raw), per_class=2)
+    Image.new("L", (3000, 3000)).save(raw / "red" / "huge.png")
+    params = tiny_params.model_copy(
+        update={"clean": tiny_params.clean.model_copy(update={"max_pixels": 1_000_000})}
+    )
+    _, report = run_clean(params)
+    assert [d["reason"] for d in report["dropped_files"]] == ["too_many_pixels"]
+
+
+def test_fewer_than_two_classes_is_a_clear_error(tiny_params):
+    from reprotune.stage import InputError
+
+    raw = Path(tiny_params.paths.raw)
+    (raw / "only").mkdir(parents=True)
+    noisy_image((9, 9, 9), 1).save(raw / "only" / "a.png")
+    with pytest.raises(InputError, match="at least 2 classes"):
+        run_clean(tiny_params)
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (Image.new("RGBA", (2, 2), (255, 0, 0, 0)), (10, 20, 30)),  # fully transparent -> background
+        (Image.new("RGBA", (2, 2), (255, 0, 0, 255)), (255, 0, 0)),
+        (Image.new("LA", (2, 2), (0, 0)), (10, 20, 30)),
+        (Image.new("L", (2, 2), 128), (128, 128, 128)),
+        (Image.new("1", (2, 2), 1), (255, 255, 255)),
+        (Image.new("CMYK", (2, 2), (0, 0, 0, 0)), (255, 255, 255)),
+        (Image.fromarray(np.full((2, 2), 65535, dtype=np.uint16)), (255, 255, 255)),  # 16-bit scaled
+        (Image.fromarray(np.full((2, 2), 32896, dtype=np.uint16)), (128, 128, 128)),
+    ],
+)
+def test_modes_become_rgb_correctly(image, expected):
+    rgb = to_rgb(image, (10, 20, 30))
+    assert rgb.mode == "RGB"
+    assert rgb.getpixel((0, 0)) == expected
+
+
+def test_palette_transparency_is_composited():
+    image = Image.new("P", (2, 2), 0)
+    image.putpalette([255, 0, 0] * 256)
+    image.info["transparency"] = 0
+    assert to_rgb(image, (1, 2, 3)).getpixel((0, 0)) == (1, 2, 3)

@@ -1,0 +1,125 @@
+"""End to end: `dvc repro` in a temporary copy of the project on a tiny dataset, as a user runs it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project, make_class_folder, tiny_params_raw
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def run(args: list[str], cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's `python`
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+def mlflow_runs(project: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("reprotune")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(tmp_path: Path):
+    project = copy_project(tmp_path / "project")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params_raw(), sort_keys=False))
+    make_class_folder(project / "data" / "raw", per_class=10)
+    raw_before = tree_digest(project / "data" / "raw")
+    run(["git", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "tiny"], project)
+
+    first = run(["dvc", "repro"], project)
+    assert ran_stages(first) == [
+        "ingest",
+        "clean",
+        "split",
+        "featurize",
+        "train_head",
+        "finetune",
+        "evaluate",
+        "track",
+    ]
+
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    for model in ("head", "finetune"):
+        assert set(metrics[model]["test"]) >= {"accuracy", "macro_f1"}
+        assert metrics[model]["test"]["accuracy"] > 0.5  # three colour classes: far above chance (1/3)
+    cleaning = json.loads((project / "reports" / "cleaning.json").read_text())
+    assert cleaning["scanned"] == 30 and cleaning["kept"] == 30
+    assert (project / "reports" / "plots" / "confusion_finetune.png").stat().st_size > 1000
+
+    runs = mlflow_runs(project)
+    assert len(runs) == 1
+    run_data = runs[0].data
+    assert (
+        run_data.params["train_head.C"] == "1.0" and run_data.params["backbone.name"] == "reprotune-tiny-test"
+    )
+    assert run_data.metrics["finetune.test.accuracy"] == metrics["finetune"]["test"]["accuracy"]
+    assert re.fullmatch(r"[0-9a-f]{40}", run_data.tags["git_commit"])
+    assert re.fullmatch(r"[0-9a-f]{64}", run_data.tags["data_sha256"])
+
+    second = run(["dvc", "repro"], project)
+    assert ran_stages(second) == [] and "up to date" in second
+    assert len(mlflow_runs(project)) == 1
+
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project))
+    assert "head.test.accuracy" in json.dumps(shown) or "accuracy" in json.dumps(shown)
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train_head"]["C"] = 0.5
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "train_head.C" in run(["dvc", "params", "diff"], project)
+    third = run(["dvc", "repro"], project)
+    assert ran_stages(third) == ["train_head", "finetune", "evaluate", "track"]
+    runs = mlflow_runs(project)
+    assert len(runs) == 2
+    differing = {k for k in runs[0].data.params if runs[0].data.params[k] != runs[1].data.params.get(k)}
+    assert differing == {"train_head.C"}
+
+    assert tree_digest(project / "data" / "raw") == raw_before
+
+
+@pytest.mark.slow
+def test_bad_params_stop_a_stage_before_it_writes(tmp_path: Path):
+    project = copy_project(tmp_path / "project")
+    raw = tiny_params_raw()
+    raw["finetune"]["lr"] = -1
+    raw["train_head"]["Cee"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.ingest"], cwd=project, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        "error: params.yaml: train_head.Cee: unknown key (check the spelling against the schema in reprotune/params.py)",
+        "error: params.yaml: finetune.lr: Input should be greater than 0 (got -1)",
+    ]
+    assert not (project / "data" / "ingested").exists()
