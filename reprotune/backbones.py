@@ -154,11 +154,11 @@ def _unknown(name: str, known: list[str]) -> InputError:
     )
 
 
-def _file_weights(model: nn.Module, path: Path) -> str:
+def _file_weights(model: nn.Module, path: Path, label: str | None = None) -> str:
     if not path.is_file():
         raise InputError(f"params.yaml: backbone.weights: file {path} not found")
     load_matching(model, read_state_dict(path), str(path))
-    return f"{path} (sha256 {sha256_of_file(path)})"
+    return f"{label or path} (sha256 {sha256_of_file(path)})"
 
 
 def _timm(params: BackboneParams, input_size: int | None, keep_classifier: bool) -> Backbone:
@@ -169,7 +169,7 @@ def _timm(params: BackboneParams, input_size: int | None, keep_classifier: bool)
     if params.weights:
         source = _file_weights(model, Path(params.weights))
     elif shipped is not None:
-        source = _file_weights(model, shipped)
+        source = _file_weights(model, shipped, f"shipped {shipped.name}")
     else:
         try:
             model = timm.create_model(params.name, pretrained=True)

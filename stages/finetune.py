@@ -15,8 +15,10 @@ import csv
 import json
 import logging
 import math
+import random
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
@@ -129,10 +131,17 @@ def load_split(manifest: pd.DataFrame, split: str, classes: list[str]) -> tuple[
     return rows["path"].tolist(), [index[label] for label in rows["label"]]
 
 
+def seed_everything(seed: int) -> None:
+    """timm's crops draw from `random`, torchvision's jitter from torch: seed both (and numpy)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def finetune(params: Params) -> None:
     layout = Layout(params.paths)
     settings = params.finetune
-    torch.manual_seed(settings.seed)
+    seed_everything(settings.seed)
     device = pick_device(settings.device)
     channels_last = params.backbone.channels_last
     classes = read_json(layout.features_meta)["classes"]

@@ -78,7 +78,8 @@ def track(params: Params) -> None:
         with tempfile.TemporaryDirectory() as folder:
             extras = Path(folder)
             (extras / "classes.json").write_text(json.dumps(read_json(layout.head_meta)["classes"]))
-            (extras / "params_too_long.json").write_text(json.dumps(long, indent=2))
+            if long:
+                (extras / "params_too_long.json").write_text(json.dumps(long, indent=2))
             mlflow.log_artifacts(folder, "lineage")
         for report in (
             layout.cleaning_report,
