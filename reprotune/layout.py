@@ -130,10 +130,11 @@ class Layout:
 
     @property
     def predictions(self) -> Path:
-        return self.reports / "predictions"
+        return self.reports / "predictions.csv"
 
-    def predictions_file(self, model: str) -> Path:
-        return self.predictions / f"{model}_test.csv"
+    @property
+    def report(self) -> Path:
+        return self.reports / "report.md"
 
     @property
     def plots(self) -> Path:

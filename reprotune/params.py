@@ -120,6 +120,15 @@ class Finetune(Section):
     num_workers: Workers
 
 
+class Evaluate(Section):
+    top_k: PositiveInt
+    calibration_bins: Annotated[int, Field(ge=2, le=100)]
+    bootstrap_resamples: Annotated[int, Field(ge=100, le=100_000)]
+    seed: Annotated[int, Field(ge=0)]
+    temperature_scaling: bool
+    gallery_size: Annotated[int, Field(ge=0, le=100)]
+
+
 class Track(Section):
     experiment: Annotated[str, Field(min_length=1)]
 
@@ -133,6 +142,7 @@ class Params(Section):
     featurize: Featurize
     train_head: TrainHead
     finetune: Finetune
+    evaluate: Evaluate
     track: Track
 
 

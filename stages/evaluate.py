@@ -1,71 +1,50 @@
-"""evaluate: test-set metrics for the head-only and the fine-tuned model, with plots.
+"""evaluate: metrics, plots and a report for the head-only and the fine-tuned model.
 
-Writes `reports/metrics.json` (nested; DVC flattens it), per-class precision/recall/F1 and confusion
-matrices in `reports/per_class.json`, per-image predictions for `dvc plots` (confusion template), and
-PNG confusion matrices for people and MLflow.
+- `reports/metrics.json`: per model and split (val, test) accuracy with a bootstrap interval, balanced
+  accuracy, macro/weighted F1, log loss, top-k accuracy, calibration error (and after temperature scaling).
+- `reports/per_class.json`: per-class precision/recall/F1/support and the confusion matrix on test.
+- `reports/predictions.csv`: one row per test image: both models' predictions and class probabilities.
+- `reports/plots/*.png` and `reports/report.md`.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on CI machines; must precede pyplot
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    accuracy_score,
-    classification_report,
-    confusion_matrix,
-    f1_score,
-)
+from scipy.special import softmax
 
-from reprotune import stage
+from reprotune import plots, stage
 from reprotune.backbones import Classifier, load_backbone, pick_device
 from reprotune.datasets import ManifestImages, make_loader, worker_count
-from reprotune.layout import MODELS, Layout, atomic_output, read_json, write_json
+from reprotune.layout import MODELS, Layout, atomic_output, read_json, write_json, write_text
+from reprotune.metrics import (
+    expected_calibration_error,
+    fit_temperature,
+    per_class_metrics,
+    reliability,
+    summary_metrics,
+)
 from reprotune.params import Params
+from reprotune.report import render
 from stages.finetune import predict
 
 log = logging.getLogger(__name__)
 
-
-def metrics(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
-    """(summary metrics, per-class report with the confusion matrix)."""
-    indices = list(range(len(classes)))
-    summary = {
-        "accuracy": round(float(accuracy_score(labels, predicted)), 6),
-        "macro_f1": round(
-            float(f1_score(labels, predicted, labels=indices, average="macro", zero_division=0)), 6
-        ),
-        "weighted_f1": round(
-            float(f1_score(labels, predicted, labels=indices, average="weighted", zero_division=0)), 6
-        ),
-        "n": int(len(labels)),
-    }
-    report = classification_report(
-        labels, predicted, labels=indices, target_names=classes, output_dict=True, zero_division=0
-    )
-    per_class = {name: {k: round(float(v), 6) for k, v in report[name].items()} for name in classes}
-    per_class["confusion_matrix"] = confusion_matrix(labels, predicted, labels=indices).tolist()
-    return summary, per_class
+EVALUATED_SPLITS = ("val", "test")
 
 
-def head_probabilities(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+def head_logits(layout: Layout, split: str) -> np.ndarray:
     head = load_file(layout.head_weights)
-    test = load_file(layout.features_file("test"))
-    logits = test["embeddings"] @ head["weight"].T + head["bias"]
-    return torch.softmax(logits, dim=1).numpy(), test["labels"].numpy()
+    embeddings = load_file(layout.features_file(split))["embeddings"]
+    return (embeddings @ head["weight"].T + head["bias"]).numpy()
 
 
-def finetuned_probabilities(
-    params: Params, layout: Layout, paths: list[str], labels: np.ndarray, classes: list[str]
-):
+def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]], classes: list[str]) -> dict:
     device = pick_device(params.finetune.device)
     backbone = load_backbone(params.backbone)
     model = Classifier(backbone.model, backbone.num_features, len(classes))
@@ -73,59 +52,133 @@ def finetuned_probabilities(
     model.to(device)
     if params.backbone.channels_last:
         model.to(memory_format=torch.channels_last)
-    dataset = ManifestImages(
-        paths, labels.tolist(), backbone.data.eval_transform(), tuple(params.clean.background)
-    )
-    loader = make_loader(dataset, params.featurize.batch_size, worker_count(params.featurize.num_workers))
-    return torch.softmax(predict(model, loader, device, params.backbone.channels_last), dim=1).numpy()
+    logits = {}
+    for split in EVALUATED_SPLITS:
+        dataset = ManifestImages(
+            paths[split],
+            [0] * len(paths[split]),
+            backbone.data.eval_transform(),
+            tuple(params.clean.background),
+        )
+        loader = make_loader(dataset, params.featurize.batch_size, worker_count(params.featurize.num_workers))
+        logits[split] = predict(model, loader, device, params.backbone.channels_last).numpy()
+    return logits
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], title: str, path) -> None:
-    size = max(4.0, 0.45 * len(classes) + 2)
-    figure, axes = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(np.array(matrix), display_labels=classes).plot(
-        ax=axes, cmap="Blues", colorbar=False, xticks_rotation=90 if len(classes) > 10 else 0
+def score(logits: dict, labels: dict, classes: list[str], params: Params) -> dict:
+    """metrics.json's content for one model."""
+    settings = params.evaluate
+    result = {
+        split: summary_metrics(
+            logits[split],
+            labels[split],
+            len(classes),
+            settings.top_k,
+            settings.calibration_bins,
+            settings.bootstrap_resamples,
+            settings.seed,
+        )
+        for split in EVALUATED_SPLITS
+    }
+    if settings.temperature_scaling:
+        temperature = fit_temperature(logits["val"], labels["val"])
+        scaled = softmax(logits["test"] / temperature, axis=1)
+        result["test"]["temperature"] = round(temperature, 6)
+        result["test"]["ece_temperature_scaled"] = round(
+            expected_calibration_error(scaled, labels["test"], settings.calibration_bins), 6
+        )
+    return result
+
+
+def predictions_frame(
+    paths: list[str], labels: np.ndarray, probabilities: dict, classes: list[str]
+) -> pd.DataFrame:
+    frame = pd.DataFrame({"path": paths, "actual": [classes[i] for i in labels]})
+    for model in MODELS:
+        frame[model] = [classes[i] for i in probabilities[model].argmax(axis=1)]
+        frame[f"{model}_confidence"] = probabilities[model].max(axis=1).round(6)
+    for model in MODELS:
+        for index, name in enumerate(classes):
+            frame[f"{model}_p:{name}"] = probabilities[model][:, index].round(6)
+    return frame
+
+
+def most_confident_mistakes(frame: pd.DataFrame, model: str, count: int) -> list[tuple[str, str, str, float]]:
+    wrong = frame[frame[model] != frame["actual"]].sort_values(
+        f"{model}_confidence", ascending=False, kind="stable"
     )
-    axes.set_title(title)
-    figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, dpi=120, format="png")
-    plt.close(figure)
+    return list(
+        wrong[["path", "actual", model, f"{model}_confidence"]].head(count).itertuples(index=False, name=None)
+    )
+
+
+def draw(layout: Layout, params: Params, frame, labels, probabilities, per_class, metrics, classes) -> None:
+    background = tuple(params.clean.background)
+    bins = params.evaluate.calibration_bins
+    for model in MODELS:
+        plots.confusion(
+            per_class[model]["confusion_matrix"],
+            classes,
+            f"{model} (test)",
+            layout.plots / f"confusion_{model}.png",
+        )
+        plots.precision_recall(
+            labels, probabilities[model], classes, f"{model} (test)", layout.plots / f"pr_{model}.png"
+        )
+        plots.mistakes_gallery(
+            most_confident_mistakes(frame, model, params.evaluate.gallery_size),
+            background,
+            f"{model}: most confident mistakes (test)",
+            layout.plots / f"mistakes_{model}.png",
+        )
+    plots.reliability_diagram(
+        {model: reliability(probabilities[model], labels, bins) for model in MODELS},
+        {model: metrics[model]["test"]["ece"] for model in MODELS},
+        layout.plots / "reliability.png",
+    )
+    plots.per_class_f1(
+        classes,
+        {model: [per_class[model]["classes"][c]["f1"] for c in classes] for model in MODELS},
+        layout.plots / "per_class_f1.png",
+    )
+    with layout.finetune_history.open(newline="") as stream:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(stream)]
+    plots.training_curves(history, layout.plots / "training_curves.png")
 
 
 def evaluate(params: Params) -> None:
     layout = Layout(params.paths)
     meta = read_json(layout.features_meta)
-    classes, paths = meta["classes"], meta["paths"]["test"]
-    head_probs, labels = head_probabilities(layout)
-    probabilities = {
-        "head": head_probs,
-        "finetune": finetuned_probabilities(params, layout, paths, labels, classes),
+    classes, paths = meta["classes"], meta["paths"]
+    labels = {split: load_file(layout.features_file(split))["labels"].numpy() for split in EVALUATED_SPLITS}
+    logits = {
+        "head": {split: head_logits(layout, split) for split in EVALUATED_SPLITS},
+        "finetune": finetuned_logits(params, layout, paths, classes),
     }
-    results, per_class = {}, {}
-    for model in MODELS:
-        predicted = probabilities[model].argmax(axis=1)
-        summary, per_class[model] = metrics(labels, predicted, classes)
-        results[model] = {"test": summary}
-        log.info("%s test: %s", model, summary)
-        frame = pd.DataFrame(
-            {
-                "path": paths,
-                "actual": [classes[i] for i in labels],
-                "predicted": [classes[i] for i in predicted],
-                "confidence": probabilities[model].max(axis=1).round(6),
-            }
-        )
-        with atomic_output(layout.predictions_file(model)) as temporary:
-            frame.to_csv(temporary, index=False)
-        plot_confusion(
-            per_class[model]["confusion_matrix"],
-            classes,
-            f"{model} (test): accuracy {summary['accuracy']:.3f}",
-            layout.plots / f"confusion_{model}.png",
-        )
+    metrics = {model: score(logits[model], labels, classes, params) for model in MODELS}
+    probabilities = {model: softmax(logits[model]["test"], axis=1) for model in MODELS}
+    per_class = {
+        model: per_class_metrics(labels["test"], probabilities[model].argmax(axis=1), classes)
+        for model in MODELS
+    }
+    frame = predictions_frame(paths["test"], labels["test"], probabilities, classes)
+    with atomic_output(layout.predictions) as temporary:
+        frame.to_csv(temporary, index=False)
+    draw(layout, params, frame, labels["test"], probabilities, per_class, metrics, classes)
     write_json(layout.per_class, per_class)
-    write_json(layout.metrics, results)
+    write_json(layout.metrics, metrics)
+    report = render(
+        params,
+        metrics,
+        per_class,
+        read_json(layout.cleaning_report),
+        read_json(layout.split_report),
+        meta,
+        read_json(layout.finetuned_meta),
+    )
+    write_text(layout.report, report)
+    for model in MODELS:
+        log.info("%s test: %s", model, metrics[model]["test"])
 
 
 def main() -> None:

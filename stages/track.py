@@ -14,6 +14,8 @@ import logging
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 from reprotune import stage
 from reprotune.layout import Layout, read_json, write_json
 from reprotune.params import Params, flatten
@@ -41,6 +43,14 @@ def run_metrics(layout: Layout) -> dict[str, float]:
     finetuned = read_json(layout.finetuned_meta)
     numbers |= {f"finetune.{k}": float(finetuned[k]) for k in ("best_val_accuracy", "best_epoch", "seconds")}
     return numbers
+
+
+def per_class_tables(layout: Layout) -> dict[str, pd.DataFrame]:
+    """Per-class test metrics as MLflow tables (viewable and comparable in the UI), not hundreds of metrics."""
+    return {
+        model: pd.DataFrame([{"class": name, **row} for name, row in report["classes"].items()])
+        for model, report in read_json(layout.per_class).items()
+    }
 
 
 def epoch_history(layout: Layout) -> list[dict[str, float]]:
@@ -88,10 +98,13 @@ def track(params: Params) -> None:
             layout.metrics,
             layout.per_class,
             layout.finetune_history,
+            layout.predictions,
+            layout.report,
         ):
             mlflow.log_artifact(str(report), "reports")
         mlflow.log_artifacts(str(layout.plots), "reports/plots")
-        mlflow.log_artifacts(str(layout.predictions), "reports/predictions")
+        for model, table in per_class_tables(layout).items():
+            mlflow.log_table(table, f"reports/per_class_{model}.json")
         mlflow.log_artifacts(str(layout.head), "models/head")
         mlflow.log_artifacts(str(layout.finetuned), "models/finetuned")
     write_json(layout.mlflow_run, {"run_id": run.info.run_id, "experiment": params.track.experiment})

@@ -1,26 +1,185 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from scipy.special import softmax
 
-from stages.evaluate import metrics
+from reprotune import plots
+from reprotune.metrics import (
+    bootstrap_interval,
+    expected_calibration_error,
+    fit_temperature,
+    per_class_metrics,
+    reliability,
+    summary_metrics,
+)
+from reprotune.report import render
+from stages.evaluate import most_confident_mistakes, predictions_frame
+from tests.conftest import noisy_image
+
+
+def confident_logits(predicted: np.ndarray, classes: int, margin: float = 20.0) -> np.ndarray:
+    logits = np.zeros((len(predicted), classes))
+    logits[np.arange(len(predicted)), predicted] = margin
+    return logits
+
+
+def summary(labels, predicted, classes=3, top_k=2):
+    return summary_metrics(confident_logits(predicted, classes), labels, classes, top_k, 10, 200, 0)
 
 
 def test_perfect_and_worst_classifiers():
     labels = np.array([0, 0, 1, 1, 2, 2])
-    perfect, per_class = metrics(labels, labels, ["a", "b", "c"])
-    assert perfect["accuracy"] == 1.0 and perfect["macro_f1"] == 1.0
-    assert per_class["confusion_matrix"] == [[2, 0, 0], [0, 2, 0], [0, 0, 2]]
-    worst, _ = metrics(labels, (labels + 1) % 3, ["a", "b", "c"])
-    assert worst["accuracy"] == 0.0 and worst["macro_f1"] == 0.0
+    perfect = summary(labels, labels)
+    assert perfect["accuracy"] == perfect["balanced_accuracy"] == perfect["macro_f1"] == 1.0
+    assert perfect["accuracy_ci_low"] == perfect["accuracy_ci_high"] == 1.0
+    assert perfect["log_loss"] < 1e-6 and perfect["ece"] < 1e-6 and perfect["top_2_accuracy"] == 1.0
+    worst = summary(labels, (labels + 1) % 3)
+    assert worst["accuracy"] == worst["macro_f1"] == 0.0
+    assert worst["ece"] == pytest.approx(1.0, abs=1e-6)  # fully confident, always wrong
+    assert worst["log_loss"] > 10
 
 
 def test_hand_computed_with_a_class_never_predicted():
     labels = np.array([0, 0, 0, 1, 1, 2])
     predicted = np.array([0, 0, 1, 1, 1, 1])
-    summary, per_class = metrics(labels, predicted, ["a", "b", "c"])
-    assert summary["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
+    result = summary(labels, predicted)
+    assert result["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
+    assert result["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3, abs=1e-6)
     # a: p=1, r=2/3, f1=0.8; b: p=2/4, r=1, f1=2/3; c: never predicted, f1=0
-    assert per_class["a"]["f1-score"] == pytest.approx(0.8, abs=1e-6)
-    assert per_class["b"]["precision"] == pytest.approx(0.5, abs=1e-6)
-    assert per_class["c"]["recall"] == 0.0 and per_class["c"]["support"] == 1
-    assert summary["macro_f1"] == pytest.approx((0.8 + 2 / 3 + 0) / 3, abs=1e-6)
+    assert result["macro_f1"] == pytest.approx((0.8 + 2 / 3 + 0) / 3, abs=1e-6)
+    assert result["weighted_f1"] == pytest.approx((3 * 0.8 + 2 * 2 / 3) / 6, abs=1e-6)
+    per_class = per_class_metrics(labels, predicted, ["a", "b", "c"])
+    assert per_class["classes"]["a"]["f1"] == pytest.approx(0.8, abs=1e-6)
+    assert per_class["classes"]["b"]["precision"] == pytest.approx(0.5, abs=1e-6)
+    assert per_class["classes"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert per_class["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [0, 1, 0]]
+
+
+def test_two_classes_leave_out_top_k():
+    labels = np.array([0, 1, 1, 0])
+    result = summary(labels, np.array([0, 1, 0, 0]), classes=2, top_k=2)
+    assert "top_2_accuracy" not in result and result["accuracy"] == 0.75
+
+
+def test_bootstrap_interval_brackets_accuracy_and_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+    small = rng.random(50) < 0.8
+    large = rng.random(5000) < 0.8
+    low, high = bootstrap_interval(small.astype(int), np.ones(50, int), 1000, 0)
+    assert low <= small.mean() <= high
+    big_low, big_high = bootstrap_interval(large.astype(int), np.ones(5000, int), 1000, 0)
+    assert big_high - big_low < (high - low) / 4
+    assert bootstrap_interval(small.astype(int), np.ones(50, int), 1000, 0) == (low, high)  # seeded
+
+
+def test_calibration_error_by_hand():
+    # Two bins of 10: confidences 0.95 (all right) and 0.65 (half right).
+    probabilities = np.array([[0.95, 0.05]] * 2 + [[0.65, 0.35]] * 2)
+    labels = np.array([0, 0, 0, 1])
+    table = reliability(probabilities, labels, 10)
+    assert table["count"][9] == 2 and table["count"][6] == 2
+    assert expected_calibration_error(probabilities, labels, 10) == pytest.approx((0.05 * 2 + 0.15 * 2) / 4)
+
+
+def test_temperature_recovers_overconfidence():
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(0, 2, (4000, 5))
+    labels = np.array([rng.choice(5, p=p) for p in softmax(true_logits, axis=1)])
+    assert fit_temperature(true_logits * 3, labels) == pytest.approx(3, rel=0.1)
+
+
+@pytest.mark.parametrize("num_classes", [2, 30])
+def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num_classes):
+    rng = np.random.default_rng(num_classes)
+    classes = [f"class_{i:02d}" for i in range(num_classes)]
+    labels = np.repeat(np.arange(num_classes), 4)
+    paths = []
+    for n in range(len(labels)):
+        noisy_image((n % 255, 80, 160), n).save(tmp_path / f"{n}.png")
+        paths.append(str(tmp_path / f"{n}.png"))
+    probabilities = {
+        m: softmax(rng.normal(0, 2, (len(labels), num_classes)), axis=1) for m in ("head", "finetune")
+    }
+    per_class = {m: per_class_metrics(labels, p.argmax(1), classes) for m, p in probabilities.items()}
+    frame = predictions_frame(paths, labels, probabilities, classes)
+    assert list(frame.columns[:6]) == [
+        "path",
+        "actual",
+        "head",
+        "head_confidence",
+        "finetune",
+        "finetune_confidence",
+    ]
+    assert len(frame.columns) == 6 + 2 * num_classes
+    mistakes = most_confident_mistakes(frame, "finetune", 5)
+    assert [m[3] for m in mistakes] == sorted((m[3] for m in mistakes), reverse=True)
+
+    out = tmp_path / "plots"
+    for model in ("head", "finetune"):
+        plots.confusion(
+            np.array(per_class[model]["confusion_matrix"]), classes, model, out / f"confusion_{model}.png"
+        )
+        plots.precision_recall(labels, probabilities[model], classes, model, out / f"pr_{model}.png")
+        plots.mistakes_gallery(
+            most_confident_mistakes(frame, model, 12), (255, 255, 255), model, out / f"mistakes_{model}.png"
+        )
+    plots.reliability_diagram(
+        {m: reliability(p, labels, 15) for m, p in probabilities.items()},
+        {"head": 0.1, "finetune": 0.2},
+        out / "reliability.png",
+    )
+    plots.per_class_f1(
+        classes,
+        {m: [per_class[m]["classes"][c]["f1"] for c in classes] for m in per_class},
+        out / "per_class_f1.png",
+    )
+    plots.training_curves(
+        [
+            {"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_accuracy": 0.5 + e / 10, "lr": 0.1}
+            for e in (1, 2, 3)
+        ],
+        out / "training_curves.png",
+    )
+    produced = sorted(p.name for p in out.iterdir())
+    assert len(produced) == 9 and all((out / name).stat().st_size > 5000 for name in produced)
+
+    metrics = {
+        m: {
+            s: summary_metrics(np.log(probabilities[m]), labels, num_classes, 3, 15, 200, 0)
+            for s in ("val", "test")
+        }
+        for m in ("head", "finetune")
+    }
+    text = render(
+        tiny_params,
+        metrics,
+        per_class,
+        {
+            "scanned": 10,
+            "kept": 9,
+            "dropped": 1,
+            "dropped_by_reason": {"too_small": 1},
+            "duplicate_groups": [],
+        },
+        {"counts": {"train": {"a": 5}, "val": {"a": 2}, "test": {"a": 2}}},
+        {
+            "backbone": "b",
+            "weights": "w",
+            "classes": classes,
+            "data_config": {
+                "input_size": 32,
+                "interpolation": "bilinear",
+                "mean": [0.5] * 3,
+                "std": [0.5] * 3,
+            },
+        },
+        {"epochs_run": 1, "device": "cpu", "best_epoch": 1, "seconds": 1.0},
+    )
+    keys = {k for model in metrics.values() for split in model.values() for k in split}
+    assert all(f"`{k}`" in text for k in keys), keys
+    assert "[" in text.split("`accuracy`")[1].splitlines()[0]  # the interval is shown beside accuracy
+    for name in produced:
+        assert f"plots/{name}" in text
+    assert json.dumps(metrics)  # plain JSON types only

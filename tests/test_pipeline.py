@@ -73,7 +73,11 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
         assert metrics[model]["test"]["accuracy"] > 0.5  # three colour classes: far above chance (1/3)
     cleaning = json.loads((project / "reports" / "cleaning.json").read_text())
     assert cleaning["scanned"] == 30 and cleaning["kept"] == 30
-    assert (project / "reports" / "plots" / "confusion_finetune.png").stat().st_size > 1000
+    for plot in ("confusion_finetune", "reliability", "training_curves", "mistakes_head", "per_class_f1"):
+        assert (project / "reports" / "plots" / f"{plot}.png").stat().st_size > 1000
+    report = (project / "reports" / "report.md").read_text()
+    assert "reprotune-tiny-test" in report and "`ece`" in report
+    assert "ece_temperature_scaled" in metrics["finetune"]["test"]
 
     runs = mlflow_runs(project)
     assert len(runs) == 1
