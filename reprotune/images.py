@@ -37,16 +37,42 @@ def to_rgb(image: Image.Image, background: Background) -> Image.Image:
     return image.convert("RGB")
 
 
-def upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a corrupt EXIF block leaves the image as stored rather than failing it."""
+def upright(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """Apply the EXIF orientation, and say what was done. A corrupt EXIF block leaves the image as stored
+    rather than failing it: the pixels are still fine."""
     try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - Pillow raises many types for malformed EXIF; the pixels are still fine
-        return image
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation in (None, 1):
+            return image, None
+        return ImageOps.exif_transpose(image), f"exif_oriented: orientation {orientation}"
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for malformed EXIF
+        return image, f"exif_ignored: {type(error).__name__}: {error}"
 
 
 def load_rgb(path: Path, background: Background) -> Image.Image:
     """Decode a file the clean stage has already accepted."""
     with Image.open(path) as image:
         image.load()
-        return to_rgb(upright(image), background)
+        return to_rgb(upright(image)[0], background)
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """64-bit DCT hash (imagehash.phash): near-identical pictures differ in a few bits."""
+    import imagehash
+
+    return int(str(imagehash.phash(image)), 16)
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 2048) -> list[tuple[int, int]]:
+    """Index pairs (i < j) whose 64-bit hashes differ in at most `max_distance` bits.
+
+    All pairs are compared, a block of rows at a time, so memory stays at chunk x n bytes.
+    """
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    pairs = []
+    for start in range(0, len(hashes), chunk):
+        distance = np.bitwise_count(hashes[start : start + chunk, None] ^ hashes[None, :])
+        rows, columns = np.nonzero(distance <= max_distance)
+        rows += start
+        pairs += [(int(r), int(c)) for r, c in zip(rows, columns, strict=True) if r < c]
+    return pairs

@@ -60,6 +60,10 @@ class Layout:
     def cleaning_summary(self) -> Path:
         return self.reports / "cleaning.md"
 
+    @property
+    def class_balance(self) -> Path:
+        return self.reports / "class_balance.png"
+
     # split
     @property
     def splits(self) -> Path:

@@ -55,6 +55,10 @@ class Clean(Section):
         Annotated[int, Field(ge=0, le=255)],
         Annotated[int, Field(ge=0, le=255)],
     ]
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=32)] | None
+    label_conflict: Literal["drop", "majority"]
+    min_class_size: PositiveInt
+    small_class: Literal["drop", "fail"]
 
 
 class Split(Section):

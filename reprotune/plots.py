@@ -151,3 +151,18 @@ def per_class_f1(classes: list[str], f1_by_model: dict[str, list[float]], path: 
     ax.set(ylabel="F1 (test)", ylim=(0, 1.05), title="per-class F1: head-only vs fine-tuned")
     ax.legend(fontsize=8)
     save(figure, path)
+
+
+def class_balance(before: dict[str, int], after: dict[str, int], path: Path) -> None:
+    """Images per class before and after cleaning, largest class first."""
+    classes = sorted(set(before) | set(after), key=lambda c: (-before.get(c, 0), c))
+    positions = np.arange(len(classes))
+    figure, ax = plt.subplots(figsize=(min(30.0, max(6.0, 0.3 * len(classes) + 2)), 4.2))
+    ax.bar(
+        positions - 0.2, [before.get(c, 0) for c in classes], width=0.4, label="scanned", color="lightgrey"
+    )
+    ax.bar(positions + 0.2, [after.get(c, 0) for c in classes], width=0.4, label="kept")
+    ax.set_xticks(positions, classes, rotation=90 if len(classes) > 8 else 0, fontsize=8)
+    ax.set(ylabel="images", title="class balance")
+    ax.legend(fontsize=8)
+    save(figure, path)

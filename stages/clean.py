@@ -1,8 +1,9 @@
-"""clean: decode every image in full and keep only those the later stages can trust.
+"""clean: decode every image and keep only those the later stages can trust.
 
-Each dropped file gets one row in `reports/cleaning.json` (path, reason, detail); the kept manifest gives
-every image a duplicate group (images with identical decoded pixels share one), which the split stage
-keeps together. `kept + dropped = scanned` always holds.
+Each dropped file gets one row in `reports/cleaning.json` (path, reason, detail); so does each kept file
+that was altered on the way to RGB (mode conversion, EXIF orientation). Identical images (same decoded
+pixels) and near-identical ones (perceptual hashes within `clean.near_duplicate_distance` bits) form one
+duplicate group, which the split stage keeps inside one split. `kept + dropped = scanned` always holds.
 """
 
 from __future__ import annotations
@@ -11,20 +12,35 @@ import hashlib
 import logging
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from reprotune import stage
-from reprotune.images import to_rgb, upright
+from reprotune import plots, stage
+from reprotune.images import near_pairs, perceptual_hash, to_rgb, upright
 from reprotune.layout import Layout, atomic_output, write_json, write_text
 from reprotune.params import Clean, Params
 
 log = logging.getLogger(__name__)
 
-KEPT_COLUMNS = ["path", "label", "given_split", "width", "height", "sha256", "pixels_sha256", "group"]
+# Large JPEGs are decoded at a reduced scale (libjpeg's DCT scaling: still every byte is read, so truncation
+# is still caught) down to no less than this side; the hashes need no more.
+CHECK_SIDE = 512
+KEPT_COLUMNS = [
+    "path",
+    "label",
+    "given_split",
+    "width",
+    "height",
+    "sha256",
+    "pixels_sha256",
+    "phash",
+    "group",
+]
 
 
 class Rejected(Exception):
@@ -34,8 +50,17 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def inspect(path: Path, rules: Clean) -> tuple[int, int, str]:
-    """Decode `path` fully under the rules; return (width, height, sha256 of the RGB pixels) or raise Rejected."""
+@dataclass(frozen=True)
+class Inspected:
+    width: int
+    height: int
+    pixels_sha256: str
+    phash: int
+    alterations: tuple[str, ...]
+
+
+def open_checked(path: Path, rules: Clean) -> Image.Image:
+    """Open (header only) and apply the checks that need no decoding."""
     if path.stat().st_size == 0:
         raise Rejected("empty_file", "0 bytes")
     try:
@@ -46,40 +71,113 @@ def inspect(path: Path, rules: Clean) -> tuple[int, int, str]:
         raise Rejected("decompression_bomb", str(error)) from None
     except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise Rejected("not_an_image", str(error) or type(error).__name__) from None
-    with image:
-        if image.format not in rules.formats:
-            raise Rejected("format_not_allowed", f"{image.format}; allowed: {', '.join(rules.formats)}")
-        width, height = image.size
-        if width * height > rules.max_pixels:  # from the header alone: no decode of a huge image
-            raise Rejected("too_many_pixels", f"{width}x{height} > clean.max_pixels={rules.max_pixels}")
+    if image.format not in rules.formats:
+        image.close()
+        raise Rejected(
+            "format_not_allowed", f"{image.format}; clean.formats allows {', '.join(rules.formats)}"
+        )
+    width, height = image.size
+    if width * height > rules.max_pixels:
+        image.close()
+        raise Rejected("too_many_pixels", f"{width}x{height} > clean.max_pixels={rules.max_pixels}")
+    return image
+
+
+def inspect(path: Path, rules: Clean) -> Inspected:
+    """Decode `path` fully under the rules, or raise Rejected with the reason."""
+    with open_checked(path, rules) as image:
+        width, height = image.size  # the true size, before any reduced-scale decoding
+        mode = image.mode
+        if image.format == "JPEG":
+            image.draft("RGB", (CHECK_SIDE, CHECK_SIDE))
         try:
             image.load()
-            rgb = to_rgb(upright(image), tuple(rules.background))
+            oriented, orientation_note = upright(image)
+            rgb = to_rgb(oriented, tuple(rules.background))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise Rejected("truncated_or_corrupt", str(error) or type(error).__name__) from None
-    width, height = rgb.size
     if min(width, height) < rules.min_side:
         raise Rejected("too_small", f"{width}x{height}; clean.min_side={rules.min_side}")
     if max(width, height) / min(width, height) > rules.max_aspect_ratio:
         raise Rejected("extreme_aspect", f"{width}x{height}; clean.max_aspect_ratio={rules.max_aspect_ratio}")
-    pixels = hashlib.sha256(f"{width}x{height}".encode() + rgb.tobytes()).hexdigest()
-    return width, height, pixels
+    alterations = tuple(
+        note for note in (f"converted: {mode} to RGB" if mode != "RGB" else None, orientation_note) if note
+    )
+    return Inspected(
+        width=width,
+        height=height,
+        pixels_sha256=hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest(),
+        phash=perceptual_hash(rgb),
+        alterations=alterations,
+    )
 
 
-def assign_groups(kept: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    """Images with identical decoded pixels form one group; a group under two labels is a label conflict."""
-    kept = kept.copy()
-    kept["group"] = kept.groupby("pixels_sha256", sort=False).ngroup()
-    labels_per_group = kept.groupby("group")["label"].nunique()
-    conflicted = kept["group"].isin(labels_per_group[labels_per_group > 1].index)
-    return kept, conflicted
+def duplicate_groups(pixel_hashes: list[str], phashes: list[int], max_distance: int | None) -> list[int]:
+    """Group ids (0, 1, ... in order of first member): same pixels, or phash distance <= max_distance,
+    joined transitively."""
+    parent = list(range(len(pixel_hashes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        parent[max(root(i), root(j))] = min(root(i), root(j))
+
+    first_with: dict[str, int] = {}
+    for index, pixels in enumerate(pixel_hashes):
+        join(index, first_with.setdefault(pixels, index))
+    if max_distance is not None:
+        for i, j in near_pairs(np.array(phashes, dtype=np.uint64), max_distance):
+            join(i, j)
+    numbering: dict[int, int] = {}
+    return [numbering.setdefault(root(i), len(numbering)) for i in range(len(pixel_hashes))]
+
+
+def resolve_conflicts(kept: pd.DataFrame, policy: str) -> tuple[pd.DataFrame, list[dict]]:
+    """A group under two or more labels: `drop` it whole, or keep its `majority` label (a tie drops it)."""
+    dropped = []
+    keep = pd.Series(True, index=kept.index)
+    for group, members in kept.groupby("group"):
+        votes = Counter(members["label"])
+        if len(votes) < 2:
+            continue
+        ranked = votes.most_common()
+        winner = ranked[0][0] if policy == "majority" and ranked[0][1] > ranked[1][1] else None
+        detail = f"group {group} has labels {dict(sorted(votes.items()))}; clean.label_conflict={policy}"
+        for index, row in members.iterrows():
+            if row["label"] != winner:
+                keep[index] = False
+                dropped.append({"path": row["path"], "reason": "label_conflict", "detail": detail})
+    return kept[keep], dropped
+
+
+def enforce_class_size(kept: pd.DataFrame, rules: Clean) -> tuple[pd.DataFrame, list[dict]]:
+    counts = kept["label"].value_counts()
+    small = sorted(counts[counts < rules.min_class_size].index)
+    if small and rules.small_class == "fail":
+        raise stage.InputError(
+            f"classes with fewer than clean.min_class_size={rules.min_class_size} images: "
+            + ", ".join(f"{c} ({counts[c]})" for c in small)
+            + "; add images, or set clean.small_class: drop"
+        )
+    too_small = kept["label"].isin(small)
+    dropped = [
+        {"path": p, "reason": "class_too_small", "detail": f"{label}: {counts[label]} < clean.min_class_size"}
+        for p, label in kept.loc[too_small, ["path", "label"]].itertuples(index=False)
+    ]
+    return kept[~too_small], dropped
 
 
 def clean(params: Params) -> None:
     layout = Layout(params.paths)
+    rules = params.clean
     manifest = pd.read_csv(layout.ingest_manifest, dtype=str, keep_default_na=False)
     dropped: list[dict] = []
-    kept_rows: list[dict] = []
+    altered: list[dict] = []
+    rows: list[dict] = []
     for row in tqdm(
         manifest.itertuples(index=False), total=len(manifest), desc="clean", unit="img", disable=None
     ):
@@ -87,68 +185,98 @@ def clean(params: Params) -> None:
             dropped.append({"path": row.path, "reason": row.issue, "detail": ""})
             continue
         try:
-            width, height, pixels = inspect(Path(row.path), params.clean)
+            found = inspect(Path(row.path), rules)
         except Rejected as rejected:
             dropped.append({"path": row.path, "reason": rejected.reason, "detail": rejected.detail})
             continue
-        kept_rows.append(
+        altered += [
+            {"path": row.path, "reason": note.split(":")[0], "detail": note} for note in found.alterations
+        ]
+        rows.append(
             {
                 "path": row.path,
                 "label": row.label,
                 "given_split": row.given_split,
-                "width": width,
-                "height": height,
+                "width": found.width,
+                "height": found.height,
                 "sha256": row.sha256,
-                "pixels_sha256": pixels,
+                "pixels_sha256": found.pixels_sha256,
+                "phash": f"{found.phash:016x}",
             }
         )
-    kept = pd.DataFrame(kept_rows, columns=KEPT_COLUMNS[:-1])
-    kept, conflicted = assign_groups(kept)
-    for path, label in kept.loc[conflicted, ["path", "label"]].itertuples(index=False):
-        dropped.append(
-            {"path": path, "reason": "label_conflict", "detail": f"same pixels under another label ({label})"}
-        )
-    kept = kept[~conflicted]
+    kept = pd.DataFrame(rows, columns=KEPT_COLUMNS[:-1])
+    kept["group"] = duplicate_groups(
+        kept["pixels_sha256"].tolist(), [int(h, 16) for h in kept["phash"]], rules.near_duplicate_distance
+    )
+    kept, conflicts = resolve_conflicts(kept, rules.label_conflict)
+    kept, small = enforce_class_size(kept, rules)
+    dropped += conflicts + small
+    kept = kept.assign(group=pd.factorize(kept["group"])[0])  # renumber 0.. after the drops
 
     classes = sorted(kept["label"].unique())
     if len(classes) < 2:
         raise stage.InputError(
-            f"{layout.raw}: {len(kept)} usable images in {len(classes)} class(es) after cleaning; at least 2 classes "
-            f"are needed (see {layout.cleaning_report} for the {len(dropped)} dropped files)"
+            f"{layout.raw}: {len(kept)} usable images in {len(classes)} class(es) after cleaning; at least 2 "
+            f"classes are needed ({len(dropped)} files dropped; reasons: {dict(Counter(d['reason'] for d in dropped))})"
         )
-    duplicate_groups = [sorted(group["path"]) for _, group in kept.groupby("group") if len(group) > 1]
-    report = {
-        "scanned": len(manifest),
-        "kept": len(kept),
-        "dropped": len(dropped),
-        "dropped_by_reason": dict(sorted(Counter(d["reason"] for d in dropped).items())),
-        "classes_before": dict(sorted(Counter(manifest.loc[manifest["label"] != "", "label"]).items())),
-        "classes_after": dict(sorted(Counter(kept["label"]).items())),
-        "duplicate_groups": duplicate_groups,
-        "dropped_files": sorted(dropped, key=lambda d: d["path"]),
-    }
-    assert report["kept"] + report["dropped"] == report["scanned"], "every scanned file is kept or dropped"
+    report = cleaning_report(manifest, kept, dropped, altered)
     with atomic_output(layout.cleaned) as staging:
         staging.mkdir()
         kept.to_csv(staging / layout.clean_manifest.name, index=False)
     write_json(layout.cleaning_report, report)
-    write_text(layout.cleaning_summary, summary(report))
+    plots.class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
+    write_text(layout.cleaning_summary, summary(report, layout.class_balance.name))
     log.info(
         "kept %d of %d files (%s)", len(kept), len(manifest), report["dropped_by_reason"] or "none dropped"
     )
 
 
-def summary(report: dict) -> str:
+def cleaning_report(
+    manifest: pd.DataFrame, kept: pd.DataFrame, dropped: list[dict], altered: list[dict]
+) -> dict:
+    groups = [members for _, members in kept.groupby("group") if len(members) > 1]
+    report = {
+        "scanned": len(manifest),
+        "kept": len(kept),
+        "dropped": len(dropped),
+        "dropped_by_reason": dict(sorted(Counter(d["reason"] for d in dropped).items())),
+        "altered_by_reason": dict(sorted(Counter(a["reason"] for a in altered).items())),
+        "classes_before": dict(sorted(Counter(manifest.loc[manifest["label"] != "", "label"]).items())),
+        "classes_after": dict(sorted(Counter(kept["label"]).items())),
+        "duplicate_groups": [
+            {
+                "kind": "exact" if members["pixels_sha256"].nunique() == 1 else "near",
+                "paths": sorted(members["path"]),
+            }
+            for members in groups
+        ],
+        "dropped_files": sorted(dropped, key=lambda d: d["path"]),
+        "altered_files": sorted(altered, key=lambda a: (a["path"], a["reason"])),
+    }
+    if report["kept"] + report["dropped"] != report["scanned"]:
+        raise AssertionError("every scanned file is either kept or dropped, once")
+    return report
+
+
+def summary(report: dict, plot_name: str) -> str:
+    kinds = Counter(group["kind"] for group in report["duplicate_groups"])
     lines = [
         "# Cleaning summary",
         "",
         f"Scanned **{report['scanned']}** files: kept **{report['kept']}**, dropped **{report['dropped']}**.",
         "",
-        "| reason | files |",
+        "| dropped because | files |",
         "|---|---|",
         *[f"| {reason} | {count} |" for reason, count in report["dropped_by_reason"].items()],
         "",
-        f"{len(report['duplicate_groups'])} groups of identical images (kept together in one split).",
+        "| kept, altered | files |",
+        "|---|---|",
+        *[f"| {reason} | {count} |" for reason, count in report["altered_by_reason"].items()],
+        "",
+        f"Duplicate groups (kept together in one split): {kinds['exact']} of identical images, "
+        f"{kinds['near']} of near-identical ones.",
+        "",
+        f"![class balance]({plot_name})",
         "",
         "| class | before | after |",
         "|---|---|---|",
@@ -156,6 +284,8 @@ def summary(report: dict) -> str:
             f"| {label} | {report['classes_before'].get(label, 0)} | {report['classes_after'].get(label, 0)} |"
             for label in sorted(set(report["classes_before"]) | set(report["classes_after"]))
         ],
+        "",
+        "Every dropped and altered file, with its reason, is listed in `cleaning.json`.",
         "",
     ]
     return "\n".join(lines)

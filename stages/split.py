@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from reprotune import stage
+from reprotune.images import near_pairs
 from reprotune.layout import SPLITS, Layout, atomic_output, write_json
 from reprotune.params import Params
 
@@ -50,6 +51,20 @@ def split_groups(
     return assignment
 
 
+def leakage(kept: pd.DataFrame, max_distance: int) -> dict:
+    """Near-duplicate pairs (phash within max_distance bits) that ended up in different splits: expected 0."""
+    pairs = near_pairs(np.array([int(h, 16) for h in kept["phash"]], dtype=np.uint64), max_distance)
+    split_of, path_of = kept["split"].to_numpy(), kept["path"].to_numpy()
+    across = [(i, j) for i, j in pairs if split_of[i] != split_of[j]]
+    return {
+        "max_distance": max_distance,
+        "near_duplicate_pairs_across_splits": len(across),
+        "examples": [
+            {"paths": [path_of[i], path_of[j]], "splits": [split_of[i], split_of[j]]} for i, j in across[:20]
+        ],
+    }
+
+
 def split(params: Params) -> None:
     layout = Layout(params.paths)
     kept = pd.read_csv(layout.clean_manifest, dtype={"label": str, "given_split": str}, keep_default_na=False)
@@ -59,7 +74,9 @@ def split(params: Params) -> None:
     if given.all():
         kept["split"] = kept["given_split"]
         straddling = kept.groupby("group")["split"].nunique()
-        report["groups_straddling_given_splits"] = int((straddling > 1).sum())
+        report["groups_straddling_given_splits"] = [
+            sorted(kept.loc[kept["group"] == group, "path"]) for group in straddling[straddling > 1].index
+        ]
         if not (kept["split"] == "val").any():
             train = kept["split"] == "train"
             train_groups = groups[groups["group"].isin(kept.loc[train, "group"])]
@@ -88,6 +105,9 @@ def split(params: Params) -> None:
     report["classes_missing_from"] = {
         s: sorted(set(kept["label"]) - set(report["counts"].get(s, {}))) for s in ("val", "test")
     }
+    report["leakage"] = leakage(kept, params.clean.near_duplicate_distance or 0)
+    if report["leakage"]["near_duplicate_pairs_across_splits"]:
+        log.warning("near-duplicate pairs across splits: %s", report["leakage"]["examples"][:3])
     with atomic_output(layout.splits) as staging:
         staging.mkdir()
         kept[["path", "label", "split", "group"]].to_csv(staging / layout.split_manifest.name, index=False)

@@ -40,6 +40,13 @@ def run_metrics(layout: Layout) -> dict[str, float]:
     numbers = {k: float(v) for k, v in flatten(read_json(layout.metrics)).items()}
     head = read_json(layout.head_meta)
     numbers |= {"head.val.accuracy": head["val_accuracy"], "head.iterations": head["iterations"]}
+    cleaning, splits = read_json(layout.cleaning_report), read_json(layout.split_report)
+    numbers |= {
+        "data.scanned": cleaning["scanned"],
+        "data.kept": cleaning["kept"],
+        "data.dropped": cleaning["dropped"],
+    }
+    numbers |= {"split.leakage_pairs": splits["leakage"]["near_duplicate_pairs_across_splits"]}
     finetuned = read_json(layout.finetuned_meta)
     numbers |= {f"finetune.{k}": float(finetuned[k]) for k in ("best_val_accuracy", "best_epoch", "seconds")}
     return numbers

@@ -54,7 +54,8 @@ def test_single_image_class_goes_to_train(tiny_params):
     raw = make_class_folder(Path(tiny_params.paths.raw), per_class=10)
     (raw / "lonely").mkdir()
     noisy_image((128, 128, 0), 4242).save(raw / "lonely" / "one.png")
-    manifest, report = run_to_split(tiny_params)
+    keep_singletons = tiny_params.clean.model_copy(update={"min_class_size": 1})
+    manifest, report = run_to_split(tiny_params.model_copy(update={"clean": keep_singletons}))
     assert manifest.loc[manifest["label"] == "lonely", "split"].tolist() == ["train"]
     assert report["classes_missing_from"]["test"] == ["lonely"]
 
