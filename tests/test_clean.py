@@ -99,3 +99,19 @@ def test_palette_transparency_is_composited():
     image.putpalette([255, 0, 0] * 256)
     image.info["transparency"] = 0
     assert to_rgb(image, (1, 2, 3)).getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_params):
+    """Reduced-scale decoding only kicks in above clean.CHECK_SIDE: smaller JPEGs hash as a full decode."""
+    import hashlib
+
+    small = noisy_image((100, 150, 200), 5, size=(clean.CHECK_SIDE - 1, 300))
+    small.save(tmp_path / "small.jpg", quality=92)
+    found = clean.inspect(tmp_path / "small.jpg", tiny_params.clean)
+    with Image.open(tmp_path / "small.jpg") as full:
+        rgb = full.convert("RGB")
+    assert found.pixels_sha256 == hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+    assert (found.width, found.height) == (clean.CHECK_SIDE - 1, 300)
+    large = noisy_image((100, 150, 200), 6, size=(4 * clean.CHECK_SIDE, 2 * clean.CHECK_SIDE))
+    large.save(tmp_path / "large.jpg", quality=92)
+    assert (clean.inspect(tmp_path / "large.jpg", tiny_params.clean).width) == 4 * clean.CHECK_SIDE  # true size
