@@ -148,8 +148,11 @@ def per_class_f1(classes: list[str], f1_by_model: dict[str, list[float]], path: 
     for offset, (model, scores) in enumerate(f1_by_model.items()):
         ax.bar(positions + offset * width - 0.4 + width / 2, scores, width=width, label=model)
     ax.set_xticks(positions, classes, rotation=90 if len(classes) > 8 else 0, fontsize=8)
-    ax.set(ylabel="F1 (test)", ylim=(0, 1.05), title="per-class F1: head-only vs fine-tuned")
-    ax.legend(fontsize=8)
+    # Zoom to the range the scores span: differences of a few points are what this plot is for.
+    lowest = min(min(scores) for scores in f1_by_model.values())
+    floor = max(0.0, np.floor((lowest - 0.05) * 10) / 10)
+    ax.set(ylabel="F1 (test)", ylim=(floor, 1.0), title="per-class F1: head-only vs fine-tuned")
+    ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
     save(figure, path)
 
 

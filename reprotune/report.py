@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from reprotune.params import Params
 
 PLOTS = [
@@ -45,21 +47,25 @@ def render(
     splits: dict,
     features: dict,
     finetuned: dict,
+    source: str,
 ) -> str:
     settings = params.finetune
+    kinds = Counter(group["kind"] for group in cleaning["duplicate_groups"])
     lines = [
         "# reprotune run report",
         "",
         "## Data",
         "",
-        f"- Scanned {cleaning['scanned']} files from `{params.paths.raw}` (or the built-in sample): kept "
+        f"- Scanned {cleaning['scanned']} files from {source}: kept "
         f"{cleaning['kept']}, dropped {cleaning['dropped']}"
         + (
             f" ({', '.join(f'{k}: {v}' for k, v in cleaning['dropped_by_reason'].items())})."
             if cleaning["dropped"]
             else "."
         ),
-        f"- {len(cleaning['duplicate_groups'])} groups of identical images, each kept inside one split.",
+        f"- Duplicate groups, each kept inside one split: {kinds['exact']} of identical images, {kinds['near']} of "
+        f"near-identical ones (perceptual hash within {params.clean.near_duplicate_distance} bits). "
+        f"Near-duplicate pairs across splits: {splits['leakage']['near_duplicate_pairs_across_splits']}.",
         f"- {len(features['classes'])} classes. Images per split: "
         + ", ".join(f"{split} {sum(counts.values())}" for split, counts in splits["counts"].items())
         + ". Details: `cleaning.md`, `cleaning.json`, `split.json`.",

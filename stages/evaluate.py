@@ -175,6 +175,9 @@ def evaluate(params: Params) -> None:
         read_json(layout.split_report),
         meta,
         read_json(layout.finetuned_meta),
+        "the built-in sample (scikit-learn digits)"
+        if all(p.startswith(layout.sample.as_posix()) for p in paths["test"])
+        else f"`{params.paths.raw}`",
     )
     write_text(layout.report, report)
     for model in MODELS:

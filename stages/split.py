@@ -105,6 +105,9 @@ def split(params: Params) -> None:
     report["classes_missing_from"] = {
         s: sorted(set(kept["label"]) - set(report["counts"].get(s, {}))) for s in ("val", "test")
     }
+    for name, missing_classes in report["classes_missing_from"].items():
+        if missing_classes:
+            log.warning("too few images for the %s split in classes: %s", name, ", ".join(missing_classes))
     report["leakage"] = leakage(kept, params.clean.near_duplicate_distance or 0)
     if report["leakage"]["near_duplicate_pairs_across_splits"]:
         log.warning("near-duplicate pairs across splits: %s", report["leakage"]["examples"][:3])

@@ -114,4 +114,6 @@ def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_par
     assert (found.width, found.height) == (clean.CHECK_SIDE - 1, 300)
     large = noisy_image((100, 150, 200), 6, size=(4 * clean.CHECK_SIDE, 2 * clean.CHECK_SIDE))
     large.save(tmp_path / "large.jpg", quality=92)
-    assert (clean.inspect(tmp_path / "large.jpg", tiny_params.clean).width) == 4 * clean.CHECK_SIDE  # true size
+    assert (
+        clean.inspect(tmp_path / "large.jpg", tiny_params.clean).width
+    ) == 4 * clean.CHECK_SIDE  # true size

@@ -163,7 +163,10 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
             "dropped_by_reason": {"too_small": 1},
             "duplicate_groups": [],
         },
-        {"counts": {"train": {"a": 5}, "val": {"a": 2}, "test": {"a": 2}}},
+        {
+            "counts": {"train": {"a": 5}, "val": {"a": 2}, "test": {"a": 2}},
+            "leakage": {"near_duplicate_pairs_across_splits": 0},
+        },
         {
             "backbone": "b",
             "weights": "w",
@@ -176,6 +179,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
             },
         },
         {"epochs_run": 1, "device": "cpu", "best_epoch": 1, "seconds": 1.0},
+        "`data/raw`",
     )
     keys = {k for model in metrics.values() for split in model.values() for k in split}
     assert all(f"`{k}`" in text for k in keys), keys

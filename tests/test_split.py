@@ -70,3 +70,17 @@ def test_fractions_are_respected_per_class(tiny_params, fractions):
     counts = manifest.groupby(["label", "split"]).size().unstack()
     assert (counts["val"] == round(20 * fractions[0])).all()
     assert (counts["test"] == round(20 * fractions[1])).all()
+
+
+def test_a_group_straddling_given_splits_is_reported(tiny_params):
+    raw = Path(tiny_params.paths.raw)
+    make_class_folder(raw, per_class=6, split="train")
+    make_class_folder(raw, per_class=3, split="val", seed=1)
+    make_class_folder(raw, per_class=3, split="test", seed=2)
+    (raw / "test" / "red" / "leak.png").write_bytes((raw / "train" / "red" / "000.png").read_bytes())
+    manifest, report = run_to_split(tiny_params)
+    assert report["groups_straddling_given_splits"] == [
+        sorted([str(raw / "test" / "red" / "leak.png"), str(raw / "train" / "red" / "000.png")])
+    ]
+    assert report["leakage"]["near_duplicate_pairs_across_splits"] == 1
+    assert manifest.loc[manifest["path"].str.endswith("leak.png"), "split"].tolist() == ["test"]  # given wins
