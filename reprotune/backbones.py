@@ -65,6 +65,7 @@ class DataConfig:
             scale=augment.scale,
             hflip=augment.hflip,
             color_jitter=augment.color_jitter,
+            auto_augment=augment.auto_augment,
         )
 
 

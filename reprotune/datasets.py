@@ -37,16 +37,13 @@ def worker_count(setting: int | str) -> int:
     return 0 if cores <= 2 else min(8, cores - 1)
 
 
-def make_loader(
-    dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0, pin: bool = False
-) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
+def make_loader(dataset: Dataset, batch_size: int, workers: int, pin: bool = False) -> DataLoader:
+    """An in-order loader (featurize, validation, evaluate); training builds its own shuffled one."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=False,
         num_workers=workers,
-        generator=generator,
         pin_memory=pin,
         persistent_workers=workers > 0,
     )

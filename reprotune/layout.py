@@ -116,6 +116,10 @@ class Layout:
         return self.finetuned / "finetune.json"
 
     @property
+    def checkpoint(self) -> Path:
+        return Path(self.paths.checkpoints) / "finetune"
+
+    @property
     def finetune_history(self) -> Path:
         return self.reports / "finetune_history.csv"
 

@@ -39,6 +39,7 @@ class Paths(Section):
     head: str
     finetuned: str
     reports: str
+    checkpoints: str
 
 
 class Ingest(Section):
@@ -97,6 +98,9 @@ class Augment(Section):
     scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]]
     hflip: Annotated[float, Field(ge=0, le=1)]
     color_jitter: Annotated[float, Field(ge=0, le=1)]
+    auto_augment: Annotated[str, Field(pattern=r"^(rand-|augmix-|trivialaugment|original|v0)")] | None
+    mixup: Annotated[float, Field(ge=0)]
+    cutmix: Annotated[float, Field(ge=0)]
 
     @field_validator("scale")
     @classmethod
@@ -109,12 +113,17 @@ class Augment(Section):
 class Finetune(Section):
     seed: Annotated[int, Field(ge=0)]
     device: Literal["auto", "cpu", "cuda"]
-    strategy: Literal["frozen", "last_n", "full"]
+    strategy: Literal["frozen", "last_n", "full", "gradual"]
     unfreeze_last_n: PositiveInt
+    gradual_frozen_epochs: Annotated[int, Field(ge=0)]
+    head_init: Literal["probe", "scratch"]
     epochs: PositiveInt
     batch_size: PositiveInt
+    optimizer: Literal["adamw", "sgd"]
+    momentum: Annotated[float, Field(ge=0, lt=1)]
     lr: PositiveFloat
     backbone_lr_factor: Annotated[float, Field(ge=0)]
+    layer_decay: Annotated[float, Field(gt=0, le=1)] | None
     weight_decay: Annotated[float, Field(ge=0)]
     warmup_epochs: Annotated[float, Field(ge=0)]
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
@@ -122,6 +131,7 @@ class Finetune(Section):
     freeze_bn_stats: bool
     augment: Augment
     num_workers: Workers
+    compile: bool
 
 
 class Evaluate(Section):

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,29 @@ def test_strategy_selects_layer_groups(strategy, groups):
     }
 
 
+def test_gradual_unfreezes_after_its_frozen_epochs(tiny_params):
+    settings = tiny_params.finetune.model_copy(update={"strategy": "gradual", "gradual_frozen_epochs": 2})
+    assert [finetune.phase_strategy(settings, e) for e in (1, 2, 3, 4)] == [
+        "frozen",
+        "frozen",
+        "full",
+        "full",
+    ]
+
+
+def test_layer_decay_lowers_the_rate_away_from_the_head(tiny_params):
+    backbone, model = tiny_classifier()
+    settings = tiny_params.finetune.model_copy(
+        update={"lr": 1.0, "backbone_lr_factor": 0.5, "layer_decay": 0.5}
+    )
+    all_names = finetune.trainable_backbone_names(backbone, "full", 1)
+    groups = finetune.parameter_groups(model, backbone, settings, all_names)
+    rate_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert rate_of[id(model.head.weight)] == 1.0
+    assert rate_of[id(model.backbone.blocks[2][0].weight)] == 0.5  # the last group: factor only
+    assert rate_of[id(model.backbone.stem[0].weight)] == 0.5 * 0.5**3  # three groups further from the head
+
+
 @pytest.mark.parametrize("freeze_bn_stats", [False, True])
 def test_one_step_changes_only_what_trains(freeze_bn_stats, tiny_params):
     torch.manual_seed(0)
@@ -35,7 +59,8 @@ def test_one_step_changes_only_what_trains(freeze_bn_stats, tiny_params):
     finetune.freeze(model, finetune.trainable_backbone_names(backbone, "last_n", 1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = tiny_params.finetune.model_copy(update={"lr": 0.1, "backbone_lr_factor": 1.0})
-    optimizer = torch.optim.AdamW(finetune.parameter_groups(model, settings))
+    trainable = finetune.trainable_backbone_names(backbone, "last_n", 1)
+    optimizer = torch.optim.AdamW(finetune.parameter_groups(model, backbone, settings, trainable))
     finetune.train_mode(model, freeze_bn_stats)
     loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
     loss.backward()
@@ -54,8 +79,9 @@ def test_one_step_changes_only_what_trains(freeze_bn_stats, tiny_params):
 
 def test_no_weight_decay_on_norms_and_biases(tiny_params):
     backbone, model = tiny_classifier()
-    finetune.freeze(model, finetune.trainable_backbone_names(backbone, "full", 1))
-    for group in finetune.parameter_groups(model, tiny_params.finetune):
+    names = finetune.trainable_backbone_names(backbone, "full", 1)
+    finetune.freeze(model, names)
+    for group in finetune.parameter_groups(model, backbone, tiny_params.finetune, names):
         assert all((p.ndim > 1) == (group["weight_decay"] > 0) for p in group["params"])
 
 
@@ -69,10 +95,18 @@ def test_warmup_then_cosine():
     )
 
 
-def test_stage_starts_from_the_probe_and_keeps_the_best_epoch(tiny_params):
-    make_class_folder(Path(tiny_params.paths.raw), per_class=10)
+def prepare(params) -> None:
+    make_class_folder(Path(params.paths.raw), per_class=10)
     for stage in (ingest.ingest, clean.clean, split.split, featurize.featurize, train_head.train_head):
-        stage(tiny_params)
+        stage(params)
+
+
+def with_finetune(params, **changes):
+    return params.model_copy(update={"finetune": params.finetune.model_copy(update=changes)})
+
+
+def test_stage_starts_from_the_probe_and_keeps_the_best_epoch(tiny_params):
+    prepare(tiny_params)
     # A learning rate too small to change any prediction: epoch 1 cannot beat epoch 0, so the saved model
     # must be the starting point, whose head is exactly train_head's.
     still = tiny_params.model_copy(update={"finetune": tiny_params.finetune.model_copy(update={"lr": 1e-12})})
@@ -87,3 +121,101 @@ def test_stage_starts_from_the_probe_and_keeps_the_best_epoch(tiny_params):
     with open(Path(still.paths.reports) / "finetune_history.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert [r["epoch"] for r in rows] == ["1"] and float(rows[0]["train_loss"]) > 0
+    assert not Path(still.paths.checkpoints, "finetune").exists()  # spent once the run finished
+
+
+def test_scratch_head_is_not_the_probe(tiny_params):
+    prepare(tiny_params)
+    scratch = with_finetune(tiny_params, head_init="scratch", lr=1e-12)
+    finetune.finetune(scratch)
+    saved = load_file(Path(scratch.paths.finetuned) / "model.safetensors")
+    probe = load_file(Path(scratch.paths.head) / "head.safetensors")
+    assert not torch.equal(saved["head.weight"], probe["weight"])
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_params):
+    """Ctrl-C during an epoch after gradual's unfreezing; the next run resumes and ends bit-identical."""
+    prepare(tiny_params)
+    params = with_finetune(
+        tiny_params,
+        strategy="gradual",
+        gradual_frozen_epochs=1,
+        epochs=4,
+        patience=10,
+        lr=0.01,
+        optimizer="sgd",
+        augment=tiny_params.finetune.augment.model_copy(update={"mixup": 0.4}),
+    )
+    finetune.finetune(params)
+    finetuned = Path(params.paths.finetuned)
+    reference = load_file(finetuned / "model.safetensors")
+    reference_history = (Path(params.paths.reports) / "finetune_history.csv").read_text()
+
+    def interrupt(epoch: int, batch: int) -> None:
+        if (epoch, batch) == (3, 1):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune.finetune(params, on_batch=interrupt)
+    checkpoint = Path(params.paths.checkpoints, "finetune")
+    assert json.loads((checkpoint / "state.json").read_text())["progress"]["epoch"] == 2
+    finetune.finetune(params)  # resumes after epoch 2
+    resumed = load_file(finetuned / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    assert (Path(params.paths.reports) / "finetune_history.csv").read_text() == reference_history
+
+
+def test_a_checkpoint_from_other_params_is_not_resumed(tiny_params):
+    prepare(tiny_params)
+    params = with_finetune(tiny_params, epochs=2, patience=10)
+
+    def interrupt(epoch: int, batch: int) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune.finetune(params, on_batch=interrupt)
+    changed = with_finetune(params, lr=params.finetune.lr * 2)
+    finetune.finetune(changed)
+    history = (Path(changed.paths.reports) / "finetune_history.csv").read_text().splitlines()
+    assert len(history) == 3  # header and both epochs: trained from the start, not resumed
+    first_run_epoch_1 = json.loads((Path(changed.paths.finetuned) / "finetune.json").read_text())
+    assert first_run_epoch_1["epochs_run"] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tiny_params, tmp_path):
+    """Data-parallel on CPU (gloo): one process writes, and the result is a normal finetune output."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    prepare(tiny_params)
+    raw = tiny_params.model_dump(mode="json")
+    raw["finetune"].update(epochs=2, batch_size=8)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "stages.finetune",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((Path(tiny_params.paths.finetuned) / "finetune.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs_run"] == 2
+    assert load_file(Path(tiny_params.paths.finetuned) / "model.safetensors")["head.weight"].shape == (3, 32)
