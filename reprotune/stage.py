@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 
@@ -14,9 +15,16 @@ class InputError(Exception):
     """The user's data, params or environment stop the stage; the message says what to change."""
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(work: Callable[[Params], None]) -> None:
     """Validate params.yaml, then run `work`. Exit 2 on bad params, 1 on bad input, with no traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C: temporary outputs are removed and an MLflow run in
+    # progress ends as FAILED instead of staying RUNNING.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         params = params_module.load()
     except ParamsError as error:

@@ -11,6 +11,8 @@ import csv
 import hashlib
 import json
 import logging
+import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pandas as pd
 from reprotune import stage
 from reprotune.layout import Layout, read_json, write_json
 from reprotune.params import Params, flatten
-from reprotune.tracking import git_lineage, tracking_uri
+from reprotune.tracking import experiment_lineage, git_lineage, stage_output_hashes, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +67,57 @@ def epoch_history(layout: Layout) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(stream)]
 
 
+def close_abandoned_runs(experiment_id: str) -> None:
+    """Mark FAILED the RUNNING runs this host started from a process that no longer exists (killed with
+    SIGKILL, or a machine that went down): no run may stay RUNNING for ever. Runs of live processes, such as
+    parallel `dvc queue` workers, are left alone."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    host = socket.gethostname()
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("host") == host and tags.get("pid", "").isdigit() and not process_alive(int(tags["pid"])):
+            client.set_terminated(run.info.run_id, status="FAILED")
+            log.warning("marked abandoned run %s (pid %s) FAILED", run.info.run_id, tags["pid"])
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def track(params: Params) -> None:
     import mlflow
     from mlflow.entities import Metric
 
     layout = Layout(params.paths)
     data_hash = hashlib.sha256(layout.clean_manifest.read_bytes()).hexdigest()
+    outputs = stage_output_hashes()
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(params.track.experiment)
+    experiment = mlflow.set_experiment(params.track.experiment)
+    close_abandoned_runs(experiment.experiment_id)
     short, long = param_values(params)
-    with mlflow.start_run() as run:
+    with mlflow.start_run(tags={"host": socket.gethostname(), "pid": str(os.getpid())}) as run:
         mlflow.log_params(short)
+        kept = pd.read_csv(layout.clean_manifest, dtype=str, keep_default_na=False)[
+            ["path", "label", "sha256"]
+        ]
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                kept,
+                source=params.paths.raw,
+                targets="label",
+                name="cleaned images",
+                digest=outputs.get(f"dvc.clean.{params.paths.cleaned}", data_hash)[:36],
+            ),
+            context="training",
+        )
         mlflow.log_metrics(run_metrics(layout))
         history = [
             Metric(f"finetune.epoch.{name}", value, 0, int(row["epoch"]))
@@ -86,6 +128,8 @@ def track(params: Params) -> None:
         mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=history)
         mlflow.set_tags(
             git_lineage()
+            | experiment_lineage()
+            | outputs
             | {
                 "data_sha256": data_hash,
                 "backbone": params.backbone.name,

@@ -88,6 +88,9 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     assert run_data.metrics["finetune.test.accuracy"] == metrics["finetune"]["test"]["accuracy"]
     assert re.fullmatch(r"[0-9a-f]{40}", run_data.tags["git_commit"])
     assert re.fullmatch(r"[0-9a-f]{64}", run_data.tags["data_sha256"])
+    assert run_data.tags["dvc.featurize.data/features"].endswith(".dir")  # dvc.lock hashes of earlier stages
+    assert runs[0].inputs.dataset_inputs[0].dataset.digest == run_data.tags["dvc.clean.data/cleaned"][:36]
+    assert runs[0].info.status == "FINISHED"
 
     second = run(["dvc", "repro"], project)
     assert ran_stages(second) == [] and "up to date" in second
