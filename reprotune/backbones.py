@@ -12,7 +12,6 @@ otherwise a clear error says how to supply a weights file.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from safetensors.torch import load_file
 from timm.models import group_parameters
 from torch import nn
 
+from reprotune.layout import sha256_of_file
 from reprotune.params import Augment
 from reprotune.params import Backbone as BackboneParams
 from reprotune.stage import InputError
@@ -78,14 +78,6 @@ class Backbone:
     data: DataConfig
     layer_groups: list[list[str]]  # parameter names, input side first: what `last_n` unfreezes from the end
     weights: str  # where the weights came from, with their sha256 when read from a file
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

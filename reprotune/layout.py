@@ -7,6 +7,7 @@ a temporary sibling first and is renamed into place, so a crash never leaves a h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -191,3 +192,12 @@ def write_text(path: Path, text: str) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sha256_of_file(path: Path) -> str:
+    """Content hash of a file, read in 1 MiB chunks so that large files never sit in memory whole."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ reports them with everything else it drops.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from reprotune import stage
-from reprotune.layout import Layout, atomic_output
+from reprotune.layout import Layout, atomic_output, sha256_of_file
 from reprotune.params import Params
 
 log = logging.getLogger(__name__)
@@ -43,14 +42,6 @@ def list_files(root: Path) -> list[Path]:
     return found
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def has_split_folders(root: Path) -> bool:
     top = [p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)]
     return bool(top) and all(name.lower() in SPLIT_FOLDERS for name in top)
@@ -69,7 +60,7 @@ def describe(path: Path, root: Path, split_layout: bool) -> dict:
         return row | {"issue": "wrong_depth"}
     if split_layout:
         row["given_split"] = SPLIT_FOLDERS[parts[0].lower()]
-    return row | {"label": parts[-2], "bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    return row | {"label": parts[-2], "bytes": path.stat().st_size, "sha256": sha256_of_file(path)}
 
 
 def scan(root: Path) -> pd.DataFrame:

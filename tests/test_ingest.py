@@ -4,6 +4,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from reprotune.layout import sha256_of_file
 from stages import ingest
 from tests.conftest import make_class_folder
 
@@ -16,7 +17,7 @@ def test_class_layout_gives_labels_hashes_and_sizes(tmp_path: Path):
     assert (manifest["given_split"] == "").all() and (manifest["issue"] == "").all()
     first = Path(manifest.loc[0, "path"])
     assert manifest.loc[0, "bytes"] == first.stat().st_size
-    assert manifest.loc[0, "sha256"] == ingest.sha256_of(first)
+    assert manifest.loc[0, "sha256"] == sha256_of_file(first)
 
 
 def test_split_layout_keeps_given_splits(tmp_path: Path):
