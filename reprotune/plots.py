@@ -152,7 +152,7 @@ def per_class_f1(classes: list[str], f1_by_model: dict[str, list[float]], path: 
     lowest = min(min(scores) for scores in f1_by_model.values())
     floor = max(0.0, np.floor((lowest - 0.05) * 10) / 10)
     ax.set(ylabel="F1 (test)", ylim=(floor, 1.0), title="per-class F1: head-only vs fine-tuned")
-    ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     save(figure, path)
 
 
@@ -167,5 +167,5 @@ def class_balance(before: dict[str, int], after: dict[str, int], path: Path) -> 
     ax.bar(positions + 0.2, [after.get(c, 0) for c in classes], width=0.4, label="kept")
     ax.set_xticks(positions, classes, rotation=90 if len(classes) > 8 else 0, fontsize=8)
     ax.set(ylabel="images", title="class balance")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     save(figure, path)

@@ -52,28 +52,36 @@ def test_layer_decay_lowers_the_rate_away_from_the_head(tiny_params):
     assert rate_of[id(model.backbone.stem[0].weight)] == 0.5 * 0.5**3  # three groups further from the head
 
 
+# Per strategy: the backbone blocks whose weights train (tiny net: stem, blocks.0, blocks.1, blocks.2).
+TRAINING_BLOCKS = {"frozen": [], "last_n": ["blocks.2"], "full": ["stem", "blocks.0", "blocks.1", "blocks.2"]}
+
+
+@pytest.mark.parametrize("strategy", list(TRAINING_BLOCKS))
 @pytest.mark.parametrize("freeze_bn_stats", [False, True])
-def test_one_step_changes_only_what_trains(freeze_bn_stats, tiny_params):
+def test_one_step_changes_only_what_trains(strategy, freeze_bn_stats, tiny_params):
     torch.manual_seed(0)
     backbone, model = tiny_classifier()
-    finetune.freeze(model, finetune.trainable_backbone_names(backbone, "last_n", 1))
+    trainable = finetune.trainable_backbone_names(backbone, strategy, 1)
+    finetune.freeze(model, trainable)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = tiny_params.finetune.model_copy(update={"lr": 0.1, "backbone_lr_factor": 1.0})
-    trainable = finetune.trainable_backbone_names(backbone, "last_n", 1)
     optimizer = torch.optim.AdamW(finetune.parameter_groups(model, backbone, settings, trainable))
     finetune.train_mode(model, freeze_bn_stats)
     loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
     loss.backward()
     optimizer.step()
-    after = model.state_dict()
-    for name, tensor in after.items():
-        trains = name.startswith(
-            ("head.", "backbone.blocks.2.0.", "backbone.blocks.2.1.weight", "backbone.blocks.2.1.bias")
-        )
-        bn_stat = name.startswith("backbone.blocks.2.1.running")
-        if trains or (bn_stat and not freeze_bn_stats):
+    training = tuple(f"backbone.{block}." for block in TRAINING_BLOCKS[strategy])
+    for name, tensor in model.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        is_bn_statistic = "running_" in name
+        if name.startswith("head.") or (name.startswith(training) and not is_bn_statistic):
             assert not torch.equal(before[name], tensor), f"{name} should have changed"
-        elif not name.endswith("num_batches_tracked"):
+        elif name.startswith(training) and is_bn_statistic and not freeze_bn_stats:
+            assert not torch.equal(before[name], tensor), (
+                f"{name}: a training BatchNorm updates its statistics"
+            )
+        else:
             assert torch.equal(before[name], tensor), f"{name} should be bit-identical"
 
 
