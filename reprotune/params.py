@@ -145,6 +145,8 @@ class Evaluate(Section):
 
 class Track(Section):
     experiment: Annotated[str, Field(min_length=1)]
+    model_name: Annotated[str, Field(min_length=1)]
+    alias: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")]
 
 
 class Params(Section):

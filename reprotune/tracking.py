@@ -30,6 +30,14 @@ def tracking_uri(folder: Path | None = None) -> str:
     return f"sqlite:///{(project_root(folder) / DEFAULT_STORE).as_posix()}"
 
 
+def artifact_location(folder: Path | None = None) -> str | None:
+    """Where a new experiment keeps its artifacts: beside the project's store (never inside a DVC experiment
+    copy, which is deleted); None with a tracking server, which decides for itself."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (project_root(folder) / "mlartifacts").as_uri()
+
+
 def experiment_lineage() -> dict[str, str]:
     """Under `dvc exp run`, DVC names the experiment and its baseline commit in the environment."""
     names = {"DVC_EXP_NAME": "dvc_exp_name", "DVC_EXP_BASELINE_REV": "dvc_exp_baseline_rev"}

@@ -21,7 +21,13 @@ import pandas as pd
 from reprotune import stage
 from reprotune.layout import Layout, read_json, write_json
 from reprotune.params import Params, flatten
-from reprotune.tracking import experiment_lineage, git_lineage, stage_output_hashes, tracking_uri
+from reprotune.tracking import (
+    artifact_location,
+    experiment_lineage,
+    git_lineage,
+    stage_output_hashes,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,58 @@ def epoch_history(layout: Layout) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(stream)]
 
 
+def ensure_experiment(name: str) -> str:
+    """The experiment's id, creating it with its artifacts beside the project's store. Parallel workers on
+    a fresh store may race to create it: the loser takes the winner's."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location())
+    except MlflowException:
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def log_model(params: Params, layout: Layout) -> str:
+    """Log the fine-tuned network as a torch.export program (pt2: loading it unpickles no code), with a
+    signature and a real preprocessed test image as input example; register it and point the alias at it."""
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+    from safetensors.torch import load_file
+
+    from reprotune.backbones import Classifier, load_backbone
+    from reprotune.images import load_rgb
+
+    meta = read_json(layout.features_meta)
+    backbone = load_backbone(params.backbone)
+    model = Classifier(backbone.model, backbone.num_features, len(meta["classes"]))
+    model.load_state_dict(load_file(layout.finetuned_weights))
+    model.eval()
+    image = load_rgb(Path(meta["paths"]["test"][0]), tuple(params.clean.background))
+    example = backbone.data.eval_transform()(image).unsqueeze(0).numpy().astype(np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        serialization_format="pt2",
+        signature=infer_signature(example, logits),
+        input_example=example,
+        registered_model_name=params.track.model_name,
+        metadata={"classes": meta["classes"], "preprocessing": meta["data_config"]},
+    )
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(params.track.model_name, params.track.alias, version)
+    log.info("registered %s version %s as @%s", params.track.model_name, version, params.track.alias)
+    return version
+
+
 def close_abandoned_runs(experiment_id: str) -> None:
     """Mark FAILED the RUNNING runs this host started from a process that no longer exists (killed with
     SIGKILL, or a machine that went down): no run may stay RUNNING for ever. Runs of live processes, such as
@@ -100,8 +158,9 @@ def track(params: Params) -> None:
     data_hash = hashlib.sha256(layout.clean_manifest.read_bytes()).hexdigest()
     outputs = stage_output_hashes()
     mlflow.set_tracking_uri(tracking_uri())
-    experiment = mlflow.set_experiment(params.track.experiment)
-    close_abandoned_runs(experiment.experiment_id)
+    experiment_id = ensure_experiment(params.track.experiment)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    close_abandoned_runs(experiment_id)
     short, long = param_values(params)
     with mlflow.start_run(tags={"host": socket.gethostname(), "pid": str(os.getpid())}) as run:
         mlflow.log_params(short)
@@ -158,7 +217,11 @@ def track(params: Params) -> None:
             mlflow.log_table(table, f"reports/per_class_{model}.json")
         mlflow.log_artifacts(str(layout.head), "models/head")
         mlflow.log_artifacts(str(layout.finetuned), "models/finetuned")
-    write_json(layout.mlflow_run, {"run_id": run.info.run_id, "experiment": params.track.experiment})
+        version = log_model(params, layout)
+    write_json(
+        layout.mlflow_run,
+        {"run_id": run.info.run_id, "experiment": params.track.experiment, "model_version": version},
+    )
     log.info("MLflow run %s in %s", run.info.run_id, tracking_uri())
 
 

@@ -6,8 +6,12 @@ import hashlib
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,6 +47,68 @@ def mlflow_runs(project: Path):
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("reprotune")
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def log_to_a_tracking_server(project: Path, tmp_path: Path) -> None:
+    """A real `mlflow server` on a free loopback port: the track stage logs to it through
+    MLFLOW_TRACKING_URI, and the run reads back through MLflow's client. The server is stopped after."""
+    from mlflow.tracking import MlflowClient
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+        env["MLFLOW_TRACKING_URI"] = uri
+        done = subprocess.run(
+            [sys.executable, "-m", "stages.track"], cwd=project, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("reprotune").experiment_id])
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        assert "finetune.test.accuracy" in runs[0].data.metrics
+        assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {
+            "reports",
+            "models",
+            "lineage",
+        }
+        assert client.get_model_version_by_alias("reprotune", "candidate").version == "1"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -92,12 +158,33 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     assert runs[0].inputs.dataset_inputs[0].dataset.digest == run_data.tags["dvc.clean.data/cleaned"][:36]
     assert runs[0].info.status == "FINISHED"
 
+    # The registered model loads back by its alias, unpickling nothing, and predicts as evaluate did.
+    import mlflow
+    from PIL import Image
+
+    from reprotune import params as params_module
+    from reprotune.backbones import load_backbone
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    loaded = mlflow.pyfunc.load_model("models:/reprotune@candidate")
+    predictions = (project / "reports" / "predictions.csv").read_text().splitlines()
+    first = dict(zip(predictions[0].split(","), predictions[1].split(","), strict=False))
+    tiny = params_module.validate(tiny_params_raw())
+    image = load_backbone(tiny.backbone).data.eval_transform()(
+        Image.open(project / first["path"]).convert("RGB")
+    )
+    logits = loaded.predict(image.unsqueeze(0).numpy())
+    classes = sorted(["red", "green", "blue"])
+    assert classes[int(logits.argmax())] == first["finetune"]
+
     second = run(["dvc", "repro"], project)
     assert ran_stages(second) == [] and "up to date" in second
     assert len(mlflow_runs(project)) == 1
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project))
     assert "head.test.accuracy" in json.dumps(shown) or "accuracy" in json.dumps(shown)
+
+    log_to_a_tracking_server(project, tmp_path)
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train_head"]["C"] = 0.5
