@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -206,7 +207,8 @@ def test_torchrun_two_cpu_processes(tiny_params, tmp_path):
     raw = tiny_params.model_dump(mode="json")
     raw["finetune"].update(epochs=2, batch_size=8)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    done = subprocess.run(
+    # Its own process group, so that a hang kills torchrun's workers too, not only torchrun.
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -219,11 +221,18 @@ def test_torchrun_two_cpu_processes(tiny_params, tmp_path):
         ],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    try:
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, stderr[-3000:]
     summary = json.loads((Path(tiny_params.paths.finetuned) / "finetune.json").read_text())
     assert summary["processes"] == 2 and summary["epochs_run"] == 2
     assert load_file(Path(tiny_params.paths.finetuned) / "model.safetensors")["head.weight"].shape == (3, 32)
