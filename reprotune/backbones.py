@@ -300,6 +300,17 @@ class Classifier(nn.Module):
         return self.head(self.backbone(images))
 
 
+def load_trained_classifier(
+    params: BackboneParams, weights: Path, num_classes: int
+) -> tuple[Classifier, Backbone]:
+    """The network finetune saved: architecture and preprocessing from the registry, every weight from
+    `weights`. Returns it in eval mode, with its Backbone (for the preprocessing)."""
+    backbone = load_backbone(params)
+    model = Classifier(backbone.model, backbone.num_features, num_classes)
+    model.load_state_dict(load_file(weights))
+    return model.eval(), backbone
+
+
 def pick_device(setting: str) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
         raise InputError("params.yaml: finetune.device: cuda was asked for but no CUDA device is visible")

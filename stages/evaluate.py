@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from scipy.special import softmax
 
 from reprotune import plots, stage
-from reprotune.backbones import Classifier, load_backbone, pick_device
+from reprotune.backbones import load_trained_classifier, pick_device
 from reprotune.datasets import ManifestImages, make_loader, worker_count
 from reprotune.layout import MODELS, Layout, atomic_output, read_json, write_json, write_text
 from reprotune.metrics import (
@@ -46,9 +46,7 @@ def head_logits(layout: Layout, split: str) -> np.ndarray:
 
 def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]], classes: list[str]) -> dict:
     device = pick_device(params.finetune.device)
-    backbone = load_backbone(params.backbone)
-    model = Classifier(backbone.model, backbone.num_features, len(classes))
-    model.load_state_dict(load_file(layout.finetuned_weights))
+    model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(classes))
     model.to(device)
     if params.backbone.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -8,7 +8,6 @@ and tags for the git commit and the data's content hash.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from reprotune import stage
-from reprotune.layout import Layout, read_json, write_json
+from reprotune.layout import Layout, read_json, sha256_of_file, write_json
 from reprotune.params import Params, flatten
 from reprotune.tracking import (
     artifact_location,
@@ -96,16 +95,12 @@ def log_model(params: Params, layout: Layout) -> str:
     import numpy as np
     import torch
     from mlflow.models import infer_signature
-    from safetensors.torch import load_file
 
-    from reprotune.backbones import Classifier, load_backbone
+    from reprotune.backbones import load_trained_classifier
     from reprotune.images import load_rgb
 
     meta = read_json(layout.features_meta)
-    backbone = load_backbone(params.backbone)
-    model = Classifier(backbone.model, backbone.num_features, len(meta["classes"]))
-    model.load_state_dict(load_file(layout.finetuned_weights))
-    model.eval()
+    model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(meta["classes"]))
     image = load_rgb(Path(meta["paths"]["test"][0]), tuple(params.clean.background))
     example = backbone.data.eval_transform()(image).unsqueeze(0).numpy().astype(np.float32)
     with torch.no_grad():
@@ -155,7 +150,7 @@ def track(params: Params) -> None:
     from mlflow.entities import Metric
 
     layout = Layout(params.paths)
-    data_hash = hashlib.sha256(layout.clean_manifest.read_bytes()).hexdigest()
+    data_hash = sha256_of_file(layout.clean_manifest)
     outputs = stage_output_hashes()
     mlflow.set_tracking_uri(tracking_uri())
     experiment_id = ensure_experiment(params.track.experiment)
