@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,16 @@ class DataConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     crop_pct: float
+
+    @property
+    def eval_decode_side(self) -> int:
+        """The shorter side the eval transform resizes to before its centre crop (timm's rule)."""
+        return math.floor(self.input_size / self.crop_pct)
+
+    def train_decode_side(self, augment: Augment) -> int:
+        """A side that leaves the smallest random-resized crop (area `scale[0]`, aspect up to 4:3) at least
+        `input_size` pixels across, so reduced-scale decoding never upsamples a crop."""
+        return math.ceil(self.input_size / math.sqrt(min(augment.scale)) * math.sqrt(4 / 3))
 
     def eval_transform(self) -> Callable:
         return timm.data.create_transform(
@@ -311,9 +322,9 @@ def load_trained_classifier(
     return model.eval(), backbone
 
 
-def pick_device(setting: str) -> torch.device:
+def pick_device(setting: str, key: str) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
-        raise InputError("params.yaml: finetune.device: cuda was asked for but no CUDA device is visible")
+        raise InputError(f"params.yaml: {key}: cuda was asked for but no CUDA device is visible")
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(setting)

@@ -14,18 +14,24 @@ from reprotune.images import Background, load_rgb
 
 class ManifestImages(Dataset):
     def __init__(
-        self, paths: Sequence[str], labels: Sequence[int], transform: Callable, background: Background
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int],
+        transform: Callable,
+        background: Background,
+        decode_side: int | None = None,
     ) -> None:
         self.paths = list(paths)
         self.labels = list(labels)
         self.transform = transform
         self.background = background
+        self.decode_side = decode_side  # see load_rgb: the least side the transform needs
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = load_rgb(Path(self.paths[index]), self.background)
+        image = load_rgb(Path(self.paths[index]), self.background, self.decode_side)
         return self.transform(image), self.labels[index]
 
 

@@ -49,9 +49,16 @@ def upright(image: Image.Image) -> tuple[Image.Image, str | None]:
         return image, f"exif_ignored: {type(error).__name__}: {error}"
 
 
-def load_rgb(path: Path, background: Background) -> Image.Image:
-    """Decode a file the clean stage has already accepted."""
+def load_rgb(path: Path, background: Background, min_side: int | None = None) -> Image.Image:
+    """Decode a file the clean stage has already accepted.
+
+    With `min_side`, a JPEG at least twice that size on both sides is decoded at a reduced scale (libjpeg's
+    DCT scaling by 1/2, 1/4 or 1/8) that keeps both sides >= min_side: a 12-megapixel photo that will be
+    resized to 182 pixels decodes about 8x faster. Smaller images decode exactly as without it.
+    """
     with Image.open(path) as image:
+        if min_side is not None:
+            image.draft(None, (min_side, min_side))
         image.load()
         return to_rgb(upright(image)[0], background)
 

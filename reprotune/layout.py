@@ -19,6 +19,18 @@ from typing import Any
 
 from reprotune.params import Paths
 
+
+def project_root(folder: Path | None = None) -> Path:
+    """The project the stage belongs to. `dvc exp run --queue/--temp` runs stages in a copy under
+    <project>/.dvc/tmp/exps/; their runs must land in the project's store, not in the throwaway copy's."""
+    folder = (folder or Path.cwd()).resolve()
+    parts = folder.parts
+    for index in range(len(parts) - 3):
+        if parts[index : index + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:index])
+    return folder
+
+
 SPLITS = ("train", "val", "test")
 MODELS = ("head", "finetune")
 
@@ -115,6 +127,12 @@ class Layout:
     @property
     def finetuned_meta(self) -> Path:
         return self.finetuned / "finetune.json"
+
+    @property
+    def embedding_cache(self) -> Path:
+        """Shared by every copy of the project (see project_root): a relative path is the project's."""
+        folder = Path(self.paths.embedding_cache)
+        return folder if folder.is_absolute() else project_root() / folder
 
     @property
     def checkpoint(self) -> Path:

@@ -40,6 +40,7 @@ class Paths(Section):
     finetuned: str
     reports: str
     checkpoints: str
+    embedding_cache: str
 
 
 class Ingest(Section):
@@ -87,6 +88,7 @@ class Backbone(Section):
 class Featurize(Section):
     batch_size: PositiveInt
     num_workers: Workers
+    device: Literal["auto", "cpu", "cuda"]
 
 
 class TrainHead(Section):

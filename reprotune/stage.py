@@ -36,3 +36,7 @@ def run(work: Callable[[Params], None]) -> None:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        # Ctrl-C: the `with` blocks have already removed temporaries and failed any MLflow run on the way out.
+        print("interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

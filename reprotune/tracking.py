@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from reprotune.layout import project_root
+
 DEFAULT_STORE = "mlflow.db"
-
-
-def project_root(folder: Path | None = None) -> Path:
-    """The project the stage belongs to. `dvc exp run --queue/--temp` runs stages in a copy under
-    <project>/.dvc/tmp/exps/; their runs must land in the project's store, not in the throwaway copy's."""
-    folder = (folder or Path.cwd()).resolve()
-    parts = folder.parts
-    for index in range(len(parts) - 3):
-        if parts[index : index + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:index])
-    return folder
 
 
 def tracking_uri(folder: Path | None = None) -> str:
@@ -30,12 +24,46 @@ def tracking_uri(folder: Path | None = None) -> str:
     return f"sqlite:///{(project_root(folder) / DEFAULT_STORE).as_posix()}"
 
 
-def artifact_location(folder: Path | None = None) -> str | None:
-    """Where a new experiment keeps its artifacts: beside the project's store (never inside a DVC experiment
-    copy, which is deleted); None with a tracking server, which decides for itself."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store (for the default store, the
+    project's `mlartifacts/`, never inside a DVC experiment copy, which is deleted); None with a tracking
+    server, which decides for itself."""
+    if not uri.startswith("sqlite:///"):
         return None
-    return (project_root(folder) / "mlartifacts").as_uri()
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store. MLflow creates a fresh store's tables with alembic
+    migrations on first use; two processes doing so at once (parallel `dvc queue` workers) both fail."""
+    if not uri.startswith("sqlite:///"):
+        yield  # a server serialises its own store
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_experiment(name: str) -> str:
+    """Point MLflow at the project's store and return the experiment's id, creating the store and the
+    experiment (artifacts beside the store) under the store lock, so concurrent first runs do not race."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
 
 
 def experiment_lineage() -> dict[str, str]:

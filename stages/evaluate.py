@@ -45,7 +45,7 @@ def head_logits(layout: Layout, split: str) -> np.ndarray:
 
 
 def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]], classes: list[str]) -> dict:
-    device = pick_device(params.finetune.device)
+    device = pick_device(params.finetune.device, "finetune.device")
     model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(classes))
     model.to(device)
     if params.backbone.channels_last:
@@ -57,6 +57,7 @@ def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]]
             [0] * len(paths[split]),
             backbone.data.eval_transform(),
             tuple(params.clean.background),
+            backbone.data.eval_decode_side,
         )
         loader = make_loader(dataset, params.featurize.batch_size, worker_count(params.featurize.num_workers))
         logits[split] = predict(model, loader, device, params.backbone.channels_last).numpy()

@@ -1,42 +1,126 @@
 """featurize: embed every image once with the frozen, pretrained backbone.
 
-One safetensors file per split (embeddings and label indices) and `features.json`, which records what
-produced them (backbone, weights, preprocessing) plus the class list and the row order (image paths).
+One safetensors file per split (label indices and embeddings, rows in manifest order) and `features.json`,
+which records what produced them (backbone, weights, preprocessing) plus the class list and the row order.
+
+Embeddings come from a content-addressed cache (reprotune/embeddings.py) keyed by the image file's sha256
+under a recipe of everything else that shapes an embedding. Only images the cache lacks go through the
+backbone; adding one image to a large dataset embeds one image. The split files are then streamed from the
+cache, so memory does not grow with the number of images, and are byte-identical with or without the cache.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import PIL
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from reprotune import stage
-from reprotune.backbones import Backbone, load_backbone
+from reprotune.backbones import Backbone, load_backbone, pick_device
 from reprotune.datasets import ManifestImages, make_loader, worker_count
+from reprotune.embeddings import EmbeddingCache, file_digest, tensor_file
 from reprotune.layout import SPLITS, Layout, atomic_output
 from reprotune.params import Params
 
 log = logging.getLogger(__name__)
 
+RECIPE_VERSION = 1  # bump when decoding or embedding changes in a way the recipe's other fields miss
+ASSEMBLE_ROWS = 1024  # rows copied from the cache per write
+
 
 @torch.inference_mode()
-def embed(model: torch.nn.Module, loader: DataLoader, channels_last: bool, desc: str) -> torch.Tensor:
-    batches = []
-    for images, _ in tqdm(loader, desc=desc, unit="batch", disable=None):
+def embed(
+    model: torch.nn.Module, loader: DataLoader, batch_size: int, device: torch.device, channels_last: bool
+) -> Iterator[np.ndarray]:
+    """Embeddings a batch at a time. A short last batch is padded to `batch_size`: the CPU kernels differ
+    with the batch shape (a batch of 1 differs from a batch of 64 by ~5e-6), and one shape for every pass
+    makes an image's embedding independent of the images it happens to be batched with."""
+    for images, _ in tqdm(loader, desc="featurize", unit="batch", disable=None):
+        count = len(images)
+        if count < batch_size:
+            images = torch.cat([images, images.new_zeros((batch_size - count, *images.shape[1:]))])
+        images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        batches.append(model(images).float())
-    return torch.cat(batches)
+        yield model(images)[:count].float().cpu().numpy()
 
 
-def prepare(backbone: Backbone, channels_last: bool) -> torch.nn.Module:
-    model = backbone.model.eval()
+def prepare(backbone: Backbone, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    model = backbone.model.eval().to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def recipe(params: Params, backbone: Backbone, device: torch.device) -> dict:
+    """Everything besides the image bytes that an embedding depends on: the cache key."""
+    return {
+        "version": RECIPE_VERSION,
+        "backbone": params.backbone.name,
+        "weights": backbone.weights,
+        "data_config": backbone.data.__dict__,
+        "decode_side": backbone.data.eval_decode_side,
+        "background": list(params.clean.background),
+        "channels_last": params.backbone.channels_last,
+        "batch_size": params.featurize.batch_size,
+        "dtype": "float32",
+        "device": device.type,
+        "torch": torch.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def fill_cache(
+    cache: EmbeddingCache,
+    paths: list[str],
+    digests: list[bytes],
+    params: Params,
+    backbone: Backbone,
+    device: torch.device,
+) -> int:
+    """Embed the images whose content the cache lacks (each distinct content once); return how many."""
+    first_path = {}
+    for path, digest in zip(paths, digests, strict=True):
+        if digest not in cache:
+            first_path.setdefault(digest, path)
+    if not first_path:
+        return 0
+    settings = params.featurize
+    dataset = ManifestImages(
+        list(first_path.values()),
+        [0] * len(first_path),
+        backbone.data.eval_transform(),
+        tuple(params.clean.background),
+        backbone.data.eval_decode_side,
+    )
+    loader = make_loader(
+        dataset, settings.batch_size, worker_count(settings.num_workers), pin=device.type == "cuda"
+    )
+    model = prepare(backbone, device, params.backbone.channels_last)
+    with cache.new_shard(len(first_path), backbone.num_features) as shard:
+        shard.write(np.frombuffer(b"".join(first_path), np.uint8).reshape(len(first_path), -1))
+        for embeddings in embed(model, loader, settings.batch_size, device, params.backbone.channels_last):
+            shard.write(embeddings)
+    return len(first_path)
+
+
+def write_split(
+    path: Path, cache: EmbeddingCache, digests: list[bytes], labels: list[int], num_features: int
+) -> None:
+    tensors = {
+        "labels": (np.dtype(np.int64), (len(labels),)),
+        "embeddings": (np.dtype(np.float32), (len(digests), num_features)),
+    }
+    with tensor_file(path, tensors) as out:
+        out.write(np.asarray(labels, np.int64))
+        for start in range(0, len(digests), ASSEMBLE_ROWS):
+            out.write(cache.rows(digests[start : start + ASSEMBLE_ROWS]))
 
 
 def featurize(params: Params) -> None:
@@ -46,9 +130,13 @@ def featurize(params: Params) -> None:
     classes = sorted(manifest["label"].unique())
     index = {label: i for i, label in enumerate(classes)}
     backbone = load_backbone(params.backbone)
-    model = prepare(backbone, params.backbone.channels_last)
-    transform = backbone.data.eval_transform()
-    workers = worker_count(params.featurize.num_workers)
+    device = pick_device(params.featurize.device, "featurize.device")
+    cache = EmbeddingCache(layout.embedding_cache, recipe(params, backbone, device))
+    paths = manifest["path"].tolist()
+    digests = [file_digest(Path(path)) for path in tqdm(paths, desc="hash", unit="file", disable=None)]
+    embedded = fill_cache(cache, paths, digests, params, backbone, device)
+    log.info("embedded %d images, %d from the cache %s", embedded, len(paths) - embedded, cache.folder)
+    manifest["digest"] = digests
     meta = {
         "backbone": params.backbone.name,
         "weights": backbone.weights,
@@ -63,15 +151,15 @@ def featurize(params: Params) -> None:
         for split in SPLITS:
             rows = manifest[manifest["split"] == split]
             labels = [index[label] for label in rows["label"]]
-            dataset = ManifestImages(rows["path"], labels, transform, tuple(params.clean.background))
-            loader = make_loader(dataset, params.featurize.batch_size, workers)
-            embeddings = embed(model, loader, params.backbone.channels_last, f"featurize {split}")
-            save_file(
-                {"embeddings": embeddings.contiguous(), "labels": torch.tensor(labels, dtype=torch.int64)},
+            write_split(
                 staging / layout.features_file(split).name,
+                cache,
+                rows["digest"].tolist(),
+                labels,
+                backbone.num_features,
             )
             meta["paths"][split] = rows["path"].tolist()
-            log.info("%s: %d embeddings of size %d", split, *embeddings.shape)
+            log.info("%s: %d embeddings of size %d", split, len(rows), backbone.num_features)
         (staging / layout.features_meta.name).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 

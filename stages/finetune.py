@@ -324,7 +324,7 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
             f"params.yaml: finetune.batch_size={settings.batch_size} must divide by the {world} processes"
         )
     seed_everything(settings.seed)
-    device = pick_device(settings.device)
+    device = pick_device(settings.device, "finetune.device")
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     channels_last = params.backbone.channels_last
@@ -348,11 +348,15 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
     background = tuple(params.clean.background)
     workers = worker_count(settings.num_workers)
     pin = device.type == "cuda"
+    data = backbone.data
     train_set = ManifestImages(
-        *load_split(manifest, "train", classes), backbone.data.train_transform(settings.augment), background
+        *load_split(manifest, "train", classes),
+        data.train_transform(settings.augment),
+        background,
+        data.train_decode_side(settings.augment),
     )
     val_set = ManifestImages(
-        *load_split(manifest, "val", classes), backbone.data.eval_transform(), background
+        *load_split(manifest, "val", classes), data.eval_transform(), background, data.eval_decode_side
     )
     # The shuffle (and each epoch's worker seeds) come from loader_rng, which checkpoints save; workers are
     # not persistent, so that an epoch's randomness depends on nothing a resumed run could not restore.

@@ -21,9 +21,9 @@ from reprotune import stage
 from reprotune.layout import Layout, read_json, sha256_of_file, write_json
 from reprotune.params import Params, flatten
 from reprotune.tracking import (
-    artifact_location,
     experiment_lineage,
     git_lineage,
+    open_experiment,
     stage_output_hashes,
     tracking_uri,
 )
@@ -72,22 +72,6 @@ def epoch_history(layout: Layout) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(stream)]
 
 
-def ensure_experiment(name: str) -> str:
-    """The experiment's id, creating it with its artifacts beside the project's store. Parallel workers on
-    a fresh store may race to create it: the loser takes the winner's."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location())
-    except MlflowException:
-        return client.get_experiment_by_name(name).experiment_id
-
-
 def log_model(params: Params, layout: Layout) -> str:
     """Log the fine-tuned network as a torch.export program (pt2: loading it unpickles no code), with a
     signature and a real preprocessed test image as input example; register it and point the alias at it."""
@@ -101,7 +85,9 @@ def log_model(params: Params, layout: Layout) -> str:
 
     meta = read_json(layout.features_meta)
     model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(meta["classes"]))
-    image = load_rgb(Path(meta["paths"]["test"][0]), tuple(params.clean.background))
+    image = load_rgb(
+        Path(meta["paths"]["test"][0]), tuple(params.clean.background), backbone.data.eval_decode_side
+    )
     example = backbone.data.eval_transform()(image).unsqueeze(0).numpy().astype(np.float32)
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).numpy()
@@ -152,8 +138,7 @@ def track(params: Params) -> None:
     layout = Layout(params.paths)
     data_hash = sha256_of_file(layout.clean_manifest)
     outputs = stage_output_hashes()
-    mlflow.set_tracking_uri(tracking_uri())
-    experiment_id = ensure_experiment(params.track.experiment)
+    experiment_id = open_experiment(params.track.experiment)
     mlflow.set_experiment(experiment_id=experiment_id)
     close_abandoned_runs(experiment_id)
     short, long = param_values(params)

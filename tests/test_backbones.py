@@ -63,7 +63,6 @@ def test_unknown_name_suggests_close_ones():
         load_backbone(params("torchvision:resnet_x"))
 
 
-@pytest.mark.slow
 def test_default_backbone_is_imagenet_pretrained():
     """The shipped weights, mapped onto timm's tf_efficientnet_lite0, classify scikit-learn's sample photos."""
     import timm.data

@@ -143,7 +143,6 @@ def digest(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.slow
 def test_messy_corpus(tiny_params, tmp_path: Path):
     raw = Path(tiny_params.paths.raw)
     outside = tmp_path / "outside"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, make_class_folder, tiny_params_raw
+from tests.conftest import ROOT, copy_project, make_class_folder, tiny_params_raw
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -111,18 +111,27 @@ def log_to_a_tracking_server(project: Path, tmp_path: Path) -> None:
         server.wait(timeout=30)
 
 
-@pytest.mark.slow
-def test_dvc_repro_end_to_end(tmp_path: Path):
-    project = copy_project(tmp_path / "project")
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params_raw(), sort_keys=False))
-    make_class_folder(project / "data" / "raw", per_class=10)
-    raw_before = tree_digest(project / "data" / "raw")
-    run(["git", "init", "-q"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-q", "-m", "tiny"], project)
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> dict:
+    """A temporary copy of the project on a tiny dataset, committed to its own git repository, after one
+    `dvc repro`. The tests below share it and run in file order; the last one changes params."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    root = copy_project(tmp_path / "project")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_raw(), sort_keys=False))
+    make_class_folder(root / "data" / "raw", per_class=10)
+    raw_before = tree_digest(root / "data" / "raw")
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "tiny"], root)
+    first = run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "first repro"], root)
+    return {"root": root, "tmp": tmp_path, "first": first, "raw_before": raw_before}
 
-    first = run(["dvc", "repro"], project)
-    assert ran_stages(first) == [
+
+def test_dvc_repro_end_to_end(project):
+    root = project["root"]
+    assert ran_stages(project["first"]) == [
         "ingest",
         "clean",
         "split",
@@ -133,19 +142,19 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
         "track",
     ]
 
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
     for model in ("head", "finetune"):
         assert set(metrics[model]["test"]) >= {"accuracy", "macro_f1"}
         assert metrics[model]["test"]["accuracy"] > 0.5  # three colour classes: far above chance (1/3)
-    cleaning = json.loads((project / "reports" / "cleaning.json").read_text())
+    cleaning = json.loads((root / "reports" / "cleaning.json").read_text())
     assert cleaning["scanned"] == 30 and cleaning["kept"] == 30
     for plot in ("confusion_finetune", "reliability", "training_curves", "mistakes_head", "per_class_f1"):
-        assert (project / "reports" / "plots" / f"{plot}.png").stat().st_size > 1000
-    report = (project / "reports" / "report.md").read_text()
+        assert (root / "reports" / "plots" / f"{plot}.png").stat().st_size > 1000
+    report = (root / "reports" / "report.md").read_text()
     assert "reprotune-tiny-test" in report and "`ece`" in report
     assert "ece_temperature_scaled" in metrics["finetune"]["test"]
 
-    runs = mlflow_runs(project)
+    runs = mlflow_runs(root)
     assert len(runs) == 1
     run_data = runs[0].data
     assert (
@@ -165,42 +174,175 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     from reprotune import params as params_module
     from reprotune.backbones import load_backbone
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     loaded = mlflow.pyfunc.load_model("models:/reprotune@candidate")
-    predictions = (project / "reports" / "predictions.csv").read_text().splitlines()
+    predictions = (root / "reports" / "predictions.csv").read_text().splitlines()
     first = dict(zip(predictions[0].split(","), predictions[1].split(","), strict=False))
     tiny = params_module.validate(tiny_params_raw())
     image = load_backbone(tiny.backbone).data.eval_transform()(
-        Image.open(project / first["path"]).convert("RGB")
+        Image.open(root / first["path"]).convert("RGB")
     )
     logits = loaded.predict(image.unsqueeze(0).numpy())
     classes = sorted(["red", "green", "blue"])
     assert classes[int(logits.argmax())] == first["finetune"]
 
-    second = run(["dvc", "repro"], project)
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], root))
+    assert "accuracy" in json.dumps(shown)
+
+
+def test_unchanged_repro_is_a_no_op_and_adds_no_run(project):
+    root = project["root"]
+    before = len(mlflow_runs(root))
+    second = run(["dvc", "repro"], root)
     assert ran_stages(second) == [] and "up to date" in second
-    assert len(mlflow_runs(project)) == 1
+    assert len(mlflow_runs(root)) == before
 
-    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project))
-    assert "head.test.accuracy" in json.dumps(shown) or "accuracy" in json.dumps(shown)
 
-    log_to_a_tracking_server(project, tmp_path)
+def test_logs_to_a_tracking_server(project):
+    log_to_a_tracking_server(project["root"], project["tmp"])
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train_head"]["C"] = 0.5
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "train_head.C" in run(["dvc", "params", "diff"], project)
-    third = run(["dvc", "repro"], project)
-    assert ran_stages(third) == ["train_head", "finetune", "evaluate", "track"]
-    runs = mlflow_runs(project)
-    assert len(runs) == 2
-    differing = {k for k in runs[0].data.params if runs[0].data.params[k] != runs[1].data.params.get(k)}
-    assert differing == {"train_head.C"}
 
-    assert tree_digest(project / "data" / "raw") == raw_before
+def track_process(root: Path, uri: str, stall: bool = False) -> subprocess.Popen:
+    """`python -m stages.track` against `uri`; with `stall`, it stops inside its MLflow run (just before the
+    model is logged) and says `ready`, so that a test can signal it mid-run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["MLFLOW_TRACKING_URI"] = uri
+    # A shell's background job inherits SIGINT ignored, and Python keeps ignoring it: give the stage Ctrl-C's
+    # usual handler, as in a terminal.
+    code = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\nimport stages.track as track\n"
+    if stall:
+        code += (
+            "import time\n"
+            "def stalled(*args):\n"
+            "    print('ready', flush=True)\n"
+            "    time.sleep(300)\n"
+            "track.log_model = stalled\n"
+        )
+    code += "track.main()\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def store_runs(uri: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("reprotune")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def test_parallel_writers_on_a_fresh_store(project):
+    """Two track stages start at once on a store that does not exist yet: MLflow's first-use migrations
+    collide without the store lock. Both runs land, FINISHED, each with its own model version."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{project['tmp'] / 'fresh' / 'mlflow.db'}"
+    writers = [track_process(project["root"], uri) for _ in range(2)]
+    for writer in writers:
+        _, stderr = writer.communicate(timeout=600)
+        assert writer.returncode == 0, stderr[-3000:]
+    runs = store_runs(uri)
+    assert [r.info.status for r in runs] == ["FINISHED"] * 2
+    versions = MlflowClient(uri).search_model_versions("name = 'reprotune'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert all(
+        r.info.artifact_uri.startswith((project["tmp"] / "fresh" / "mlartifacts").as_uri()) for r in runs
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_track_leaves_no_finished_or_running_run(project, signum):
+    """Stopped inside its MLflow run, track leaves that run FAILED (SIGINT, SIGTERM) and writes no run record.
+    SIGKILL cannot be caught: the run stays RUNNING until the next track marks it FAILED and records the
+    result once."""
+    root = project["root"]
+    record = root / "reports" / "mlflow_run.json"
+    record_before = record.read_bytes()
+    uri = f"sqlite:///{project['tmp'] / f'interrupted-{signum.name}' / 'mlflow.db'}"
+    stalled = track_process(root, uri, stall=True)
+    assert stalled.stdout.readline().strip() == "ready"
+    stalled.send_signal(signum)
+    try:
+        _, stderr = stalled.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        stalled.kill()
+        pytest.fail(f"track ignored {signum.name}:\n{stalled.communicate()[1][-3000:]}")
+    assert stalled.returncode == (-signum if signum == signal.SIGKILL else 128 + signum)
+    assert "Traceback" not in stderr
+    assert record.read_bytes() == record_before
+    if signum != signal.SIGKILL:
+        assert [r.info.status for r in store_runs(uri)] == ["FAILED"]
+        return
+    assert [r.info.status for r in store_runs(uri)] == ["RUNNING"]
+    again = track_process(root, uri)
+    _, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr[-3000:]
+    assert sorted(r.info.status for r in store_runs(uri)) == ["FAILED", "FINISHED"]
 
 
 @pytest.mark.slow
+def test_dvc_queue_sweep_logs_every_experiment(project):
+    """`dvc exp run --queue -S ...` three times, then `dvc queue start -j 2`: each experiment runs in a copy
+    under .dvc/tmp/exps, and all three land in the project's store (fresh, so the two workers race to create
+    it) with their DVC experiment name and the train_head.C they were given."""
+    root = project["root"]
+    (root / "mlflow.db").rename(root / "mlflow.db.before-sweep")
+    try:
+        values = ["0.25", "0.5", "2.0"]
+        for value in values:
+            run(["dvc", "exp", "run", "--queue", "-S", f"train_head.C={value}"], root)
+        run(["dvc", "queue", "start", "-j", "2"], root)
+        deadline = time.monotonic() + 900
+        while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], root)):
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+        assert status.count("Success") == 3, status
+        # Read from a fresh process: this one's MLflow keeps a connection to the store renamed above.
+        code = (
+            "import json, sys\n"
+            "from tests.test_pipeline import mlflow_runs\n"
+            "from pathlib import Path\n"
+            "print(json.dumps([[r.info.status, r.data.params['train_head.C'], r.data.tags.get('dvc_exp_name'),"
+            " r.info.artifact_uri] for r in mlflow_runs(Path(sys.argv[1]))]))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(root)], cwd=ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs = json.loads(done.stdout.strip().splitlines()[-1])
+        assert sorted(c for _, c, _, _ in runs) == values
+        assert [status for status, *_ in runs] == ["FINISHED"] * 3
+        names = {name for _, _, name, _ in runs}
+        assert len(names) == 3 and None not in names
+        assert all(uri.startswith((root / "mlartifacts").as_uri()) for *_, uri in runs)
+        assert not (root / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
+    finally:
+        (root / "mlflow.db").unlink(missing_ok=True)
+        (root / "mlflow.db.before-sweep").rename(root / "mlflow.db")
+
+
+def test_a_train_head_change_reruns_only_what_depends_on_it(project):
+    root = project["root"]
+    before = mlflow_runs(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train_head"]["C"] = 0.75  # a value no sweep above used: DVC's run-cache would restore that one
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "train_head.C" in run(["dvc", "params", "diff"], root)
+    third = run(["dvc", "repro"], root)
+    assert ran_stages(third) == ["train_head", "finetune", "evaluate", "track"]
+    runs = mlflow_runs(root)
+    assert len(runs) == len(before) + 1
+    differing = {k for k in runs[-2].data.params if runs[-2].data.params[k] != runs[-1].data.params.get(k)}
+    assert differing == {"train_head.C"}
+    assert tree_digest(root / "data" / "raw") == project["raw_before"]
+
+
 def test_bad_params_stop_a_stage_before_it_writes(tmp_path: Path):
     project = copy_project(tmp_path / "project")
     raw = tiny_params_raw()

@@ -5,7 +5,8 @@ import sys
 import time
 from pathlib import Path
 
-from reprotune.tracking import experiment_lineage, project_root, stage_output_hashes, tracking_uri
+from reprotune.layout import project_root
+from reprotune.tracking import experiment_lineage, stage_output_hashes, tracking_uri
 from tests.conftest import ROOT
 
 
