@@ -15,9 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reprotune.params import Paths
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def project_root(folder: Path | None = None) -> Path:
@@ -171,6 +174,29 @@ class Layout:
     @property
     def mlflow_run(self) -> Path:
         return self.reports / "mlflow_run.json"
+
+    def read_manifest(self, manifest: Path, dtype: Any = str) -> pd.DataFrame:
+        """A manifest whose every image path lies inside the data folder or the built-in sample, and whose
+        every file a stage will open also resolves there with symlinks followed: an absolute path elsewhere,
+        a `..` or a link out is refused, so no stage reads a file outside the data it was given. (Rows the
+        ingest stage already flagged, `issue` set, are reported by clean and never opened.)"""
+        import pandas as pd
+
+        from reprotune.stage import InputError
+
+        table = pd.read_csv(manifest, dtype=dtype, keep_default_na=False)
+        folders = (self.raw, self.ingested)
+        opened = table["issue"] == "" if "issue" in table else pd.Series(True, index=table.index)
+        for path, will_open in zip(table["path"], opened, strict=True):
+            inside = any(Path(os.path.abspath(path)).is_relative_to(os.path.abspath(f)) for f in folders)
+            if inside and will_open:
+                inside = any(Path(path).resolve().is_relative_to(f.resolve()) for f in folders)
+            if not inside:
+                raise InputError(
+                    f"{manifest}: image path {path!r} is outside the data folders ({self.raw}, "
+                    f"{self.ingested}); a manifest may only name files inside them"
+                )
+        return table
 
 
 def _remove(path: Path) -> None:

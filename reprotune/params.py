@@ -16,10 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PARAMS_FILE = Path("params.yaml")
 
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Every number has an upper bound too: a huge value is a typo, and it would otherwise surface as an
+# overflow deep inside numpy or torch (or as a run that never ends) instead of as a line naming the key.
+Count = Annotated[int, Field(gt=0, le=1_000_000)]
+Epochs = Annotated[int, Field(gt=0, le=10_000)]
+BatchSize = Annotated[int, Field(gt=0, le=65_536)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy's and torch's seed range
+Side = Annotated[int, Field(gt=0, le=65_535)]  # the largest JPEG side
 Fraction = Annotated[float, Field(ge=0, lt=1)]
-Workers = Literal["auto"] | Annotated[int, Field(ge=0)]
+Workers = Literal["auto"] | Annotated[int, Field(ge=0, le=256)]
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
 
 
@@ -27,7 +32,7 @@ class Section(BaseModel):
     # Unknown keys are errors (a misspelt key silently ignored is a wasted experiment). Validation runs in
     # strict JSON mode: YAML lists become tuples and ints pass as floats, but `lr: "1e-3"` (a string) is
     # rejected rather than guessed at.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class Paths(Section):
@@ -49,9 +54,9 @@ class Ingest(Section):
 
 class Clean(Section):
     formats: Annotated[list[ImageFormat], Field(min_length=1)]
-    min_side: PositiveInt
-    max_aspect_ratio: Annotated[float, Field(ge=1)]
-    max_pixels: PositiveInt
+    min_side: Side
+    max_aspect_ratio: Annotated[float, Field(ge=1, le=65_535)]
+    max_pixels: Annotated[int, Field(gt=0, le=65_535**2)]
     background: tuple[
         Annotated[int, Field(ge=0, le=255)],
         Annotated[int, Field(ge=0, le=255)],
@@ -59,12 +64,12 @@ class Clean(Section):
     ]
     near_duplicate_distance: Annotated[int, Field(ge=0, le=32)] | None
     label_conflict: Literal["drop", "majority"]
-    min_class_size: PositiveInt
+    min_class_size: Count
     small_class: Literal["drop", "fail"]
 
 
 class Split(Section):
-    seed: Annotated[int, Field(ge=0)]
+    seed: Seed
     val_fraction: Fraction
     test_fraction: Fraction
 
@@ -86,14 +91,14 @@ class Backbone(Section):
 
 
 class Featurize(Section):
-    batch_size: PositiveInt
+    batch_size: BatchSize
     num_workers: Workers
     device: Literal["auto", "cpu", "cuda"]
 
 
 class TrainHead(Section):
-    C: PositiveFloat
-    max_iter: PositiveInt
+    C: Annotated[float, Field(gt=0, le=1e12)]
+    max_iter: Count
 
 
 class Augment(Section):
@@ -101,8 +106,8 @@ class Augment(Section):
     hflip: Annotated[float, Field(ge=0, le=1)]
     color_jitter: Annotated[float, Field(ge=0, le=1)]
     auto_augment: Annotated[str, Field(pattern=r"^(rand-|augmix-|trivialaugment|original|v0)")] | None
-    mixup: Annotated[float, Field(ge=0)]
-    cutmix: Annotated[float, Field(ge=0)]
+    mixup: Annotated[float, Field(ge=0, le=100)]  # Beta(alpha, alpha)
+    cutmix: Annotated[float, Field(ge=0, le=100)]
 
     @field_validator("scale")
     @classmethod
@@ -113,23 +118,23 @@ class Augment(Section):
 
 
 class Finetune(Section):
-    seed: Annotated[int, Field(ge=0)]
+    seed: Seed
     device: Literal["auto", "cpu", "cuda"]
     strategy: Literal["frozen", "last_n", "full", "gradual"]
-    unfreeze_last_n: PositiveInt
-    gradual_frozen_epochs: Annotated[int, Field(ge=0)]
+    unfreeze_last_n: Annotated[int, Field(gt=0, le=1000)]
+    gradual_frozen_epochs: Annotated[int, Field(ge=0, le=10_000)]
     head_init: Literal["probe", "scratch"]
-    epochs: PositiveInt
-    batch_size: PositiveInt
+    epochs: Epochs
+    batch_size: BatchSize
     optimizer: Literal["adamw", "sgd"]
     momentum: Annotated[float, Field(ge=0, lt=1)]
-    lr: PositiveFloat
-    backbone_lr_factor: Annotated[float, Field(ge=0)]
+    lr: Annotated[float, Field(gt=0, le=10)]
+    backbone_lr_factor: Annotated[float, Field(ge=0, le=100)]
     layer_decay: Annotated[float, Field(gt=0, le=1)] | None
-    weight_decay: Annotated[float, Field(ge=0)]
-    warmup_epochs: Annotated[float, Field(ge=0)]
+    weight_decay: Annotated[float, Field(ge=0, le=10)]
+    warmup_epochs: Annotated[float, Field(ge=0, le=10_000)]
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
-    patience: PositiveInt
+    patience: Epochs
     freeze_bn_stats: bool
     augment: Augment
     num_workers: Workers
@@ -137,10 +142,10 @@ class Finetune(Section):
 
 
 class Evaluate(Section):
-    top_k: PositiveInt
+    top_k: Annotated[int, Field(gt=0, le=1000)]
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
     bootstrap_resamples: Annotated[int, Field(ge=100, le=100_000)]
-    seed: Annotated[int, Field(ge=0)]
+    seed: Seed
     temperature_scaling: bool
     gallery_size: Annotated[int, Field(ge=0, le=100)]
 

@@ -80,7 +80,7 @@ def render(
         + (f" (last {settings.unfreeze_last_n} layer groups)" if settings.strategy == "last_n" else "")
         + f", {finetuned['epochs_run']} of {settings.epochs} epochs on {finetuned['device']}, lr {settings.lr}"
         f" (backbone x{settings.backbone_lr_factor}), batch {settings.batch_size}; best validation epoch "
-        f"{finetuned['best_epoch']} (0 = the probe's head unchanged), {finetuned['seconds']} s.",
+        f"{finetuned['best_epoch']} (0 = the probe's head unchanged).",
         "",
         "## Metrics",
         "",

@@ -174,7 +174,7 @@ def enforce_class_size(kept: pd.DataFrame, rules: Clean) -> tuple[pd.DataFrame, 
 def clean(params: Params) -> None:
     layout = Layout(params.paths)
     rules = params.clean
-    manifest = pd.read_csv(layout.ingest_manifest, dtype=str, keep_default_na=False)
+    manifest = layout.read_manifest(layout.ingest_manifest)
     dropped: list[dict] = []
     altered: list[dict] = []
     rows: list[dict] = []

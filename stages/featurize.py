@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import PIL
 import torch
 from torch.utils.data import DataLoader
@@ -126,7 +125,7 @@ def write_split(
 def featurize(params: Params) -> None:
     layout = Layout(params.paths)
     torch.manual_seed(0)
-    manifest = pd.read_csv(layout.split_manifest, dtype={"label": str}, keep_default_na=False)
+    manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     classes = sorted(manifest["label"].unique())
     index = {label: i for i, label in enumerate(classes)}
     backbone = load_backbone(params.backbone)

@@ -329,7 +329,7 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     channels_last = params.backbone.channels_last
     classes = read_json(layout.features_meta)["classes"]
-    manifest = pd.read_csv(layout.split_manifest, dtype={"label": str}, keep_default_na=False)
+    manifest = layout.read_manifest(layout.split_manifest, {"label": str})
 
     backbone = load_backbone(params.backbone)
     model = Classifier(backbone.model, backbone.num_features, len(classes))
@@ -472,15 +472,19 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
             best_state,
             progress,
             device,
-            seconds,
-            len(train_set) * epochs_this_run,
             world,
         )
         shutil.rmtree(checkpoint, ignore_errors=True)  # the run finished: its resume point is spent
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    log.info("best epoch %d, val accuracy %.4f, %.0f s", progress.best_epoch, progress.best_accuracy, seconds)
+    log.info(
+        "best epoch %d, val accuracy %.4f, %.0f s, %.1f training images/s",
+        progress.best_epoch,
+        progress.best_accuracy,
+        seconds,
+        len(train_set) * epochs_this_run / max(seconds, 1e-9),
+    )
 
 
 def write_outputs(
@@ -490,10 +494,9 @@ def write_outputs(
     best_state: dict,
     progress: Progress,
     device: torch.device,
-    seconds: float,
-    images_seen: int,
     world: int,
 ) -> None:
+    # No timings here: they differ run to run, and a model folder must hash the same for the same result.
     summary = {
         "device": device.type,
         "processes": world,
@@ -504,8 +507,6 @@ def write_outputs(
         "best_epoch": progress.best_epoch,
         "best_val_accuracy": progress.best_accuracy,
         "epochs_run": progress.epoch,
-        "seconds": round(seconds, 1),
-        "train_images_per_second": round(images_seen / seconds, 1) if seconds > 0 else None,
     }
     with atomic_output(layout.finetuned) as staging:
         staging.mkdir()

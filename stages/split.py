@@ -67,7 +67,7 @@ def leakage(kept: pd.DataFrame, max_distance: int) -> dict:
 
 def split(params: Params) -> None:
     layout = Layout(params.paths)
-    kept = pd.read_csv(layout.clean_manifest, dtype={"label": str, "given_split": str}, keep_default_na=False)
+    kept = layout.read_manifest(layout.clean_manifest, {"label": str, "given_split": str})
     given = kept["given_split"] != ""
     groups = kept.groupby("group").agg(label=("label", "first"), size=("path", "size")).reset_index()
     report: dict = {"seed": params.split.seed}

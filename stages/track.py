@@ -55,7 +55,7 @@ def run_metrics(layout: Layout) -> dict[str, float]:
     }
     numbers |= {"split.leakage_pairs": splits["leakage"]["near_duplicate_pairs_across_splits"]}
     finetuned = read_json(layout.finetuned_meta)
-    numbers |= {f"finetune.{k}": float(finetuned[k]) for k in ("best_val_accuracy", "best_epoch", "seconds")}
+    numbers |= {f"finetune.{k}": float(finetuned[k]) for k in ("best_val_accuracy", "best_epoch")}
     return numbers
 
 
@@ -144,9 +144,7 @@ def track(params: Params) -> None:
     short, long = param_values(params)
     with mlflow.start_run(tags={"host": socket.gethostname(), "pid": str(os.getpid())}) as run:
         mlflow.log_params(short)
-        kept = pd.read_csv(layout.clean_manifest, dtype=str, keep_default_na=False)[
-            ["path", "label", "sha256"]
-        ]
+        kept = layout.read_manifest(layout.clean_manifest)[["path", "label", "sha256"]]
         mlflow.log_input(
             mlflow.data.from_pandas(
                 kept,

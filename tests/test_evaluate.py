@@ -178,7 +178,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
                 "std": [0.5] * 3,
             },
         },
-        {"epochs_run": 1, "device": "cpu", "best_epoch": 1, "seconds": 1.0},
+        {"epochs_run": 1, "device": "cpu", "best_epoch": 1},
         "`data/raw`",
     )
     keys = {k for model in metrics.values() for split in model.values() for k in split}

@@ -286,6 +286,35 @@ def test_interrupted_track_leaves_no_finished_or_running_run(project, signum):
     assert sorted(r.info.status for r in store_runs(uri)) == ["FAILED", "FINISHED"]
 
 
+def test_a_second_repro_while_one_runs_fails_fast_and_corrupts_nothing(project):
+    root = project["root"]
+    lock_before = (root / "dvc.lock").read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    first = subprocess.Popen(
+        ["dvc", "repro", "--force", "--single-item", "finetune"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in first.stdout:  # the first holds DVC's lock once its stage is running
+            if "Running stage 'finetune'" in line:
+                break
+        started = time.monotonic()
+        second = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+        assert time.monotonic() - started < 30
+        assert second.returncode != 0 and "lock" in (second.stdout + second.stderr).lower()
+        first.stdout.read()
+        assert first.wait(timeout=600) == 0
+    finally:
+        first.kill()
+    assert (root / "dvc.lock").read_text() == lock_before  # fine-tuning again gave the same model
+    assert ran_stages(run(["dvc", "repro"], root)) == []
+
+
 @pytest.mark.slow
 def test_dvc_queue_sweep_logs_every_experiment(project):
     """`dvc exp run --queue -S ...` three times, then `dvc queue start -j 2`: each experiment runs in a copy

@@ -1,0 +1,75 @@
+"""Benchmark the linear probe (train_head's solver) on 50,000 x 1,280 float32 embeddings.
+
+    .venv/bin/python -m benchmarks.bench_probe [--rows 50000] [--classes 100]
+
+The embeddings are synthetic but shaped like a backbone's: non-negative pooled activations (ReLU6 outputs
+averaged, as EfficientNet-Lite0's are) around one centre per class, with the class signal spread thinly over
+all 1,280 features. Reports seconds, iterations and whether the solver converged within
+params.yaml's train_head.max_iter. Merged into reports/bench.json under "probe".
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from benchmarks.results import print_table, save
+
+
+def embeddings(rows: int, features: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.gamma(0.6, 0.6, (classes, features)).astype(np.float32)
+    labels = rng.integers(0, classes, rows)
+    noise = rng.normal(0, 0.45, (rows, features)).astype(np.float32)
+    return np.clip(centres[labels] + noise, 0, 6), labels
+
+
+def main() -> None:
+    from reprotune.params import TrainHead
+    from stages.train_head import accuracy, fit_linear_head
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--features", type=int, default=1280)
+    parser.add_argument("--classes", type=int, default=100)
+    options = parser.parse_args()
+    settings = TrainHead(**yaml.safe_load(Path("params.yaml").read_text())["train_head"])
+    x, y = embeddings(options.rows, options.features, options.classes)
+    started = time.perf_counter()
+    weight, bias, iterations = fit_linear_head(x, y, settings, options.classes)
+    seconds = time.perf_counter() - started
+    result = save(
+        "probe",
+        {
+            "rows": options.rows,
+            "features": options.features,
+            "classes": options.classes,
+            "C": settings.C,
+            "max_iter": settings.max_iter,
+            "seconds": round(seconds, 1),
+            "iterations": iterations,
+            "converged": iterations < settings.max_iter,
+            "train_accuracy": round(accuracy(weight, bias, x, y), 4),
+            "target_seconds": 180,
+        },
+    )
+    print_table(
+        f"linear probe on {options.rows} x {options.features} float32, {options.classes} classes",
+        [
+            ("time", f"{result['seconds']} s", "target < 180 s on 2 cores"),
+            (
+                "iterations",
+                f"{iterations}",
+                f"converged: {result['converged']} (max_iter {settings.max_iter})",
+            ),
+            ("train accuracy", f"{result['train_accuracy']}", ""),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
