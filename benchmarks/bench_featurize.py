@@ -1,6 +1,6 @@
 """Benchmark featurize against the bare model, the embedding cache, and featurize's peak memory.
 
-    .venv/bin/python -m benchmarks.bench_featurize [--images 512] [--mixed 24]
+    .venv/bin/python -m benchmarks.bench_featurize [--images 512] [--mixed 64]
 
 1. Throughput: the featurize stage on generated photo-like JPEGs (a folder of 0.2 MP images, and a mixed
    folder with equal numbers of 0.2, 2 and 12 MP images) against the bare backbone's forward pass on
@@ -142,7 +142,12 @@ def peak_rss_mib(folder: Path, paths: list[Path]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512, help="0.2 MP JPEGs in the first folder")
-    parser.add_argument("--mixed", type=int, default=24, help="images of each size in the mixed folder")
+    parser.add_argument(
+        "--mixed",
+        type=int,
+        default=64,
+        help="images of each size in the mixed folder (3 x 64: whole batches)",
+    )
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -187,6 +192,11 @@ def main() -> None:
         f"featurize on {torch.get_num_threads()} threads, batch {results['batch_size']}, "
         f"{results['input_size']} px",
         [
+            (
+                "bare model",
+                f"{small_result['bare_model_images_per_second']} img/s",
+                "pre-made tensors, same batch and threads",
+            ),
             (
                 "0.2 MP folder",
                 f"{small_result['images_per_second']} img/s",

@@ -22,9 +22,12 @@ from benchmarks.results import print_table, save
 
 def embeddings(rows: int, features: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    centres = rng.gamma(0.6, 0.6, (classes, features)).astype(np.float32)
+    shared = rng.gamma(0.6, 0.6, features)
+    centres = (shared + rng.normal(0, 0.015, (classes, features))).astype(np.float32)
     labels = rng.integers(0, classes, rows)
-    noise = rng.normal(0, 0.45, (rows, features)).astype(np.float32)
+    noise = (
+        rng.gamma(0.6, 0.6, (rows, features)).astype(np.float32) - 0.36
+    )  # classes overlap, as real ones do
     return np.clip(centres[labels] + noise, 0, 6), labels
 
 
@@ -37,36 +40,40 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=1280)
     parser.add_argument("--classes", type=int, default=100)
     options = parser.parse_args()
-    settings = TrainHead(**yaml.safe_load(Path("params.yaml").read_text())["train_head"])
+    configured = TrainHead(**yaml.safe_load(Path("params.yaml").read_text())["train_head"])
     x, y = embeddings(options.rows, options.features, options.classes)
-    started = time.perf_counter()
-    weight, bias, iterations = fit_linear_head(x, y, settings, options.classes)
-    seconds = time.perf_counter() - started
-    result = save(
+    fits = {}
+    # params.yaml's C, then a weakly regularised C that makes the solver work far harder.
+    for C in (configured.C, 100.0):
+        settings = configured.model_copy(update={"C": C})
+        started = time.perf_counter()
+        weight, bias, iterations = fit_linear_head(x, y, settings, options.classes)
+        fits[f"C={C:g}"] = {
+            "seconds": round(time.perf_counter() - started, 1),
+            "iterations": iterations,
+            "converged": iterations < settings.max_iter,
+            "train_accuracy": round(accuracy(weight, bias, x, y), 4),
+        }
+    save(
         "probe",
         {
             "rows": options.rows,
             "features": options.features,
             "classes": options.classes,
-            "C": settings.C,
-            "max_iter": settings.max_iter,
-            "seconds": round(seconds, 1),
-            "iterations": iterations,
-            "converged": iterations < settings.max_iter,
-            "train_accuracy": round(accuracy(weight, bias, x, y), 4),
+            "max_iter": configured.max_iter,
             "target_seconds": 180,
+            "fits": fits,
         },
     )
     print_table(
-        f"linear probe on {options.rows} x {options.features} float32, {options.classes} classes",
+        f"linear probe on {options.rows} x {options.features} float32, {options.classes} classes (target < 180 s)",
         [
-            ("time", f"{result['seconds']} s", "target < 180 s on 2 cores"),
             (
-                "iterations",
-                f"{iterations}",
-                f"converged: {result['converged']} (max_iter {settings.max_iter})",
-            ),
-            ("train accuracy", f"{result['train_accuracy']}", ""),
+                name,
+                f"{fit['seconds']} s",
+                f"{fit['iterations']} iterations, converged {fit['converged']}, train accuracy {fit['train_accuracy']}",
+            )
+            for name, fit in fits.items()
         ],
     )
 

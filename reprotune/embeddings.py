@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reprotune.layout import write_text
+
 DIGEST_BYTES = 32  # sha256
 _DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.uint8): "U8"}
 _NUMPY = {name: dtype for dtype, name in _DTYPES.items()}
@@ -138,7 +140,7 @@ class EmbeddingCache:
         """A shard for `count` new embeddings: write the digests, then the embeddings. It becomes visible (to
         this cache object too) only once complete."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "recipe.json").write_text(json.dumps(self.recipe, indent=2, sort_keys=True) + "\n")
+        write_text(self.folder / "recipe.json", json.dumps(self.recipe, indent=2, sort_keys=True) + "\n")
         name = f"shard-{uuid.uuid4().hex}.safetensors"
         temporary = self.folder / f".{name}.tmp"
         tensors = {

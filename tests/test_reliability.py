@@ -1,6 +1,6 @@
 """Stop it anywhere, run it twice: the same outputs, byte for byte, as an uninterrupted run.
 
-Slow (minutes): `pytest -m slow tests/test_reliability.py`. Every stage is interrupted once, at a seeded
+Slow (minutes): `pytest -m slow tests/test_reliability.py`. Every stage is interrupted twice, each time at a seeded
 random point of its uninterrupted duration, with a seeded choice of SIGINT, SIGTERM or SIGKILL sent to the
 whole `dvc repro` process group; `dvc repro --no-run-cache` then has to re-run it and finish with every
 output hash in dvc.lock equal to the uninterrupted run's.
@@ -94,10 +94,11 @@ def test_repro_forced_twice_and_in_a_fresh_clone_gives_identical_outputs(baselin
     assert output_hashes(clone) == baseline["hashes"]
 
 
+@pytest.mark.parametrize("point", [1, 2])
 @pytest.mark.parametrize("stage", STAGES)
-def test_interrupted_anywhere_then_repro_gives_the_same_outputs(baseline, stage: str):
+def test_interrupted_anywhere_then_repro_gives_the_same_outputs(baseline, stage: str, point: int):
     project = baseline["project"]
-    chance = random.Random(f"interrupt-{stage}")
+    chance = random.Random(f"interrupt-{stage}-{point}")
     signum = chance.choice([signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
     victim = start_stage(project, stage)
     time.sleep(chance.uniform(0.05, 0.8) * baseline["seconds"][stage])
