@@ -32,7 +32,7 @@ def make_class_folder(root: Path, per_class: int = 10, split: str | None = None,
         folder = root / split / name if split else root / name
         folder.mkdir(parents=True, exist_ok=True)
         for n in range(per_class):
-            noisy_image(colour, seed * 100_000 + index * 1000 + n).save(folder / f"{n:03d}.png")
+            noisy_image(colour, seed * 10_000_000 + index * 1_000_000 + n).save(folder / f"{n:03d}.png")
     return root
 
 

@@ -48,6 +48,9 @@ def build(folder: Path) -> Path:
     return project
 
 
+RESET_SIGINT_THEN_EXEC = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
 def dvc_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -57,7 +60,9 @@ def dvc_env() -> dict[str, str]:
 def start_stage(project: Path, stage: str) -> subprocess.Popen:
     """`dvc repro --force --single-item <stage>`, returned once the stage's command is running."""
     process = subprocess.Popen(
-        ["dvc", "repro", "--force", "--single-item", stage],
+        # Through a Python that restores Ctrl-C's default first: a shell's background job (CI, `&`) starts
+        # with SIGINT ignored, and an ignored signal stays ignored across exec, in DVC and in the stage.
+        [sys.executable, "-c", RESET_SIGINT_THEN_EXEC, "dvc", "repro", "--force", "--single-item", stage],
         cwd=project,
         env=dvc_env(),
         stdout=subprocess.PIPE,
