@@ -67,7 +67,6 @@ def logging_seconds(project: Path, store: Path) -> float:
     """What track's MLflow calls cost on a fresh SQLite store, with this run's real params, metrics and epoch
     history (the batched calls track makes; artifacts and the model export are file copies, not counted)."""
     import mlflow
-    from mlflow.entities import Metric
 
     from reprotune import params as params_module
     from reprotune.layout import Layout
@@ -84,13 +83,7 @@ def logging_seconds(project: Path, store: Path) -> float:
         with mlflow.start_run() as run:
             mlflow.log_params(param_values(params)[0])
             mlflow.log_metrics(run_metrics(layout))
-            history = [
-                Metric(f"finetune.epoch.{name}", value, 0, int(row["epoch"]))
-                for row in epoch_history(layout)
-                for name, value in row.items()
-                if name != "epoch"
-            ]
-            mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=history)
+            mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=epoch_history(layout))
         return time.perf_counter() - started
     finally:
         os.chdir(previous)

@@ -67,9 +67,18 @@ def per_class_tables(layout: Layout) -> dict[str, pd.DataFrame]:
     }
 
 
-def epoch_history(layout: Layout) -> list[dict[str, float]]:
+def epoch_history(layout: Layout) -> list:
+    """finetune's epoch curves as MLflow metric histories (step = epoch), for one batched call."""
+    from mlflow.entities import Metric
+
     with layout.finetune_history.open(newline="") as stream:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(stream)]
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(stream)]
+    return [
+        Metric(f"finetune.epoch.{name}", value, 0, int(row["epoch"]))
+        for row in rows
+        for name, value in row.items()
+        if name != "epoch"
+    ]
 
 
 def log_model(params: Params, layout: Layout) -> str:
@@ -133,7 +142,6 @@ def process_alive(pid: int) -> bool:
 
 def track(params: Params) -> None:
     import mlflow
-    from mlflow.entities import Metric
 
     layout = Layout(params.paths)
     data_hash = sha256_of_file(layout.clean_manifest)
@@ -156,13 +164,7 @@ def track(params: Params) -> None:
             context="training",
         )
         mlflow.log_metrics(run_metrics(layout))
-        history = [
-            Metric(f"finetune.epoch.{name}", value, 0, int(row["epoch"]))
-            for row in epoch_history(layout)
-            for name, value in row.items()
-            if name != "epoch"
-        ]
-        mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=history)
+        mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=epoch_history(layout))
         mlflow.set_tags(
             git_lineage()
             | experiment_lineage()
