@@ -34,6 +34,7 @@ from benchmarks.results import print_table, save
 def stage_params(workdir: Path, paths: list[Path]):
     """params.yaml with every path under `workdir`, and a split manifest of `paths` (all in train)."""
     from reprotune import params as params_module
+    from reprotune.layout import sha256_of_file
 
     raw = yaml.safe_load(Path("params.yaml").read_text())
     raw["paths"] = {key: str(workdir / value) for key, value in raw["paths"].items()}
@@ -41,7 +42,10 @@ def stage_params(workdir: Path, paths: list[Path]):
     params = params_module.validate(raw)
     manifest = Path(params.paths.splits) / "manifest.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"path": str(p), "label": str(i % 4), "split": "train", "group": i} for i, p in enumerate(paths)]
+    rows = [
+        {"path": str(p), "label": str(i % 4), "split": "train", "group": i, "sha256": sha256_of_file(p)}
+        for i, p in enumerate(paths)
+    ]
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return params
 

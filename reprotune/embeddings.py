@@ -5,7 +5,7 @@ range, then the raw bytes. With every shape known up front (rows x features), th
 first and the rows streamed after it, so peak memory does not grow with the number of images. The files
 are ordinary safetensors: `safetensors.torch.load_file` reads them.
 
-The cache maps (recipe, image bytes) to an embedding. A recipe is everything that changes an embedding
+The cache maps (recipe, sha256 of the image file, as ingest recorded it) to an embedding. A recipe is everything that changes an embedding
 other than the image: backbone and weights, preprocessing, decoder, batch shape, device, torch version. Each
 recipe has a folder of shards; a featurize run adds one shard holding the images it had to embed, written
 to a temporary name and renamed, so readers (parallel `dvc queue` workers too) only ever see whole shards.
@@ -102,14 +102,6 @@ def open_rows(path: Path, name: str) -> np.ndarray:
     )
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(chunk):
-            digest.update(block)
-    return digest.digest()
-
-
 def recipe_key(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -122,9 +114,12 @@ class EmbeddingCache:
         self.recipe = recipe
         self._where: dict[bytes, tuple[np.ndarray, int]] = {}
         for shard in sorted(self.folder.glob("shard-*.safetensors")):
-            embeddings = open_rows(shard, "embeddings")
-            for row, digest in enumerate(open_rows(shard, "digests")):
-                self._where.setdefault(digest.tobytes(), (embeddings, row))
+            self._index(shard)
+
+    def _index(self, shard: Path) -> None:
+        embeddings = open_rows(shard, "embeddings")
+        for row, digest in enumerate(open_rows(shard, "digests")):
+            self._where.setdefault(digest.tobytes(), (embeddings, row))
 
     def __contains__(self, digest: bytes) -> bool:
         return digest in self._where
@@ -153,6 +148,4 @@ class EmbeddingCache:
             os.replace(temporary, self.folder / name)
         finally:
             temporary.unlink(missing_ok=True)
-        embeddings = open_rows(self.folder / name, "embeddings")
-        for row, digest in enumerate(open_rows(self.folder / name, "digests")):
-            self._where.setdefault(digest.tobytes(), (embeddings, row))
+        self._index(self.folder / name)

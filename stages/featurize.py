@@ -25,7 +25,7 @@ from tqdm import tqdm
 from reprotune import stage
 from reprotune.backbones import Backbone, load_backbone, pick_device
 from reprotune.datasets import ManifestImages, make_loader, worker_count
-from reprotune.embeddings import EmbeddingCache, file_digest, tensor_file
+from reprotune.embeddings import EmbeddingCache, tensor_file
 from reprotune.layout import SPLITS, Layout, atomic_output
 from reprotune.params import Params
 
@@ -132,7 +132,7 @@ def featurize(params: Params) -> None:
     device = pick_device(params.featurize.device, "featurize.device")
     cache = EmbeddingCache(layout.embedding_cache, recipe(params, backbone, device))
     paths = manifest["path"].tolist()
-    digests = [file_digest(Path(path)) for path in tqdm(paths, desc="hash", unit="file", disable=None)]
+    digests = [bytes.fromhex(h) for h in manifest["sha256"]]  # of each file's bytes, taken at ingest
     embedded = fill_cache(cache, paths, digests, params, backbone, device)
     log.info("embedded %d images, %d from the cache %s", embedded, len(paths) - embedded, cache.folder)
     manifest["digest"] = digests

@@ -113,7 +113,9 @@ def split(params: Params) -> None:
         log.warning("near-duplicate pairs across splits: %s", report["leakage"]["examples"][:3])
     with atomic_output(layout.splits) as staging:
         staging.mkdir()
-        kept[["path", "label", "split", "group"]].to_csv(staging / layout.split_manifest.name, index=False)
+        kept[["path", "label", "split", "group", "sha256"]].to_csv(
+            staging / layout.split_manifest.name, index=False
+        )
     write_json(layout.split_report, report)
     log.info("split: %s", {s: int((kept["split"] == s).sum()) for s in SPLITS})
 
