@@ -25,14 +25,16 @@ from benchmarks.results import print_table, save
 def measure(paths: list[str], draft: bool) -> dict:
     """Run clean's check over `paths` in this process; report images/s and peak RSS."""
     from reprotune import params as params_module
+    from reprotune.backbones import data_config
     from stages import clean
 
-    rules = params_module.load().clean
+    params = params_module.load()
+    rules, data = params.clean, data_config(params.backbone)
     if not draft:
         clean.CHECK_SIDE = 1 << 20  # a draft request above the real size keeps libjpeg at full scale
     started = time.perf_counter()
     for path in paths:
-        clean.inspect(Path(path), rules)
+        clean.inspect(Path(path), rules, data)
     seconds = time.perf_counter() - started
     return {
         "images": len(paths),

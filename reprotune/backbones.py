@@ -165,7 +165,7 @@ def _file_weights(model: nn.Module, path: Path, label: str | None = None) -> str
     return f"{label or path} (sha256 {sha256_of_file(path)})"
 
 
-def _timm(params: BackboneParams, input_size: int | None, keep_classifier: bool) -> Backbone:
+def _timm(params: BackboneParams, keep_classifier: bool) -> Backbone:
     if not timm.is_model(params.name):
         raise _unknown(params.name, timm.list_models())
     model = timm.create_model(params.name, pretrained=False)
@@ -180,20 +180,13 @@ def _timm(params: BackboneParams, input_size: int | None, keep_classifier: bool)
         except Exception as error:  # noqa: BLE001 - hub and network errors come in many types
             raise _no_weights(params.name, error) from error
         source = f"timm pretrained {model.pretrained_cfg.get('hf_hub_id') or params.name}"
-    config = timm.data.resolve_data_config({}, model=model)
     if not keep_classifier:
         model.reset_classifier(0)
     groups = group_parameters(model, model.group_matcher(coarse=True))
     return Backbone(
         model=model,
         num_features=model.num_features,
-        data=DataConfig(
-            input_size=input_size or config["input_size"][-1],
-            interpolation=config["interpolation"],
-            mean=tuple(config["mean"]),
-            std=tuple(config["std"]),
-            crop_pct=config["crop_pct"],
-        ),
+        data=data_config(params),
         layer_groups=[list(names) for _, names in sorted(groups.items())],
         weights=source,
     )
@@ -206,7 +199,7 @@ def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     return linears[-1]
 
 
-def _torchvision(params: BackboneParams, input_size: int | None, keep_classifier: bool) -> Backbone:
+def _torchvision(params: BackboneParams, keep_classifier: bool) -> Backbone:
     import torchvision
 
     name = params.name.removeprefix(TORCHVISION_PREFIX)
@@ -222,7 +215,6 @@ def _torchvision(params: BackboneParams, input_size: int | None, keep_classifier
         except Exception as error:  # noqa: BLE001 - network errors come in many types
             raise _no_weights(params.name, error) from error
         source = f"torchvision {pretrained}"
-    preprocess = pretrained.transforms()
     layer_name, classifier = _last_linear(model)
     num_features = classifier.in_features
     if not keep_classifier:
@@ -236,13 +228,7 @@ def _torchvision(params: BackboneParams, input_size: int | None, keep_classifier
     return Backbone(
         model=model,
         num_features=num_features,
-        data=DataConfig(
-            input_size=input_size or preprocess.crop_size[0],
-            interpolation=preprocess.interpolation.value,
-            mean=tuple(preprocess.mean),
-            std=tuple(preprocess.std),
-            crop_pct=preprocess.crop_size[0] / preprocess.resize_size[0],
-        ),
+        data=data_config(params),
         layer_groups=groups,
         weights=source,
     )
@@ -270,7 +256,7 @@ class TinyTestNet(nn.Module):
         return self.pool(self.blocks(self.stem(images))).flatten(1)
 
 
-def _tiny(params: BackboneParams, input_size: int | None) -> Backbone:
+def _tiny(params: BackboneParams) -> Backbone:
     model = TinyTestNet()
     source = _file_weights(model, Path(params.weights)) if params.weights else "fixed random init (seed 0)"
     groups = [[f"stem.{p}" for p, _ in model.stem.named_parameters()]] + [
@@ -279,9 +265,40 @@ def _tiny(params: BackboneParams, input_size: int | None) -> Backbone:
     return Backbone(
         model=model,
         num_features=32,
-        data=DataConfig(input_size or 32, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0),
+        data=data_config(params),
         layer_groups=groups,
         weights=source,
+    )
+
+
+def data_config(params: BackboneParams) -> DataConfig:
+    """The backbone's preprocessing, from its registry entry alone (no weights are loaded, nothing is
+    fetched): clean needs the eval side before any model exists."""
+    if params.name == TINY_TEST:
+        return DataConfig(params.input_size or 32, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0)
+    if params.name.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        name = params.name.removeprefix(TORCHVISION_PREFIX)
+        if name not in torchvision.models.list_models():
+            raise _unknown(params.name, [TORCHVISION_PREFIX + n for n in torchvision.models.list_models()])
+        preprocess = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        return DataConfig(
+            input_size=params.input_size or preprocess.crop_size[0],
+            interpolation=preprocess.interpolation.value,
+            mean=tuple(preprocess.mean),
+            std=tuple(preprocess.std),
+            crop_pct=preprocess.crop_size[0] / preprocess.resize_size[0],
+        )
+    if not timm.is_model(params.name):
+        raise _unknown(params.name, timm.list_models())
+    config = timm.data.resolve_data_config({}, pretrained_cfg=timm.get_pretrained_cfg(params.name).to_dict())
+    return DataConfig(
+        input_size=params.input_size or config["input_size"][-1],
+        interpolation=config["interpolation"],
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+        crop_pct=config["crop_pct"],
     )
 
 
@@ -289,11 +306,11 @@ def load_backbone(params: BackboneParams, keep_classifier: bool = False) -> Back
     """Build the backbone named in params with its weights; with keep_classifier the model keeps its
     pretrained classifier (used to check the weights), otherwise it returns pooled embeddings."""
     if params.name == TINY_TEST:
-        backbone = _tiny(params, params.input_size)
+        backbone = _tiny(params)
     elif params.name.startswith(TORCHVISION_PREFIX):
-        backbone = _torchvision(params, params.input_size, keep_classifier)
+        backbone = _torchvision(params, keep_classifier)
     else:
-        backbone = _timm(params, params.input_size, keep_classifier)
+        backbone = _timm(params, keep_classifier)
     backbone.model.eval()
     log.info("backbone %s, weights: %s, input %dpx", params.name, backbone.weights, backbone.data.input_size)
     return backbone

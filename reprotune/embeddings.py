@@ -1,14 +1,10 @@
-"""Embedding files: safetensors written a batch at a time, and the content-addressed cache featurize keeps.
+"""The content-addressed embedding cache featurize keeps.
 
-A safetensors file is an 8-byte header length, a JSON header giving each tensor's dtype, shape and byte
-range, then the raw bytes. With every shape known up front (rows x features), the header can be written
-first and the rows streamed after it, so peak memory does not grow with the number of images. The files
-are ordinary safetensors: `safetensors.torch.load_file` reads them.
-
-The cache maps (recipe, sha256 of the image file, as ingest recorded it) to an embedding. A recipe is everything that changes an embedding
-other than the image: backbone and weights, preprocessing, decoder, batch shape, device, torch version. Each
-recipe has a folder of shards; a featurize run adds one shard holding the images it had to embed, written
-to a temporary name and renamed, so readers (parallel `dvc queue` workers too) only ever see whole shards.
+The cache maps (recipe, sha256 of the image file, as ingest recorded it) to an embedding. A recipe is
+everything that changes an embedding other than the image: backbone and weights, preprocessing, decoder,
+batch shape, device, torch version. Each recipe has a folder of shards (streamed safetensors, see
+reprotune/tensorfiles.py); a featurize run adds one shard holding the images it had to embed, written to a
+temporary name and renamed, so readers (parallel `dvc queue` workers too) only ever see whole shards.
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,81 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from reprotune.layout import write_text
+from reprotune.tensorfiles import StreamingTensorFile, open_rows, tensor_file
 
 DIGEST_BYTES = 32  # sha256
-_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.uint8): "U8"}
-_NUMPY = {name: dtype for dtype, name in _DTYPES.items()}
-
-
-class StreamingTensorFile:
-    """Write a safetensors file whose tensors are filled row block by row block, in declaration order."""
-
-    def __init__(
-        self, stream, tensors: dict[str, tuple[np.dtype, tuple[int, ...]]], metadata: dict[str, str]
-    ):
-        header, offset = {"__metadata__": metadata}, 0
-        self._remaining = []
-        for name, (dtype, shape) in tensors.items():
-            size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            header[name] = {
-                "dtype": _DTYPES[np.dtype(dtype)],
-                "shape": list(shape),
-                "data_offsets": [offset, offset + size],
-            }
-            self._remaining.append([name, np.dtype(dtype), shape[1:], shape[0]])
-            offset += size
-        encoded = json.dumps(header, separators=(",", ":")).encode()
-        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-        stream.write(struct.pack("<Q", len(encoded)) + encoded)
-        self._stream = stream
-        self._drop_full()
-
-    def _drop_full(self) -> None:
-        while self._remaining and self._remaining[0][3] == 0:
-            self._remaining.pop(0)
-
-    def write(self, rows: np.ndarray) -> None:
-        """The next rows of the first tensor not yet full."""
-        if len(rows) == 0:
-            return
-        if not self._remaining:
-            raise ValueError("every tensor is already full")
-        name, dtype, row_shape, left = self._remaining[0]
-        rows = np.ascontiguousarray(rows, dtype=dtype)
-        if rows.shape[1:] != row_shape or len(rows) > left:
-            raise ValueError(f"{name}: {len(rows)} rows of {rows.shape[1:]}; {left} left of {row_shape}")
-        self._stream.write(rows.tobytes())
-        self._remaining[0][3] -= len(rows)
-        self._drop_full()
-
-    def close(self) -> None:
-        if self._remaining:
-            raise ValueError(f"tensors not filled: {[name for name, *_ in self._remaining]}")
-
-
-@contextmanager
-def tensor_file(
-    path: Path, tensors: dict[str, tuple[np.dtype, tuple[int, ...]]], metadata: dict[str, str] | None = None
-) -> Iterator[StreamingTensorFile]:
-    """Stream a safetensors file to `path`; the caller writes it inside an atomic output or gives a
-    temporary name, so a crash never leaves a readable half-file."""
-    with path.open("wb") as stream:
-        writer = StreamingTensorFile(stream, tensors, metadata or {})
-        yield writer
-        writer.close()
-
-
-def open_rows(path: Path, name: str) -> np.ndarray:
-    """One tensor of a safetensors file as a read-only memory map: rows are read from disk when indexed."""
-    with path.open("rb") as stream:
-        (length,) = struct.unpack("<Q", stream.read(8))
-        entry = json.loads(stream.read(length))[name]
-    start, end = entry["data_offsets"]
-    if end == start:
-        return np.zeros(entry["shape"], _NUMPY[entry["dtype"]])
-    return np.memmap(
-        path, _NUMPY[entry["dtype"]], "r", offset=8 + length + start, shape=tuple(entry["shape"])
-    )
 
 
 def recipe_key(recipe: dict) -> str:

@@ -69,6 +69,10 @@ class Layout:
         return self.cleaned / "manifest.csv"
 
     @property
+    def resized_copies(self) -> Path:
+        return self.cleaned / "resized.safetensors"
+
+    @property
     def cleaning_report(self) -> Path:
         return self.reports / "cleaning.json"
 

@@ -1,5 +1,8 @@
 """clean: decode every image and keep only those the later stages can trust.
 
+Each kept image larger than the backbone's eval side is also stored resized to it, once, in
+`resized.safetensors` (reprotune/resized.py): every later pass reads that small copy instead of the file.
+
 Each dropped file gets one row in `reports/cleaning.json` (path, reason, detail); so does each kept file
 that was altered on the way to RGB (mode conversion, EXIF orientation). Identical images (same decoded
 pixels) and near-identical ones (perceptual hashes within `clean.near_duplicate_distance` bits) form one
@@ -21,9 +24,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from reprotune import plots, stage
+from reprotune.backbones import DataConfig, data_config
 from reprotune.images import near_pairs, perceptual_hash, to_rgb, upright
 from reprotune.layout import Layout, atomic_output, write_json, write_text
 from reprotune.params import Clean, Params
+from reprotune.resized import CopyPackWriter, encode_copy
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ KEPT_COLUMNS = [
     "sha256",
     "pixels_sha256",
     "phash",
+    "resized",
     "group",
 ]
 
@@ -57,6 +63,7 @@ class Inspected:
     pixels_sha256: str
     phash: int
     alterations: tuple[str, ...]
+    resized_copy: bytes | None
 
 
 def open_checked(path: Path, rules: Clean) -> Image.Image:
@@ -83,13 +90,15 @@ def open_checked(path: Path, rules: Clean) -> Image.Image:
     return image
 
 
-def inspect(path: Path, rules: Clean) -> Inspected:
-    """Decode `path` fully under the rules, or raise Rejected with the reason."""
+def inspect(path: Path, rules: Clean, data: DataConfig) -> Inspected:
+    """Decode `path` fully under the rules, or raise Rejected with the reason; make its resized copy for
+    the eval side of `data`."""
     with open_checked(path, rules) as image:
         width, height = image.size  # the true size, before any reduced-scale decoding
         mode = image.mode
         if image.format == "JPEG":
-            image.draft("RGB", (CHECK_SIDE, CHECK_SIDE))
+            side = max(CHECK_SIDE, data.eval_decode_side)
+            image.draft("RGB", (side, side))
         try:
             image.load()
             oriented, orientation_note = upright(image)
@@ -109,6 +118,7 @@ def inspect(path: Path, rules: Clean) -> Inspected:
         pixels_sha256=hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest(),
         phash=perceptual_hash(rgb),
         alterations=alterations,
+        resized_copy=encode_copy(rgb, data.eval_decode_side, data.interpolation),
     )
 
 
@@ -173,7 +183,29 @@ def enforce_class_size(kept: pd.DataFrame, rules: Clean) -> tuple[pd.DataFrame, 
 
 def clean(params: Params) -> None:
     layout = Layout(params.paths)
+    with atomic_output(layout.cleaned) as staging:
+        staging.mkdir()
+        with CopyPackWriter(staging / layout.resized_copies.name) as copies:
+            kept, report = inspect_all(params, layout, copies)
+            kept["resized"] = copies.finish(kept["resized"].tolist())
+        kept.to_csv(staging / layout.clean_manifest.name, index=False)
+    write_json(layout.cleaning_report, report)
+    plots.class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
+    write_text(layout.cleaning_summary, summary(report, layout.class_balance.name))
+    log.info(
+        "kept %d of %d files (%s); %d resized copies",
+        report["kept"],
+        report["scanned"],
+        report["dropped_by_reason"] or "none dropped",
+        int((kept["resized"] >= 0).sum()),
+    )
+
+
+def inspect_all(params: Params, layout: Layout, copies: CopyPackWriter) -> tuple[pd.DataFrame, dict]:
+    """Every ingested file checked: the kept rows (`resized` holding each copy's index in `copies`) and
+    the cleaning report."""
     rules = params.clean
+    data = data_config(params.backbone)
     manifest = layout.read_manifest(layout.ingest_manifest)
     dropped: list[dict] = []
     altered: list[dict] = []
@@ -185,7 +217,7 @@ def clean(params: Params) -> None:
             dropped.append({"path": row.path, "reason": row.issue, "detail": ""})
             continue
         try:
-            found = inspect(Path(row.path), rules)
+            found = inspect(Path(row.path), rules, data)
         except Rejected as rejected:
             dropped.append({"path": row.path, "reason": rejected.reason, "detail": rejected.detail})
             continue
@@ -202,6 +234,7 @@ def clean(params: Params) -> None:
                 "sha256": row.sha256,
                 "pixels_sha256": found.pixels_sha256,
                 "phash": f"{found.phash:016x}",
+                "resized": copies.add(found.resized_copy),
             }
         )
     kept = pd.DataFrame(rows, columns=KEPT_COLUMNS[:-1])
@@ -219,16 +252,7 @@ def clean(params: Params) -> None:
             f"{layout.raw}: {len(kept)} usable images in {len(classes)} class(es) after cleaning; at least 2 "
             f"classes are needed ({len(dropped)} files dropped; reasons: {dict(Counter(d['reason'] for d in dropped))})"
         )
-    report = cleaning_report(manifest, kept, dropped, altered)
-    with atomic_output(layout.cleaned) as staging:
-        staging.mkdir()
-        kept.to_csv(staging / layout.clean_manifest.name, index=False)
-    write_json(layout.cleaning_report, report)
-    plots.class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
-    write_text(layout.cleaning_summary, summary(report, layout.class_balance.name))
-    log.info(
-        "kept %d of %d files (%s)", len(kept), len(manifest), report["dropped_by_reason"] or "none dropped"
-    )
+    return kept, cleaning_report(manifest, kept, dropped, altered)
 
 
 def cleaning_report(

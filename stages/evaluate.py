@@ -20,7 +20,7 @@ from scipy.special import softmax
 
 from reprotune import plots, stage
 from reprotune.backbones import load_trained_classifier, pick_device
-from reprotune.datasets import ManifestImages, make_loader, worker_count
+from reprotune.datasets import eval_images, make_loader, worker_count
 from reprotune.layout import MODELS, Layout, atomic_output, read_json, write_json, write_text
 from reprotune.metrics import (
     expected_calibration_error,
@@ -45,6 +45,7 @@ def head_logits(layout: Layout, split: str) -> np.ndarray:
 
 
 def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]], classes: list[str]) -> dict:
+    manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     device = pick_device(params.finetune.device, "finetune.device")
     model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(classes))
     model.to(device)
@@ -52,12 +53,13 @@ def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]]
         model.to(memory_format=torch.channels_last)
     logits = {}
     for split in EVALUATED_SPLITS:
-        dataset = ManifestImages(
-            paths[split],
-            [0] * len(paths[split]),
-            backbone.data.eval_transform(),
-            tuple(params.clean.background),
-            backbone.data.eval_decode_side,
+        rows = manifest[manifest["split"] == split]
+        if rows["path"].tolist() != paths[split]:
+            raise stage.InputError(
+                f"{layout.split_manifest} and {layout.features_meta} disagree; run dvc repro"
+            )
+        dataset = eval_images(
+            rows, [0] * len(rows), backbone.data, tuple(params.clean.background), layout.resized_copies
         )
         loader = make_loader(dataset, params.featurize.batch_size, worker_count(params.featurize.num_workers))
         logits[split] = predict(model, loader, device, params.backbone.channels_last).numpy()

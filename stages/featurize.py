@@ -7,6 +7,8 @@ Embeddings come from a content-addressed cache (reprotune/embeddings.py) keyed b
 under a recipe of everything else that shapes an embedding. Only images the cache lacks go through the
 backbone; adding one image to a large dataset embeds one image. The split files are then streamed from the
 cache, so memory does not grow with the number of images, and are byte-identical with or without the cache.
+Images are read from clean's resized copies where they have one (reprotune/resized.py), so no image file is
+decoded here twice over.
 """
 
 from __future__ import annotations
@@ -17,21 +19,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import PIL
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from reprotune import stage
+from reprotune import resized, stage
 from reprotune.backbones import Backbone, load_backbone, pick_device
-from reprotune.datasets import ManifestImages, make_loader, worker_count
-from reprotune.embeddings import EmbeddingCache, tensor_file
+from reprotune.datasets import eval_images, make_loader, worker_count
+from reprotune.embeddings import EmbeddingCache
 from reprotune.layout import SPLITS, Layout, atomic_output
 from reprotune.params import Params
+from reprotune.tensorfiles import tensor_file
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 1  # bump when decoding or embedding changes in a way the recipe's other fields miss
+# Bump when decoding (clean's resized copies included) or embedding changes in a way the recipe's other
+# fields miss.
+RECIPE_VERSION = 2
 ASSEMBLE_ROWS = 1024  # rows copied from the cache per write
 
 
@@ -65,6 +71,7 @@ def recipe(params: Params, backbone: Backbone, device: torch.device) -> dict:
         "weights": backbone.weights,
         "data_config": backbone.data.__dict__,
         "decode_side": backbone.data.eval_decode_side,
+        "resized_copies": {"quality": resized.QUALITY, "subsampling": resized.SUBSAMPLING},
         "background": list(params.clean.background),
         "channels_last": params.backbone.channels_last,
         "batch_size": params.featurize.batch_size,
@@ -77,36 +84,27 @@ def recipe(params: Params, backbone: Backbone, device: torch.device) -> dict:
 
 def fill_cache(
     cache: EmbeddingCache,
-    paths: list[str],
-    digests: list[bytes],
+    manifest: pd.DataFrame,
     params: Params,
     backbone: Backbone,
     device: torch.device,
+    copies: Path,
 ) -> int:
     """Embed the images whose content the cache lacks (each distinct content once); return how many."""
-    first_path = {}
-    for path, digest in zip(paths, digests, strict=True):
-        if digest not in cache:
-            first_path.setdefault(digest, path)
-    if not first_path:
+    missing = manifest[~manifest["digest"].map(cache.__contains__)].drop_duplicates("digest")
+    if missing.empty:
         return 0
     settings = params.featurize
-    dataset = ManifestImages(
-        list(first_path.values()),
-        [0] * len(first_path),
-        backbone.data.eval_transform(),
-        tuple(params.clean.background),
-        backbone.data.eval_decode_side,
-    )
+    dataset = eval_images(missing, [0] * len(missing), backbone.data, tuple(params.clean.background), copies)
     loader = make_loader(
         dataset, settings.batch_size, worker_count(settings.num_workers), pin=device.type == "cuda"
     )
     model = prepare(backbone, device, params.backbone.channels_last)
-    with cache.new_shard(len(first_path), backbone.num_features) as shard:
-        shard.write(np.frombuffer(b"".join(first_path), np.uint8).reshape(len(first_path), -1))
+    with cache.new_shard(len(missing), backbone.num_features) as shard:
+        shard.write(np.frombuffer(b"".join(missing["digest"]), np.uint8).reshape(len(missing), -1))
         for embeddings in embed(model, loader, settings.batch_size, device, params.backbone.channels_last):
             shard.write(embeddings)
-    return len(first_path)
+    return len(missing)
 
 
 def write_split(
@@ -131,11 +129,9 @@ def featurize(params: Params) -> None:
     backbone = load_backbone(params.backbone)
     device = pick_device(params.featurize.device, "featurize.device")
     cache = EmbeddingCache(layout.embedding_cache, recipe(params, backbone, device))
-    paths = manifest["path"].tolist()
-    digests = [bytes.fromhex(h) for h in manifest["sha256"]]  # of each file's bytes, taken at ingest
-    embedded = fill_cache(cache, paths, digests, params, backbone, device)
-    log.info("embedded %d images, %d from the cache %s", embedded, len(paths) - embedded, cache.folder)
-    manifest["digest"] = digests
+    manifest["digest"] = [bytes.fromhex(h) for h in manifest["sha256"]]  # of each file, taken at ingest
+    embedded = fill_cache(cache, manifest, params, backbone, device, layout.resized_copies)
+    log.info("embedded %d images, %d from the cache %s", embedded, len(manifest) - embedded, cache.folder)
     meta = {
         "backbone": params.backbone.name,
         "weights": backbone.weights,

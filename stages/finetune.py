@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from reprotune import stage
 from reprotune.backbones import Backbone, Classifier, load_backbone, pick_device
-from reprotune.datasets import ManifestImages, make_loader, worker_count
+from reprotune.datasets import ManifestImages, eval_images, make_loader, worker_count
 from reprotune.layout import Layout, atomic_output, read_json
 from reprotune.params import Finetune, Params
 
@@ -300,10 +300,11 @@ def load_checkpoint(
 # --- the stage -------------------------------------------------------------------------------------------
 
 
-def load_split(manifest: pd.DataFrame, split: str, classes: list[str]) -> tuple[list[str], list[int]]:
+def load_split(manifest: pd.DataFrame, split: str, classes: list[str]) -> tuple[pd.DataFrame, list[int]]:
+    """The manifest rows of `split` and their label indices."""
     rows = manifest[manifest["split"] == split]
     index = {label: i for i, label in enumerate(classes)}
-    return rows["path"].tolist(), [index[label] for label in rows["label"]]
+    return rows, [index[label] for label in rows["label"]]
 
 
 def distributed() -> tuple[int, int]:
@@ -349,15 +350,17 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
     workers = worker_count(settings.num_workers)
     pin = device.type == "cuda"
     data = backbone.data
+    # Training crops at random from the whole picture, so it reads the files (at reduced scale), not the
+    # eval-sized copies; validation reads the copies.
+    train_rows, train_labels = load_split(manifest, "train", classes)
     train_set = ManifestImages(
-        *load_split(manifest, "train", classes),
+        train_rows["path"].tolist(),
+        train_labels,
         data.train_transform(settings.augment),
         background,
         data.train_decode_side(settings.augment),
     )
-    val_set = ManifestImages(
-        *load_split(manifest, "val", classes), data.eval_transform(), background, data.eval_decode_side
-    )
+    val_set = eval_images(*load_split(manifest, "val", classes), data, background, layout.resized_copies)
     # The shuffle (and each epoch's worker seeds) come from loader_rng, which checkpoints save; workers are
     # not persistent, so that an epoch's randomness depends on nothing a resumed run could not restore.
     loader_rng = torch.Generator().manual_seed(settings.seed)

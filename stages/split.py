@@ -113,7 +113,7 @@ def split(params: Params) -> None:
         log.warning("near-duplicate pairs across splits: %s", report["leakage"]["examples"][:3])
     with atomic_output(layout.splits) as staging:
         staging.mkdir()
-        kept[["path", "label", "split", "group", "sha256"]].to_csv(
+        kept[["path", "label", "split", "group", "sha256", "resized"]].to_csv(
             staging / layout.split_manifest.name, index=False
         )
     write_json(layout.split_report, report)

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from reprotune.backbones import data_config
 from reprotune.images import to_rgb
+from reprotune.resized import NO_COPY, ResizedCopies, eval_resize
 from stages import clean, ingest
 from tests.conftest import make_class_folder, noisy_image
 
@@ -107,7 +109,7 @@ def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_par
 
     small = noisy_image((100, 150, 200), 5, size=(clean.CHECK_SIDE - 1, 300))
     small.save(tmp_path / "small.jpg", quality=92)
-    found = clean.inspect(tmp_path / "small.jpg", tiny_params.clean)
+    found = clean.inspect(tmp_path / "small.jpg", tiny_params.clean, data_config(tiny_params.backbone))
     with Image.open(tmp_path / "small.jpg") as full:
         rgb = full.convert("RGB")
     assert found.pixels_sha256 == hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
@@ -115,5 +117,32 @@ def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_par
     large = noisy_image((100, 150, 200), 6, size=(4 * clean.CHECK_SIDE, 2 * clean.CHECK_SIDE))
     large.save(tmp_path / "large.jpg", quality=92)
     assert (
-        clean.inspect(tmp_path / "large.jpg", tiny_params.clean).width
+        clean.inspect(tmp_path / "large.jpg", tiny_params.clean, data_config(tiny_params.backbone)).width
     ) == 4 * clean.CHECK_SIDE  # true size
+
+
+def test_resized_copies_are_the_eval_resize_of_each_larger_image(tiny_params):
+    """One copy per kept image larger than the eval side (32 px for the tiny backbone), at exactly the eval
+    resize's size and close to it in pixels; none for the others; nothing for dropped files."""
+    raw = make_class_folder(Path(tiny_params.paths.raw), per_class=3)  # 40 x 40: copied
+    noisy_image((200, 30, 30), 7, size=(32, 48)).save(raw / "red" / "at_side.png")  # shorter side 32
+    noisy_image((30, 200, 30), 8, size=(640, 480)).save(raw / "green" / "photo.jpg", quality=90)
+    (raw / "blue" / "conflict.png").write_bytes((raw / "red" / "000.png").read_bytes())
+    kept, report = run_clean(tiny_params)
+    copies = ResizedCopies(Path(tiny_params.paths.cleaned) / "resized.safetensors")
+    side = data_config(tiny_params.backbone).eval_decode_side
+
+    assert report["dropped_by_reason"] == {"label_conflict": 2}
+    assert sorted(kept.loc[kept["resized"] != NO_COPY, "resized"]) == list(range(len(copies)))
+    for row in kept.itertuples():
+        with Image.open(row.path) as image:
+            rgb = image.convert("RGB")
+        if min(rgb.size) <= side:
+            assert row.resized == NO_COPY, row.path
+            continue
+        expected = np.asarray(eval_resize(rgb, side, "bilinear"), np.float64)
+        got = np.asarray(copies.image(row.resized), np.float64)
+        assert got.shape == expected.shape and min(got.shape[:2]) == side
+        assert 10 * np.log10(255**2 / np.mean((got - expected) ** 2)) > 35, row.path  # PSNR, dB
+    assert kept.loc[kept["path"].str.endswith("at_side.png"), "resized"].item() == NO_COPY
+    assert kept.loc[kept["path"].str.endswith("photo.jpg"), "resized"].item() != NO_COPY

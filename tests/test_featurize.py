@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reprotune.embeddings import EmbeddingCache, open_rows, tensor_file
+from reprotune.embeddings import EmbeddingCache
 from reprotune.images import load_rgb
 from reprotune.layout import SPLITS, Layout
+from reprotune.tensorfiles import open_rows, tensor_file
 from stages import clean, featurize, ingest, split
 from tests.conftest import make_class_folder, noisy_image
 
@@ -120,3 +121,35 @@ def test_draft_decoding_keeps_both_sides_at_least_the_side(tmp_path: Path):
     assert load_rgb(path, (255, 255, 255), min_side=182).size == (400, 250)
     assert load_rgb(path, (255, 255, 255), min_side=300).size == (800, 500)
     assert load_rgb(path, (255, 255, 255)).size == (1600, 1000)
+
+
+def test_features_through_resized_copies_match_the_files(tiny_params):
+    """Every image here is larger than the tiny backbone's 32 px eval side, so featurize reads them all
+    from clean's JPEG copies; embedding the files themselves gives nearly the same vectors."""
+    from reprotune.backbones import load_backbone
+    from reprotune.datasets import ManifestImages, make_loader
+
+    make_class_folder(Path(tiny_params.paths.raw), per_class=4)
+    for stage in (ingest.ingest, clean.clean, split.split):
+        stage(tiny_params)
+    features = featurized(tiny_params)
+    layout = Layout(tiny_params.paths)
+    manifest = pd.read_csv(layout.split_manifest, dtype={"label": str})
+    train = manifest[manifest["split"] == "train"]
+    assert (train["resized"] >= 0).all()
+
+    backbone = load_backbone(tiny_params.backbone)
+    data = backbone.data
+    files = ManifestImages(train["path"], [0] * len(train), data.eval_transform(), (255, 255, 255))
+    model = featurize.prepare(backbone, torch.device("cpu"), tiny_params.backbone.channels_last)
+    loader = make_loader(files, tiny_params.featurize.batch_size, 0)
+    batches = featurize.embed(model, loader, tiny_params.featurize.batch_size, torch.device("cpu"), True)
+    from_files = np.concatenate(list(batches))
+    from_copies = load_file(layout.features_file("train"))["embeddings"].numpy()
+    assert features["train"] and from_copies.shape == from_files.shape
+    cosine = (
+        (from_copies * from_files).sum(1)
+        / np.linalg.norm(from_copies, axis=1)
+        / np.linalg.norm(from_files, axis=1)
+    )
+    assert cosine.min() > 0.995 and not np.array_equal(from_copies, from_files)
