@@ -42,16 +42,22 @@ def photo_folder(raw: Path, per_size: int, sizes: list[str], classes: int = 4, s
     return raw
 
 
-def prepared(workdir: Path, raw: Path):
-    """params.yaml with every path under `workdir` and `raw` as the data folder, after ingest, clean and
-    split have run (as `dvc repro` would before featurize); also clean's seconds."""
+def bench_params(workdir: Path, raw: Path):
+    """params.yaml with every path under `workdir` and `raw` as the data folder."""
     from reprotune import params as params_module
-    from stages import clean, ingest, split
 
     settings = yaml.safe_load(Path("params.yaml").read_text())
     settings["paths"] = {key: str(workdir / value) for key, value in settings["paths"].items()}
     settings["paths"]["raw"] = str(raw)
-    params = params_module.validate(settings)
+    return params_module.validate(settings)
+
+
+def prepared(workdir: Path, raw: Path):
+    """bench_params after ingest, clean and split have run (as `dvc repro` would before featurize); also
+    clean's seconds."""
+    from stages import clean, ingest, split
+
+    params = bench_params(workdir, raw)
     ingest.ingest(params)
     seconds = timed(lambda: clean.clean(params))
     split.split(params)
@@ -165,7 +171,7 @@ def main() -> None:
         root = Path(scratch)
         small = photo_folder(root / "small-raw", options.images, ["0.2MP"])
         mixed = photo_folder(root / "mixed-raw", options.mixed, list(SIZES), seed=1)
-        params, _ = prepared(root / "bare", photo_folder(root / "bare-raw", 8, ["0.2MP"], seed=2))
+        params = bench_params(root / "bare", small)
         results = {
             "threads": torch.get_num_threads(),
             "batch_size": params.featurize.batch_size,
