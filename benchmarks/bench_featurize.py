@@ -25,9 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from benchmarks.photos import SIZES, make_photos
 from benchmarks.results import print_table, save
@@ -143,6 +145,48 @@ def throughput(workdir: Path, raw: Path) -> dict:
     }
 
 
+def copy_fidelity(params) -> dict:
+    """What the lossy copies cost: cosine similarity of each training image's embedding as featurize made it
+    (through clean's resized copy) to its embedding from a full decode of the file, beside the same figure
+    for the file decoded at reduced scale (how featurize read it before the copies)."""
+    from reprotune.backbones import load_backbone
+    from reprotune.datasets import ManifestImages, make_loader
+    from reprotune.layout import Layout
+    from stages.featurize import embed, prepare
+
+    layout = Layout(params.paths)
+    rows = layout.read_manifest(layout.split_manifest, {"label": str})
+    rows = rows[rows["split"] == "train"]
+    backbone = load_backbone(params.backbone)
+    device, channels_last = torch.device("cpu"), params.backbone.channels_last
+    batch = params.featurize.batch_size
+    model = prepare(backbone, device, channels_last)
+
+    def from_files(decode_side: int | None) -> np.ndarray:
+        images = ManifestImages(
+            rows["path"].tolist(),
+            [0] * len(rows),
+            backbone.data.eval_transform(),
+            tuple(params.clean.background),
+            decode_side,
+        )
+        return np.concatenate(list(embed(model, make_loader(images, batch, 0), batch, device, channels_last)))
+
+    def cosine(a: np.ndarray, b: np.ndarray) -> dict:
+        value = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        return {"min": round(float(value.min()), 4), "mean": round(float(value.mean()), 4)}
+
+    full = from_files(None)
+    return {
+        "images": len(rows),
+        "copied": int((rows["resized"] >= 0).sum()),
+        "copies_cosine_to_full_decode": cosine(
+            load_file(layout.features_file("train"))["embeddings"].numpy(), full
+        ),
+        "reduced_scale_files_cosine_to_full_decode": cosine(from_files(backbone.data.eval_decode_side), full),
+    }
+
+
 def peak_rss_mib(workdir: Path, raw: Path) -> float:
     """Peak RSS of featurize over the photos in `raw`, in a fresh process (cold cache)."""
     params, _ = prepared(workdir, raw)
@@ -180,6 +224,7 @@ def main() -> None:
             "small_0.2MP": throughput(root / "small", small),
             "mixed_0.2_2_12MP": throughput(root / "mixed", mixed),
         }
+        results["resized_copy_fidelity_mixed"] = copy_fidelity(bench_params(root / "mixed", mixed))
         # The cache: the small folder's cache is warm now.
         warm = stage_seconds(prepared(root / "small", small)[0])
         make_photos(small / "class_0", 1, SIZES["0.2MP"], "added", seed=99)
@@ -201,6 +246,7 @@ def main() -> None:
         }
     save("featurize", results)
     small_result, mixed_result = results["small_0.2MP"], results["mixed_0.2_2_12MP"]
+    fidelity = results["resized_copy_fidelity_mixed"]
     print_table(
         f"featurize on {torch.get_num_threads()} threads, batch {results['batch_size']}, "
         f"{results['input_size']} px",
@@ -236,6 +282,12 @@ def main() -> None:
                 "clean 0.2 MP / mixed",
                 f"{small_result['clean_images_per_second']} / {mixed_result['clean_images_per_second']}",
                 "img/s: the check decode, hashes and resized copies, before featurize",
+            ),
+            (
+                "copies vs full decode",
+                "cosine {min} / {mean}".format(**fidelity["copies_cosine_to_full_decode"]),
+                "least / mean over the mixed folder's training images; reduced-scale files: "
+                "{min} / {mean}".format(**fidelity["reduced_scale_files_cosine_to_full_decode"]),
             ),
             ("warm cache rerun", f"{results['cache']['warm_seconds']} s", f"cold {cold} s"),
             (

@@ -12,7 +12,7 @@ an uncompressed copy would be several times the size of a folder of ordinary pho
 than the eval side get a copy; smaller ones are read from their own files, exactly as before.
 
 All copies live in one safetensors file (the JPEG bytes end to end, and n + 1 offsets), so DVC hashes one
-file rather than one per image, and readers memory-map it.
+file rather than one per image.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from reprotune.tensorfiles import open_rows, tensor_file
+from reprotune.tensorfiles import open_rows, tensor_file, tensor_start
 
 QUALITY = 95
 SUBSAMPLING = 0  # 4:4:4: chroma at full resolution
@@ -102,17 +102,19 @@ class CopyPackWriter:
 
 
 class ResizedCopies:
-    """Read side of the pack. Memory maps are opened on first use in each process, so a data loader's
-    workers each map the file rather than receiving a pickled copy of it."""
+    """Read side of the pack. Copies are read with pread rather than through a memory map, so that what a
+    pass has read does not stay mapped into the process (its peak memory stays flat with the dataset).
+    The file is opened on first use in each process, so data-loader workers each open their own."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._offsets: np.ndarray | None = None
-        self._bytes: np.ndarray | None = None
+        self._start = 0
+        self._file = None
         self._pid = None
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_offsets": None, "_bytes": None, "_pid": None}
+        return {"path": self.path, "_offsets": None, "_start": 0, "_file": None, "_pid": None}
 
     def __len__(self) -> int:
         self._open()
@@ -120,12 +122,14 @@ class ResizedCopies:
 
     def _open(self) -> None:
         if self._pid != os.getpid():
-            self._offsets = np.asarray(open_rows(self.path, "offsets"))
-            self._bytes = open_rows(self.path, "bytes")
+            self._offsets = np.array(open_rows(self.path, "offsets"))
+            self._start = tensor_start(self.path, "bytes")[1]
+            self._file = self.path.open("rb")
             self._pid = os.getpid()
 
     def image(self, index: int) -> Image.Image:
         self._open()
-        start, end = self._offsets[index], self._offsets[index + 1]
-        with Image.open(io.BytesIO(self._bytes[start:end].tobytes())) as image:
+        start, end = int(self._offsets[index]), int(self._offsets[index + 1])
+        data = os.pread(self._file.fileno(), end - start, self._start + start)
+        with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")

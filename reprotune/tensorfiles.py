@@ -78,14 +78,18 @@ def tensor_file(
         writer.close()
 
 
-def open_rows(path: Path, name: str) -> np.ndarray:
-    """One tensor of a safetensors file as a read-only memory map: rows are read from disk when indexed."""
+def tensor_start(path: Path, name: str) -> tuple[dict, int]:
+    """A tensor's header entry (dtype, shape) and the file offset of its first byte."""
     with path.open("rb") as stream:
         (length,) = struct.unpack("<Q", stream.read(8))
         entry = json.loads(stream.read(length))[name]
+    return entry, 8 + length + entry["data_offsets"][0]
+
+
+def open_rows(path: Path, name: str) -> np.ndarray:
+    """One tensor of a safetensors file as a read-only memory map: rows are read from disk when indexed."""
+    entry, offset = tensor_start(path, name)
     start, end = entry["data_offsets"]
     if end == start:
         return np.zeros(entry["shape"], _NUMPY[entry["dtype"]])
-    return np.memmap(
-        path, _NUMPY[entry["dtype"]], "r", offset=8 + length + start, shape=tuple(entry["shape"])
-    )
+    return np.memmap(path, _NUMPY[entry["dtype"]], "r", offset=offset, shape=tuple(entry["shape"]))
