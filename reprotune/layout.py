@@ -145,6 +145,11 @@ class Layout:
     def checkpoint(self) -> Path:
         return Path(self.paths.checkpoints) / "finetune"
 
+    def training_copies(self, key: str) -> Path:
+        """finetune's resized copies of its training images for one training set and side (see
+        stages/finetune.py: training_copies); kept beside the checkpoint while a run may resume."""
+        return Path(self.paths.checkpoints) / f"train-copies-{key}.safetensors"
+
     @property
     def finetune_history(self) -> Path:
         return self.reports / "finetune_history.csv"

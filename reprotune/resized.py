@@ -1,17 +1,23 @@
-"""Resized copies: each kept image, decoded once by clean and stored at the size the eval transform needs.
+"""Resized copies: an image decoded once and stored at the size a transform needs, so later passes decode a
+small JPEG instead of the file.
 
-Every later pass over an image (featurize, finetune's validation each epoch, evaluate, track's example)
-wants the same thing: the picture resized so that its shorter side is the backbone's eval side
+clean makes one for each kept image at the eval side; finetune makes one for each training image at the
+training side, once per run, for its random crops (stages/finetune.py: training_copies).
+
+Every later eval pass over an image (featurize, finetune's validation each epoch, evaluate) wants the same
+thing: the picture resized so that its shorter side is the backbone's eval side
 (floor(input_size / crop_pct)), then centre-cropped. Clean already decodes every file to check it, so it
 also writes that resized picture once; the eval transform's resize is then a no-op, and a 12-megapixel
 photo costs a 0.05-megapixel JPEG decode on every later pass instead of a reduced-scale decode of the whole
 file.
 
-Copies are JPEG at quality 95 without chroma subsampling (about 43 dB PSNR against the resized picture):
-an uncompressed copy would be several times the size of a folder of ordinary photos. Only images larger
+Copies are JPEG at quality 95 without chroma subsampling (about 43 dB PSNR against the resized picture on
+the benchmark's noisy photos): an uncompressed copy would be several times the size of a folder of ordinary
+photos. Only images larger
 than the eval side get a copy; smaller ones are read from their own files, exactly as before.
 
-All copies live in one safetensors file (the JPEG bytes end to end, and n + 1 offsets), so DVC hashes one
+A pack of copies is one safetensors file: for each image, its copy's number or NO_COPY (`entries`); the JPEG
+bytes end to end (`bytes`) and where each copy starts (`offsets`, copies + 1). One file, so DVC hashes one
 file rather than one per image.
 """
 
@@ -35,8 +41,9 @@ NO_COPY = -1  # the manifest's `resized` value for an image read from its own fi
 COPY_BLOCK = 1 << 20  # bytes moved at a time when the pack is assembled
 
 
-def eval_resize(image: Image.Image, side: int, interpolation: str) -> Image.Image:
-    """What the eval transform's first step (timm's Resize(side) with antialiasing) does to `image`."""
+def resize_shorter_side(image: Image.Image, side: int, interpolation: str) -> Image.Image:
+    """`image` with its shorter side resized to `side`: what the eval transform's first step (timm's
+    Resize(side), antialiased) does."""
     return F.resize(image, side, interpolation=InterpolationMode(interpolation), antialias=True)
 
 
@@ -45,7 +52,9 @@ def encode_copy(rgb: Image.Image, side: int, interpolation: str) -> bytes | None
     if min(rgb.size) <= side:
         return None
     buffer = io.BytesIO()
-    eval_resize(rgb, side, interpolation).save(buffer, "JPEG", quality=QUALITY, subsampling=SUBSAMPLING)
+    resize_shorter_side(rgb, side, interpolation).save(
+        buffer, "JPEG", quality=QUALITY, subsampling=SUBSAMPLING
+    )
     return buffer.getvalue()
 
 
@@ -70,16 +79,20 @@ class CopyPackWriter:
         return len(self._spans) - 1
 
     def finish(self, wanted: Sequence[int]) -> list[int]:
-        """Write the pack with the copies at scratch indices `wanted` (NO_COPY entries skipped), in that order;
-        return each entry's index in the pack."""
+        """Write the pack for the images whose scratch indices are `wanted` (NO_COPY for none), in that order;
+        return each one's copy number in the pack (its entry)."""
         spans = [self._spans[i] for i in wanted if i != NO_COPY]
         offsets = np.cumsum([0] + [length for _, length in spans], dtype=np.int64)
+        numbering = iter(range(len(spans)))
+        entries = [NO_COPY if i == NO_COPY else next(numbering) for i in wanted]
         self._scratch.flush()
         tensors = {
+            "entries": (np.dtype(np.int64), (len(entries),)),
             "offsets": (np.dtype(np.int64), (len(offsets),)),
             "bytes": (np.dtype(np.uint8), (int(offsets[-1]),)),
         }
         with tensor_file(self.path, tensors, {"format": "JPEG", "quality": str(QUALITY)}) as pack:
+            pack.write(np.asarray(entries, np.int64))
             pack.write(offsets)
             for start, length in spans:
                 self._scratch.seek(start)
@@ -87,8 +100,7 @@ class CopyPackWriter:
                     block = self._scratch.read(min(length, COPY_BLOCK))
                     pack.write(np.frombuffer(block, np.uint8))
                     length -= len(block)
-        numbering = iter(range(len(spans)))
-        return [NO_COPY if i == NO_COPY else next(numbering) for i in wanted]
+        return entries
 
     def close(self) -> None:
         self._scratch.close()
@@ -119,6 +131,10 @@ class ResizedCopies:
     def __len__(self) -> int:
         self._open()
         return len(self._offsets) - 1
+
+    def entries(self) -> list[int]:
+        """Each image's copy number, or NO_COPY, in the order the pack was written."""
+        return np.asarray(open_rows(self.path, "entries")).tolist()
 
     def _open(self) -> None:
         if self._pid != os.getpid():

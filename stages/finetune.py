@@ -8,6 +8,10 @@ optionally decayed per layer group away from the head; no weight decay on norms 
 then cosine decay per step. Early stopping on validation accuracy; epoch 0 (the starting model) is a
 candidate, and the best epoch's weights are saved. CUDA trains under bf16 autocast.
 
+Every epoch crops from the same pictures, so each training image larger than the training side is decoded
+once per run, before the first epoch, and kept resized to that side (reprotune/resized.py); the epochs then
+decode those small JPEGs. Validation reads clean's eval-sized copies.
+
 Resumable: after every epoch the full training state (weights, optimizer, scheduler, RNG states, best model
 so far) goes to `paths.checkpoints`; a run that is interrupted resumes there on the next `dvc repro`, as long
 as nothing it depends on changed, and ends with the same weights as an uninterrupted run.
@@ -37,17 +41,19 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from reprotune import stage
-from reprotune.backbones import Backbone, Classifier, load_backbone, pick_device
+from reprotune import resized, stage
+from reprotune.backbones import Backbone, Classifier, DataConfig, load_backbone, pick_device
 from reprotune.datasets import ManifestImages, eval_images, make_loader, worker_count
+from reprotune.images import Background, load_rgb
 from reprotune.layout import Layout, atomic_output, read_json
-from reprotune.params import Finetune, Params
+from reprotune.params import Augment, Finetune, Params
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +313,36 @@ def load_split(manifest: pd.DataFrame, split: str, classes: list[str]) -> tuple[
     return rows, [index[label] for label in rows["label"]]
 
 
+def training_copies(
+    layout: Layout, rows: pd.DataFrame, data: DataConfig, augment: Augment, background: Background, rank: int
+) -> tuple[resized.ResizedCopies, list[int]]:
+    """The training images larger than the training side, each decoded once and stored resized to that
+    side, and each row's copy number (NO_COPY: read the file). Made by rank 0 (the others wait at the
+    barrier that follows), named by what they are made from, and reused by a resumed run."""
+    side = data.train_decode_side(augment)
+    recipe = [rows["sha256"].tolist(), side, data.interpolation, list(background), resized.QUALITY]
+    path = layout.training_copies(hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16])
+    if rank == 0 and not path.is_file():
+        for stale in path.parent.glob("train-copies-*.safetensors"):
+            stale.unlink()
+        with atomic_output(path) as temporary, resized.CopyPackWriter(temporary) as writer:
+            wanted = []
+            for name in tqdm(rows["path"], desc="training copies", unit="img", disable=None):
+                with Image.open(name) as header:
+                    small = min(header.size) <= side  # EXIF rotation keeps the shorter side
+                copy = (
+                    None
+                    if small
+                    else resized.encode_copy(load_rgb(Path(name), background, side), side, data.interpolation)
+                )
+                wanted.append(writer.add(copy))
+            writer.finish(wanted)
+    if dist.is_initialized():
+        dist.barrier()
+    copies = resized.ResizedCopies(path)
+    return copies, copies.entries()
+
+
 def distributed() -> tuple[int, int]:
     """(rank, world size); under torchrun, joins the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -350,8 +386,6 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
     workers = worker_count(settings.num_workers)
     pin = device.type == "cuda"
     data = backbone.data
-    # Training crops at random from the whole picture, so it reads the files (at reduced scale), not the
-    # eval-sized copies; validation reads the copies.
     train_rows, train_labels = load_split(manifest, "train", classes)
     train_set = ManifestImages(
         train_rows["path"].tolist(),
@@ -359,6 +393,7 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
         data.train_transform(settings.augment),
         background,
         data.train_decode_side(settings.augment),
+        *training_copies(layout, train_rows, data, settings.augment, background, rank),
     )
     val_set = eval_images(*load_split(manifest, "val", classes), data, background, layout.resized_copies)
     # The shuffle (and each epoch's worker seeds) come from loader_rng, which checkpoints save; workers are
@@ -478,6 +513,7 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
             world,
         )
         shutil.rmtree(checkpoint, ignore_errors=True)  # the run finished: its resume point is spent
+        train_set.copies.path.unlink(missing_ok=True)  # made for this run only
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -26,13 +26,15 @@ def noisy_image(colour: tuple[int, int, int], seed: int, size: tuple[int, int] =
     return Image.fromarray(pixels, mode="RGB")
 
 
-def make_class_folder(root: Path, per_class: int = 10, split: str | None = None, seed: int = 0) -> Path:
+def make_class_folder(
+    root: Path, per_class: int = 10, split: str | None = None, seed: int = 0, size: tuple[int, int] = (40, 40)
+) -> Path:
     """root/[split/]<colour>/<n>.png, `per_class` images of each of three colour classes."""
     for index, (name, colour) in enumerate(COLOURS.items()):
         folder = root / split / name if split else root / name
         folder.mkdir(parents=True, exist_ok=True)
         for n in range(per_class):
-            noisy_image(colour, seed * 10_000_000 + index * 1_000_000 + n).save(folder / f"{n:03d}.png")
+            noisy_image(colour, seed * 10_000_000 + index * 1_000_000 + n, size).save(folder / f"{n:03d}.png")
     return root
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from reprotune.backbones import data_config
 from reprotune.images import to_rgb
-from reprotune.resized import NO_COPY, ResizedCopies, eval_resize
+from reprotune.resized import NO_COPY, ResizedCopies, resize_shorter_side
 from stages import clean, ingest
 from tests.conftest import make_class_folder, noisy_image
 
@@ -121,7 +121,7 @@ def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_par
     ) == 4 * clean.CHECK_SIDE  # true size
 
 
-def test_resized_copies_are_the_eval_resize_of_each_larger_image(tiny_params):
+def test_resized_copies_are_the_resize_shorter_side_of_each_larger_image(tiny_params):
     """One copy per kept image larger than the eval side (32 px for the tiny backbone), at exactly the eval
     resize's size and close to it in pixels; none for the others; nothing for dropped files."""
     raw = make_class_folder(Path(tiny_params.paths.raw), per_class=3)  # 40 x 40: copied
@@ -134,13 +134,14 @@ def test_resized_copies_are_the_eval_resize_of_each_larger_image(tiny_params):
 
     assert report["dropped_by_reason"] == {"label_conflict": 2}
     assert sorted(kept.loc[kept["resized"] != NO_COPY, "resized"]) == list(range(len(copies)))
+    assert copies.entries() == kept["resized"].tolist()
     for row in kept.itertuples():
         with Image.open(row.path) as image:
             rgb = image.convert("RGB")
         if min(rgb.size) <= side:
             assert row.resized == NO_COPY, row.path
             continue
-        expected = np.asarray(eval_resize(rgb, side, "bilinear"), np.float64)
+        expected = np.asarray(resize_shorter_side(rgb, side, "bilinear"), np.float64)
         got = np.asarray(copies.image(row.resized), np.float64)
         assert got.shape == expected.shape and min(got.shape[:2]) == side
         assert 10 * np.log10(255**2 / np.mean((got - expected) ** 2)) > 35, row.path  # PSNR, dB

@@ -104,8 +104,8 @@ def test_warmup_then_cosine():
     )
 
 
-def prepare(params) -> None:
-    make_class_folder(Path(params.paths.raw), per_class=10)
+def prepare(params, size: tuple[int, int] = (40, 40)) -> None:
+    make_class_folder(Path(params.paths.raw), per_class=10, size=size)
     for stage in (ingest.ingest, clean.clean, split.split, featurize.featurize, train_head.train_head):
         stage(params)
 
@@ -143,8 +143,9 @@ def test_scratch_head_is_not_the_probe(tiny_params):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tiny_params):
-    """Ctrl-C during an epoch after gradual's unfreezing; the next run resumes and ends bit-identical."""
-    prepare(tiny_params)
+    """Ctrl-C during an epoch after gradual's unfreezing; the next run resumes and ends bit-identical.
+    The images (64 x 56) are larger than the tiny backbone's training side (48), so training reads copies."""
+    prepare(tiny_params, size=(64, 56))
     params = with_finetune(
         tiny_params,
         strategy="gradual",
@@ -173,6 +174,38 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_params):
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
     assert (Path(params.paths.reports) / "finetune_history.csv").read_text() == reference_history
+
+
+def test_training_images_are_decoded_once_per_run(tiny_params):
+    """Images larger than the training side get one copy at exactly that side, made once and reused by a
+    resumed run; smaller ones are read from their files; the copies go when the run finishes."""
+    from PIL import Image
+
+    from reprotune.layout import Layout
+    from reprotune.resized import NO_COPY
+
+    prepare(tiny_params)
+    noisy = Image.effect_noise((120, 90), 40).convert("RGB")
+    noisy.save(Path(tiny_params.paths.raw) / "red" / "large.jpg", quality=95)
+    for stage in (ingest.ingest, clean.clean, split.split):
+        stage(tiny_params)
+    layout = Layout(tiny_params.paths)
+    rows = layout.read_manifest(layout.split_manifest, {"label": str})
+    data, augment = load_backbone(tiny_params.backbone).data, tiny_params.finetune.augment
+    side = data.train_decode_side(augment)
+    copies, entries = finetune.training_copies(layout, rows, data, augment, (255, 255, 255), rank=0)
+    made = copies.path.stat().st_mtime_ns
+    for name, entry in zip(rows["path"], entries, strict=True):
+        if name.endswith("large.jpg"):
+            assert min(copies.image(entry).size) == side
+        else:
+            assert entry == NO_COPY  # 40 px: below the side
+    again, _ = finetune.training_copies(layout, rows, data, augment, (255, 255, 255), rank=0)
+    assert again.path == copies.path and again.path.stat().st_mtime_ns == made
+
+    for stage in (featurize.featurize, train_head.train_head, finetune.finetune):
+        stage(tiny_params)
+    assert not list(Path(tiny_params.paths.checkpoints).glob("train-copies-*"))
 
 
 def test_a_checkpoint_from_other_params_is_not_resumed(tiny_params):
