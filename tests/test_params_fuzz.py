@@ -29,8 +29,14 @@ texts = st.text(max_size=8).filter(lambda s: not s.strip().lstrip("-").replace("
 mappings = st.dictionaries(st.sampled_from(["a", "b"]), st.integers(), min_size=1)
 
 
-def wrong_type_for(value) -> st.SearchStrategy:
+# Keys whose value here is text but which also take a whole number ("auto" or a worker count).
+TEXT_OR_COUNT = {"featurize.num_workers", "finetune.num_workers"}
+
+
+def wrong_type_for(key: str, value) -> st.SearchStrategy:
     """Values of a type the key never takes (a mapping is wrong for every leaf)."""
+    if isinstance(value, str) and key in TEXT_OR_COUNT:
+        return st.one_of(st.lists(st.integers(), min_size=1), mappings)
     if isinstance(value, str):
         return st.one_of(st.integers(), st.lists(st.integers(), min_size=1), mappings)
     if isinstance(value, list):
@@ -63,7 +69,7 @@ def broken_params(draw) -> tuple[dict, str]:
     )
     if fault == "wrong_type":
         key = draw(st.sampled_from(LEAVES))
-        set_key(raw, key, draw(wrong_type_for(flatten(BASE)[key])))
+        set_key(raw, key, draw(wrong_type_for(key, flatten(BASE)[key])))
     elif fault == "out_of_range":
         key = draw(st.sampled_from(NUMBERS))
         set_key(raw, key, draw(out_of_range))
