@@ -94,6 +94,7 @@ class Featurize(Section):
     batch_size: BatchSize
     num_workers: Workers
     device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["float32", "bfloat16"]
 
 
 class TrainHead(Section):

@@ -43,7 +43,12 @@ ASSEMBLE_ROWS = 1024  # rows copied from the cache per write
 
 @torch.inference_mode()
 def embed(
-    model: torch.nn.Module, loader: DataLoader, batch_size: int, device: torch.device, channels_last: bool
+    model: torch.nn.Module,
+    loader: DataLoader,
+    batch_size: int,
+    device: torch.device,
+    channels_last: bool,
+    bf16: bool = False,
 ) -> Iterator[np.ndarray]:
     """Embeddings a batch at a time. A short last batch is padded to `batch_size`: the CPU kernels differ
     with the batch shape (a batch of 1 differs from a batch of 64 by ~5e-6), and one shape for every pass
@@ -55,7 +60,9 @@ def embed(
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        yield model(images)[:count].float().cpu().numpy()
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            embeddings = model(images)
+        yield embeddings[:count].float().cpu().numpy()
 
 
 def prepare(backbone: Backbone, device: torch.device, channels_last: bool) -> torch.nn.Module:
@@ -75,7 +82,7 @@ def recipe(params: Params, backbone: Backbone, device: torch.device) -> dict:
         "background": list(params.clean.background),
         "channels_last": params.backbone.channels_last,
         "batch_size": params.featurize.batch_size,
-        "dtype": "float32",
+        "precision": params.featurize.precision,
         "device": device.type,
         "torch": torch.__version__,
         "pillow": PIL.__version__,
@@ -102,7 +109,10 @@ def fill_cache(
     model = prepare(backbone, device, params.backbone.channels_last)
     with cache.new_shard(len(missing), backbone.num_features) as shard:
         shard.write(np.frombuffer(b"".join(missing["digest"]), np.uint8).reshape(len(missing), -1))
-        for embeddings in embed(model, loader, settings.batch_size, device, params.backbone.channels_last):
+        bf16 = settings.precision == "bfloat16"
+        for embeddings in embed(
+            model, loader, settings.batch_size, device, params.backbone.channels_last, bf16
+        ):
             shard.write(embeddings)
     return len(missing)
 
@@ -137,6 +147,7 @@ def featurize(params: Params) -> None:
         "weights": backbone.weights,
         "data_config": backbone.data.__dict__,
         "channels_last": params.backbone.channels_last,
+        "precision": params.featurize.precision,
         "num_features": backbone.num_features,
         "classes": classes,
         "paths": {},

@@ -153,3 +153,21 @@ def test_features_through_resized_copies_match_the_files(tiny_params):
         / np.linalg.norm(from_files, axis=1)
     )
     assert cosine.min() > 0.995 and not np.array_equal(from_copies, from_files)
+
+
+def test_bfloat16_embeddings_are_close_and_cached_apart(tiny_params):
+    make_class_folder(Path(tiny_params.paths.raw), per_class=4)
+    for stage in (ingest.ingest, clean.clean, split.split):
+        stage(tiny_params)
+    full = featurized(tiny_params)
+    half = tiny_params.model_copy(
+        update={"featurize": tiny_params.featurize.model_copy(update={"precision": "bfloat16"})}
+    )
+    reduced = featurized(half)
+    assert len({s.parent for s in shards(tiny_params)}) == 2  # a recipe of its own
+    a = load_file(Layout(tiny_params.paths).features_file("train"))["embeddings"].numpy()
+    featurized(tiny_params)  # float32 again, from its cache
+    b = load_file(Layout(tiny_params.paths).features_file("train"))["embeddings"].numpy()
+    assert reduced["train"] != full["train"] and featurized(tiny_params) == full
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99
