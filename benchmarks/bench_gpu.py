@@ -12,7 +12,8 @@
    GPU decoder (nvJPEG) from the files, resized, cropped and normalised on the device.
 
 `--device cpu` runs the same measurements on the CPU (decoding with torchvision's CPU decoder), which checks
-the code on a machine without a GPU. Merged into reports/bench.json under "gpu".
+the code on a machine without a GPU. Merged into reports/bench.json under "gpu" ("gpu_bench_on_cpu" with
+`--device cpu`).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def main() -> None:
             ),
         }
     result = save(
-        "gpu",
+        "gpu" if device.type == "cuda" else "gpu_bench_on_cpu",
         {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "images": len(paths),
