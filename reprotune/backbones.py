@@ -165,9 +165,7 @@ def _file_weights(model: nn.Module, path: Path, label: str | None = None) -> str
     return f"{label or path} (sha256 {sha256_of_file(path)})"
 
 
-def _timm(params: BackboneParams, keep_classifier: bool) -> Backbone:
-    if not timm.is_model(params.name):
-        raise _unknown(params.name, timm.list_models())
+def _timm(params: BackboneParams, data: DataConfig, keep_classifier: bool) -> Backbone:
     model = timm.create_model(params.name, pretrained=False)
     shipped = shipped_weights(params.name)
     if params.weights:
@@ -186,7 +184,7 @@ def _timm(params: BackboneParams, keep_classifier: bool) -> Backbone:
     return Backbone(
         model=model,
         num_features=model.num_features,
-        data=data_config(params),
+        data=data,
         layer_groups=[list(names) for _, names in sorted(groups.items())],
         weights=source,
     )
@@ -199,12 +197,10 @@ def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     return linears[-1]
 
 
-def _torchvision(params: BackboneParams, keep_classifier: bool) -> Backbone:
+def _torchvision(params: BackboneParams, data: DataConfig, keep_classifier: bool) -> Backbone:
     import torchvision
 
     name = params.name.removeprefix(TORCHVISION_PREFIX)
-    if name not in torchvision.models.list_models():
-        raise _unknown(params.name, [TORCHVISION_PREFIX + n for n in torchvision.models.list_models()])
     model = torchvision.models.get_model(name, weights=None)
     pretrained = torchvision.models.get_model_weights(name).DEFAULT
     if params.weights:
@@ -228,7 +224,7 @@ def _torchvision(params: BackboneParams, keep_classifier: bool) -> Backbone:
     return Backbone(
         model=model,
         num_features=num_features,
-        data=data_config(params),
+        data=data,
         layer_groups=groups,
         weights=source,
     )
@@ -256,7 +252,7 @@ class TinyTestNet(nn.Module):
         return self.pool(self.blocks(self.stem(images))).flatten(1)
 
 
-def _tiny(params: BackboneParams) -> Backbone:
+def _tiny(params: BackboneParams, data: DataConfig) -> Backbone:
     model = TinyTestNet()
     source = _file_weights(model, Path(params.weights)) if params.weights else "fixed random init (seed 0)"
     groups = [[f"stem.{p}" for p, _ in model.stem.named_parameters()]] + [
@@ -265,7 +261,7 @@ def _tiny(params: BackboneParams) -> Backbone:
     return Backbone(
         model=model,
         num_features=32,
-        data=data_config(params),
+        data=data,
         layer_groups=groups,
         weights=source,
     )
@@ -273,7 +269,8 @@ def _tiny(params: BackboneParams) -> Backbone:
 
 def data_config(params: BackboneParams) -> DataConfig:
     """The backbone's preprocessing, from its registry entry alone (no weights are loaded, nothing is
-    fetched): clean needs the eval side before any model exists."""
+    fetched): clean needs the eval side before any model exists. An unknown name stops here, with the
+    closest known names."""
     if params.name == TINY_TEST:
         return DataConfig(params.input_size or 32, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0)
     if params.name.startswith(TORCHVISION_PREFIX):
@@ -305,12 +302,13 @@ def data_config(params: BackboneParams) -> DataConfig:
 def load_backbone(params: BackboneParams, keep_classifier: bool = False) -> Backbone:
     """Build the backbone named in params with its weights; with keep_classifier the model keeps its
     pretrained classifier (used to check the weights), otherwise it returns pooled embeddings."""
+    data = data_config(params)
     if params.name == TINY_TEST:
-        backbone = _tiny(params)
+        backbone = _tiny(params, data)
     elif params.name.startswith(TORCHVISION_PREFIX):
-        backbone = _torchvision(params, keep_classifier)
+        backbone = _torchvision(params, data, keep_classifier)
     else:
-        backbone = _timm(params, keep_classifier)
+        backbone = _timm(params, data, keep_classifier)
     backbone.model.eval()
     log.info("backbone %s, weights: %s, input %dpx", params.name, backbone.weights, backbone.data.input_size)
     return backbone

@@ -13,8 +13,8 @@ file.
 
 Copies are JPEG at quality 95 without chroma subsampling (about 43 dB PSNR against the resized picture on
 the benchmark's noisy photos): an uncompressed copy would be several times the size of a folder of ordinary
-photos. Only images larger
-than the eval side get a copy; smaller ones are read from their own files, exactly as before.
+photos. Only images larger than the side get a copy; smaller ones are read from their own files, exactly as
+before.
 
 A pack of copies is one safetensors file: for each image, its copy's number or NO_COPY (`entries`); the JPEG
 bytes end to end (`bytes`) and where each copy starts (`offsets`, copies + 1). One file, so DVC hashes one
