@@ -25,11 +25,11 @@ from benchmarks.results import print_table, save
 def measure(paths: list[str], draft: bool) -> dict:
     """Run clean's check over `paths` in this process; report images/s and peak RSS."""
     from reprotune import params as params_module
-    from reprotune.backbones import data_config
+    from reprotune.dataconfig import data_config
     from stages import clean
 
     params = params_module.load()
-    rules, data = params.clean, data_config(params.backbone)
+    rules, data = params.clean, data_config(params.backbone.name, params.backbone.input_size)
     if not draft:
         clean.CHECK_SIDE = 1 << 20  # a draft request above the real size keeps libjpeg at full scale
     started = time.perf_counter()

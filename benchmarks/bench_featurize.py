@@ -92,7 +92,7 @@ def bare_model_rate(params, passes: int = 6) -> float:
 
 def loader_rate(params) -> float:
     """Images/s of reading + preprocessing alone, through the loader featurize uses."""
-    from reprotune.backbones import data_config
+    from reprotune.dataconfig import data_config
     from reprotune.datasets import eval_images, make_loader, worker_count
     from reprotune.layout import Layout
 
@@ -101,7 +101,7 @@ def loader_rate(params) -> float:
     dataset = eval_images(
         rows,
         [0] * len(rows),
-        data_config(params.backbone),
+        data_config(params.backbone.name, params.backbone.input_size),
         tuple(params.clean.background),
         layout.resized_copies,
     )
@@ -157,8 +157,9 @@ def copy_fidelity(params) -> dict:
     for the file decoded at reduced scale (how featurize read it before the copies)."""
     from reprotune.backbones import load_backbone
     from reprotune.datasets import ManifestImages, make_loader
+    from reprotune.inference import outputs
     from reprotune.layout import Layout
-    from stages.featurize import embed, prepare
+    from stages.featurize import prepare
 
     layout = Layout(params.paths)
     rows = layout.read_manifest(layout.split_manifest, {"label": str})
@@ -176,7 +177,8 @@ def copy_fidelity(params) -> dict:
             tuple(params.clean.background),
             decode_side,
         )
-        return np.concatenate(list(embed(model, make_loader(images, batch, 0), batch, device, channels_last)))
+        loader = make_loader(images, batch, 0)
+        return torch.cat(list(outputs(model, loader, device, channels_last, pad_to=batch))).numpy()
 
     def cosine(a: np.ndarray, b: np.ndarray) -> dict:
         value = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

@@ -115,7 +115,7 @@ def pillow_file_rate(paths: list[str], params, data) -> float:
 
 
 def main() -> None:
-    from reprotune.backbones import data_config
+    from reprotune.dataconfig import data_config
     from reprotune.layout import Layout
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -133,7 +133,7 @@ def main() -> None:
         params, _ = prepared(root / "work", raw)
         layout = Layout(params.paths)
         paths = layout.read_manifest(layout.split_manifest)["path"].tolist()
-        data = data_config(params.backbone)
+        data = data_config(params.backbone.name, params.backbone.input_size)
         models = {
             f"{'bf16' if bf16 else 'float32'}{' channels_last' if last else ''}": round(
                 model_rate(params, device, bf16, last), 1

@@ -1,4 +1,5 @@
-"""Backbone registry: a name becomes a feature extractor, its preprocessing, and its ordered layer groups.
+"""Backbone registry: a name becomes a pretrained feature extractor, its preprocessing (reprotune/dataconfig.py)
+and its ordered layer groups.
 
 Names are timm model names (`tf_efficientnet_lite0`), `torchvision:<name>` (`torchvision:resnet18`), or
 `reprotune-tiny-test` (a small random CNN for the test suite only). Weights are looked for in this order:
@@ -11,73 +12,22 @@ otherwise a clear error says how to supply a weights file.
 
 from __future__ import annotations
 
-import difflib
 import logging
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
-import timm.data
 import torch
 from safetensors.torch import load_file
 from timm.models import group_parameters
 from torch import nn
 
+from reprotune.dataconfig import TINY_TEST, TORCHVISION_PREFIX, DataConfig, data_config
+from reprotune.errors import InputError
 from reprotune.layout import sha256_of_file
-from reprotune.params import Augment
 from reprotune.params import Backbone as BackboneParams
-from reprotune.stage import InputError
 
 log = logging.getLogger(__name__)
-
-TORCHVISION_PREFIX = "torchvision:"
-TINY_TEST = "reprotune-tiny-test"
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The preprocessing a backbone was pretrained with (timm's `resolve_data_config` fields)."""
-
-    input_size: int
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    crop_pct: float
-
-    @property
-    def eval_decode_side(self) -> int:
-        """The shorter side the eval transform resizes to before its centre crop (timm's rule)."""
-        return math.floor(self.input_size / self.crop_pct)
-
-    def train_decode_side(self, augment: Augment) -> int:
-        """A side that leaves the smallest random-resized crop (area `scale[0]`, aspect up to 4:3) at least
-        `input_size` pixels across, so reduced-scale decoding never upsamples a crop."""
-        return math.ceil(self.input_size / math.sqrt(min(augment.scale)) * math.sqrt(4 / 3))
-
-    def eval_transform(self) -> Callable:
-        return timm.data.create_transform(
-            input_size=(3, self.input_size, self.input_size),
-            interpolation=self.interpolation,
-            mean=self.mean,
-            std=self.std,
-            crop_pct=self.crop_pct,
-            is_training=False,
-        )
-
-    def train_transform(self, augment: Augment) -> Callable:
-        return timm.data.create_transform(
-            input_size=(3, self.input_size, self.input_size),
-            interpolation=self.interpolation,
-            mean=self.mean,
-            std=self.std,
-            is_training=True,
-            scale=augment.scale,
-            hflip=augment.hflip,
-            color_jitter=augment.color_jitter,
-            auto_augment=augment.auto_augment,
-        )
 
 
 @dataclass
@@ -146,15 +96,6 @@ def _no_weights(name: str, error: Exception) -> InputError:
         f"({type(error).__name__}: {error}). Download the state dict on a machine with internet "
         f"(e.g. timm.create_model({name!r}, pretrained=True).state_dict() saved with "
         f"safetensors.torch.save_file) and set backbone.weights to that file."
-    )
-
-
-def _unknown(name: str, known: list[str]) -> InputError:
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return InputError(
-        f"params.yaml: backbone.name: unknown model {name!r}; use a timm model name (timm.list_models()), "
-        f"torchvision:<name> (torchvision.models.list_models()) or {TINY_TEST}.{hint}"
     )
 
 
@@ -267,42 +208,10 @@ def _tiny(params: BackboneParams, data: DataConfig) -> Backbone:
     )
 
 
-def data_config(params: BackboneParams) -> DataConfig:
-    """The backbone's preprocessing, from its registry entry alone (no weights are loaded, nothing is
-    fetched): clean needs the eval side before any model exists. An unknown name stops here, with the
-    closest known names."""
-    if params.name == TINY_TEST:
-        return DataConfig(params.input_size or 32, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0)
-    if params.name.startswith(TORCHVISION_PREFIX):
-        import torchvision
-
-        name = params.name.removeprefix(TORCHVISION_PREFIX)
-        if name not in torchvision.models.list_models():
-            raise _unknown(params.name, [TORCHVISION_PREFIX + n for n in torchvision.models.list_models()])
-        preprocess = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-        return DataConfig(
-            input_size=params.input_size or preprocess.crop_size[0],
-            interpolation=preprocess.interpolation.value,
-            mean=tuple(preprocess.mean),
-            std=tuple(preprocess.std),
-            crop_pct=preprocess.crop_size[0] / preprocess.resize_size[0],
-        )
-    if not timm.is_model(params.name):
-        raise _unknown(params.name, timm.list_models())
-    config = timm.data.resolve_data_config({}, pretrained_cfg=timm.get_pretrained_cfg(params.name).to_dict())
-    return DataConfig(
-        input_size=params.input_size or config["input_size"][-1],
-        interpolation=config["interpolation"],
-        mean=tuple(config["mean"]),
-        std=tuple(config["std"]),
-        crop_pct=config["crop_pct"],
-    )
-
-
 def load_backbone(params: BackboneParams, keep_classifier: bool = False) -> Backbone:
     """Build the backbone named in params with its weights; with keep_classifier the model keeps its
     pretrained classifier (used to check the weights), otherwise it returns pooled embeddings."""
-    data = data_config(params)
+    data = data_config(params.name, params.input_size)
     if params.name == TINY_TEST:
         backbone = _tiny(params, data)
     elif params.name.startswith(TORCHVISION_PREFIX):
@@ -312,34 +221,3 @@ def load_backbone(params: BackboneParams, keep_classifier: bool = False) -> Back
     backbone.model.eval()
     log.info("backbone %s, weights: %s, input %dpx", params.name, backbone.weights, backbone.data.input_size)
     return backbone
-
-
-class Classifier(nn.Module):
-    """Backbone plus a linear head: what finetune trains and evaluate applies."""
-
-    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(num_features, num_classes)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
-
-
-def load_trained_classifier(
-    params: BackboneParams, weights: Path, num_classes: int
-) -> tuple[Classifier, Backbone]:
-    """The network finetune saved: architecture and preprocessing from the registry, every weight from
-    `weights`. Returns it in eval mode, with its Backbone (for the preprocessing)."""
-    backbone = load_backbone(params)
-    model = Classifier(backbone.model, backbone.num_features, num_classes)
-    model.load_state_dict(load_file(weights))
-    return model.eval(), backbone
-
-
-def pick_device(setting: str, key: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"params.yaml: {key}: cuda was asked for but no CUDA device is visible")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from reprotune.backbones import DataConfig
+from reprotune.dataconfig import DataConfig
 from reprotune.images import Background, load_rgb
 from reprotune.resized import NO_COPY, ResizedCopies
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reprotune.errors import InputError
 from reprotune.params import Paths
 
 if TYPE_CHECKING:
@@ -190,8 +191,6 @@ class Layout:
         a `..` or a link out is refused, so no stage reads a file outside the data it was given. (Rows the
         ingest stage already flagged, `issue` set, are reported by clean and never opened.)"""
         import pandas as pd
-
-        from reprotune.stage import InputError
 
         table = pd.read_csv(manifest, dtype=dtype, keep_default_na=False)
         folders = (self.raw, self.ingested)

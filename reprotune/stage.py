@@ -8,11 +8,8 @@ import sys
 from collections.abc import Callable
 
 from reprotune import params as params_module
+from reprotune.errors import InputError
 from reprotune.params import Params, ParamsError
-
-
-class InputError(Exception):
-    """The user's data, params or environment stop the stage; the message says what to change."""
 
 
 def _terminate(signum: int, frame: object) -> None:

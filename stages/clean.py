@@ -18,13 +18,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from reprotune import plots, stage
-from reprotune.backbones import DataConfig, data_config
+from reprotune import stage
+from reprotune.dataconfig import DataConfig, data_config
+from reprotune.errors import InputError
+from reprotune.figures import save
 from reprotune.images import near_pairs, perceptual_hash, to_rgb, upright
 from reprotune.layout import Layout, atomic_output, write_json, write_text
 from reprotune.params import Clean, Params
@@ -168,7 +171,7 @@ def enforce_class_size(kept: pd.DataFrame, rules: Clean) -> tuple[pd.DataFrame, 
     counts = kept["label"].value_counts()
     small = sorted(counts[counts < rules.min_class_size].index)
     if small and rules.small_class == "fail":
-        raise stage.InputError(
+        raise InputError(
             f"classes with fewer than clean.min_class_size={rules.min_class_size} images: "
             + ", ".join(f"{c} ({counts[c]})" for c in small)
             + "; add images, or set clean.small_class: drop"
@@ -190,7 +193,7 @@ def clean(params: Params) -> None:
             kept["resized"] = copies.finish(kept["resized"].tolist())
         kept.to_csv(staging / layout.clean_manifest.name, index=False)
     write_json(layout.cleaning_report, report)
-    plots.class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
+    class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
     write_text(layout.cleaning_summary, summary(report, layout.class_balance.name))
     log.info(
         "kept %d of %d files (%s); %d resized copies",
@@ -205,7 +208,7 @@ def inspect_all(params: Params, layout: Layout, copies: CopyPackWriter) -> tuple
     """Every ingested file checked: the kept rows (`resized` holding each copy's index in `copies`) and
     the cleaning report."""
     rules = params.clean
-    data = data_config(params.backbone)
+    data = data_config(params.backbone.name, params.backbone.input_size)
     manifest = layout.read_manifest(layout.ingest_manifest)
     dropped: list[dict] = []
     altered: list[dict] = []
@@ -248,7 +251,7 @@ def inspect_all(params: Params, layout: Layout, copies: CopyPackWriter) -> tuple
 
     classes = sorted(kept["label"].unique())
     if len(classes) < 2:
-        raise stage.InputError(
+        raise InputError(
             f"{layout.raw}: {len(kept)} usable images in {len(classes)} class(es) after cleaning; at least 2 "
             f"classes are needed ({len(dropped)} files dropped; reasons: {dict(Counter(d['reason'] for d in dropped))})"
         )
@@ -280,6 +283,21 @@ def cleaning_report(
     if report["kept"] + report["dropped"] != report["scanned"]:
         raise AssertionError("every scanned file is either kept or dropped, once")
     return report
+
+
+def class_balance(before: dict[str, int], after: dict[str, int], path: Path) -> None:
+    """Images per class before and after cleaning, largest class first."""
+    classes = sorted(set(before) | set(after), key=lambda c: (-before.get(c, 0), c))
+    positions = np.arange(len(classes))
+    figure, ax = plt.subplots(figsize=(min(30.0, max(6.0, 0.3 * len(classes) + 2)), 4.2))
+    ax.bar(
+        positions - 0.2, [before.get(c, 0) for c in classes], width=0.4, label="scanned", color="lightgrey"
+    )
+    ax.bar(positions + 0.2, [after.get(c, 0) for c in classes], width=0.4, label="kept")
+    ax.set_xticks(positions, classes, rotation=90 if len(classes) > 8 else 0, fontsize=8)
+    ax.set(ylabel="images", title="class balance")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
+    save(figure, path)
 
 
 def summary(report: dict, plot_name: str) -> str:

@@ -18,9 +18,12 @@ import torch
 from safetensors.torch import load_file
 from scipy.special import softmax
 
-from reprotune import plots, stage
-from reprotune.backbones import load_trained_classifier, pick_device
+from reprotune import evaluation_plots as plots
+from reprotune import stage
 from reprotune.datasets import eval_images, make_loader, worker_count
+from reprotune.devices import pick_device
+from reprotune.errors import InputError
+from reprotune.inference import predict
 from reprotune.layout import MODELS, Layout, atomic_output, read_json, write_json, write_text
 from reprotune.metrics import (
     expected_calibration_error,
@@ -29,9 +32,9 @@ from reprotune.metrics import (
     reliability,
     summary_metrics,
 )
+from reprotune.models import load_trained_classifier
 from reprotune.params import Params
 from reprotune.report import render
-from stages.finetune import predict
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +58,15 @@ def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]]
     for split in EVALUATED_SPLITS:
         rows = manifest[manifest["split"] == split]
         if rows["path"].tolist() != paths[split]:
-            raise stage.InputError(
+            raise InputError(
                 f"{layout.split_manifest} and {layout.features_meta} disagree; run dvc repro"
             )
         dataset = eval_images(
             rows, [0] * len(rows), backbone.data, tuple(params.clean.background), layout.resized_copies
         )
         loader = make_loader(dataset, params.featurize.batch_size, worker_count(params.featurize.num_workers))
-        logits[split] = predict(model, loader, device, params.backbone.channels_last).numpy()
+        bf16 = device.type == "cuda"  # as finetune validated it
+        logits[split] = predict(model, loader, device, params.backbone.channels_last, bf16).numpy()
     return logits
 
 

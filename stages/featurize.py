@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import PIL
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from reprotune import resized, stage
-from reprotune.backbones import Backbone, load_backbone, pick_device
+from reprotune.backbones import Backbone, load_backbone
 from reprotune.datasets import eval_images, make_loader, worker_count
+from reprotune.devices import pick_device
 from reprotune.embeddings import EmbeddingCache
+from reprotune.inference import outputs
 from reprotune.layout import SPLITS, Layout, atomic_output
 from reprotune.params import Params
 from reprotune.tensorfiles import tensor_file
@@ -39,30 +38,6 @@ log = logging.getLogger(__name__)
 # fields miss.
 RECIPE_VERSION = 2
 ASSEMBLE_ROWS = 1024  # rows copied from the cache per write
-
-
-@torch.inference_mode()
-def embed(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    batch_size: int,
-    device: torch.device,
-    channels_last: bool,
-    bf16: bool = False,
-) -> Iterator[np.ndarray]:
-    """Embeddings a batch at a time. A short last batch is padded to `batch_size`: the CPU kernels differ
-    with the batch shape (a batch of 1 differs from a batch of 64 by ~5e-6), and one shape for every pass
-    makes an image's embedding independent of the images it happens to be batched with."""
-    for images, _ in tqdm(loader, desc="featurize", unit="batch", disable=None):
-        count = len(images)
-        if count < batch_size:
-            images = torch.cat([images, images.new_zeros((batch_size - count, *images.shape[1:]))])
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            embeddings = model(images)
-        yield embeddings[:count].float().cpu().numpy()
 
 
 def prepare(backbone: Backbone, device: torch.device, channels_last: bool) -> torch.nn.Module:
@@ -109,11 +84,16 @@ def fill_cache(
     model = prepare(backbone, device, params.backbone.channels_last)
     with cache.new_shard(len(missing), backbone.num_features) as shard:
         shard.write(np.frombuffer(b"".join(missing["digest"]), np.uint8).reshape(len(missing), -1))
-        bf16 = settings.precision == "bfloat16"
-        for embeddings in embed(
-            model, loader, settings.batch_size, device, params.backbone.channels_last, bf16
+        for embeddings in outputs(
+            model,
+            loader,
+            device,
+            params.backbone.channels_last,
+            bf16=settings.precision == "bfloat16",
+            pad_to=settings.batch_size,  # one batch shape for every pass (see inference.outputs)
+            desc="featurize",
         ):
-            shard.write(embeddings)
+            shard.write(embeddings.numpy())
     return len(missing)
 
 
@@ -132,7 +112,6 @@ def write_split(
 
 def featurize(params: Params) -> None:
     layout = Layout(params.paths)
-    torch.manual_seed(0)
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     classes = sorted(manifest["label"].unique())
     index = {label: i for i, label in enumerate(classes)}

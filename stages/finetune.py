@@ -19,45 +19,93 @@ as nothing it depends on changed, and ends with the same weights as an uninterru
 Distributed: `torchrun --nproc_per_node N -m stages.finetune` trains data-parallel (DDP: NCCL on CUDA, gloo
 on CPU). `batch_size` stays the global batch (each process takes batch_size / N), so the learning rate and
 the results stay comparable with a single-process run; rank 0 alone writes outputs and checkpoints.
+
+The epoch loop, early stopping, resume and DDP wrapping are the shared training loop's
+(reprotune/training.py: `fit`); this module says what trains, on which data, with which loss and optimizer.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import json
 import logging
-import math
-import os
-import random
 import shutil
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from reprotune import resized, stage
-from reprotune.backbones import Backbone, Classifier, DataConfig, load_backbone, pick_device
+from reprotune.backbones import Backbone, load_backbone
+from reprotune.checkpoints import Progress
+from reprotune.dataconfig import DataConfig
 from reprotune.datasets import ManifestImages, eval_images, make_loader, worker_count
+from reprotune.devices import pick_device
+from reprotune.distributed import barrier, local_device, process_group
+from reprotune.errors import InputError
 from reprotune.images import Background, load_rgb
 from reprotune.layout import Layout, atomic_output, read_json
+from reprotune.models import Classifier
 from reprotune.params import Augment, Finetune, Params
+from reprotune.seeding import seed_everything
+from reprotune.training import (
+    Placement,
+    Schedule,
+    TrainingData,
+    fit,
+    supervised_loss,
+    warmup_cosine,
+)
 
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "lr"]
+
+
+def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None) -> None:
+    """`on_batch(epoch, batch)` is called before every training step (tests interrupt runs with it)."""
+    layout = Layout(params.paths)
+    settings = params.finetune
+    with process_group() as (rank, world):
+        if settings.batch_size % world:
+            raise InputError(
+                f"params.yaml: finetune.batch_size={settings.batch_size} must divide by the {world} processes"
+            )
+        seed_everything(settings.seed)
+        device = local_device(pick_device(settings.device, "finetune.device"))
+        placement = Placement(device, params.backbone.channels_last)
+        classes = read_json(layout.features_meta)["classes"]
+        backbone, model = build_model(params, layout, len(classes), placement)
+        data = load_data(params, layout, backbone.data, classes, rank, world, placement)
+        optimizer, scheduler = make_optimizer(model, backbone, settings, len(data.train_loader))
+        progress, best_state = fit(
+            model,
+            data,
+            supervised_loss(*make_criterion(settings, len(classes))),
+            optimizer,
+            scheduler,
+            placement,
+            Schedule(settings.epochs, settings.patience, settings.freeze_bn_stats, settings.compile),
+            layout.checkpoint,
+            fingerprint(params, layout),
+            rank,
+            world,
+            phase_of=lambda epoch: phase_strategy(settings, epoch),
+            enter_phase=lambda phase: freeze(
+                model, trainable_backbone_names(backbone, phase, settings.unfreeze_last_n)
+            ),
+            on_batch=on_batch,
+        )
+        if rank == 0:
+            write_outputs(layout, settings, model, best_state, progress, device, world)
+            remove_run_files(layout, data)
 
 
 # --- what trains -----------------------------------------------------------------------------------------
@@ -81,21 +129,6 @@ def phase_strategy(settings: Finetune, epoch: int) -> str:
 def freeze(model: Classifier, trainable: set[str]) -> None:
     for name, parameter in model.backbone.named_parameters():
         parameter.requires_grad_(name in trainable)
-
-
-def train_mode(model: nn.Module, freeze_bn_stats: bool) -> None:
-    """train(), except BatchNorm layers that must keep their running statistics: those with frozen weights
-    always, and all of them with `freeze_bn_stats` (batch statistics of a small batch from a domain far
-    from ImageNet shift the features so much that the probe's head starts at chance)."""
-    model.train()
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
-            freeze_bn_stats or not any(p.requires_grad for p in module.parameters(recurse=False))
-        ):
-            module.eval()
-
-
-# --- how it trains ---------------------------------------------------------------------------------------
 
 
 def parameter_groups(
@@ -124,186 +157,16 @@ def parameter_groups(
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(groups: list[dict], settings: Finetune) -> torch.optim.Optimizer:
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=settings.momentum, nesterov=settings.momentum > 0)
-    return torch.optim.AdamW(groups)
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    criterion: nn.Module,
-    device: torch.device,
-    channels_last: bool,
-    freeze_bn_stats: bool,
-    epoch: int,
-    mix: Callable | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> float:
-    train_mode(model, freeze_bn_stats)
-    total, seen = 0.0, 0
-    for batch, (images, labels) in enumerate(
-        tqdm(loader, desc=f"finetune epoch {epoch}", unit="batch", disable=None)
-    ):
-        if on_batch:
-            on_batch(epoch, batch)
-        images, labels = to_device(images, device, channels_last), labels.to(device)
-        if mix:
-            images, labels = mix(images, labels)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = criterion(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += loss.item() * len(images)
-        seen += len(images)
-    return total / seen
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """Logits (float32, on the CPU) for every image of the loader, in order."""
-    model.eval()
-    outputs = []
-    for images, _ in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            outputs.append(model(to_device(images, device, channels_last)).float().cpu())
-    return torch.cat(outputs)
-
-
-def mixing(settings: Finetune) -> bool:
-    return settings.augment.mixup > 0 or settings.augment.cutmix > 0
-
-
-def seed_everything(seed: int) -> None:
-    """timm's crops draw from `random`, mixup from numpy, torchvision's jitter from torch: seed all three."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# --- resume ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Progress:
-    """Everything besides tensors that an interrupted run needs to carry on exactly where it was."""
-
-    fingerprint: str
-    epoch: int = 0
-    best_epoch: int = 0
-    best_accuracy: float = -1.0
-    history: list[dict] = field(default_factory=list)
-
-
-def fingerprint(params: Params, layout: Layout) -> str:
-    """What the training depends on: a checkpoint made under anything else is not resumed."""
-    digest = hashlib.sha256()
-    for part in (params.finetune, params.backbone, params.clean.background):
-        digest.update(json.dumps(part if isinstance(part, tuple) else part.model_dump(mode="json")).encode())
-    for path in (layout.head_weights, layout.split_manifest):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state as safetensors-ready tensors plus JSON (no pickle anywhere)."""
-    tensors, scalars = {}, {}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
-            elif value is not None:
-                scalars[f"{index}.{name}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    for key, value in meta["scalars"].items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def save_checkpoint(
-    path: Path,
-    model: Classifier,
-    best_state: dict,
-    optimizer,
-    scheduler,
-    loader_rng: torch.Generator,
-    progress: Progress,
-) -> None:
-    optimizer_tensors, optimizer_meta = flatten_optimizer(optimizer.state_dict())
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors |= {f"best.{k}": v.detach().cpu().contiguous() for k, v in best_state.items()}
-    tensors |= optimizer_tensors
-    tensors |= {"rng.torch": torch.get_rng_state(), "rng.loader": loader_rng.get_state()}
-    numpy_state = np.random.get_state()
-    meta = {
-        "progress": asdict(progress),
-        "optimizer": optimizer_meta,
-        "scheduler": scheduler.state_dict(),
-        "rng.python": random.getstate(),
-        "rng.numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-    }
-    with atomic_output(path) as staging:
-        staging.mkdir()
-        save_file(tensors, staging / "state.safetensors")
-        (staging / "state.json").write_text(json.dumps(meta), encoding="utf-8")
-
-
-def load_checkpoint(
-    path: Path, model: Classifier, optimizer, scheduler, loader_rng: torch.Generator, expected: str
-) -> tuple[Progress, dict] | None:
-    """Restore a matching checkpoint into the objects; return (progress, best_state), or None to start afresh."""
-    if not (path / "state.json").is_file():
-        return None
-    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    progress = Progress(**meta["progress"])
-    if progress.fingerprint != expected:
-        log.info("checkpoint in %s was made under other params or data: starting afresh", path)
-        return None
-    tensors = load_file(path / "state.safetensors")
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
-    best_state = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
-    optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
-    scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    loader_rng.set_state(tensors["rng.loader"])
-    version, internal, gauss = meta["rng.python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, position, has_gauss, cached = meta["rng.numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
-    log.info("resuming from %s after epoch %d", path, progress.epoch)
-    return progress, best_state
-
-
-# --- the stage -------------------------------------------------------------------------------------------
+def build_model(params: Params, layout: Layout, num_classes: int, placement: Placement) -> tuple[Backbone, Classifier]:
+    """The pretrained backbone with a linear head, the head from train_head's probe (LP-FT) or fresh."""
+    backbone = load_backbone(params.backbone)
+    model = Classifier(backbone.model, backbone.num_features, num_classes)
+    if params.finetune.head_init == "probe":
+        model.head.load_state_dict(load_file(layout.head_weights))  # LP-FT: start from the linear probe
+    model.to(placement.device)
+    if placement.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return backbone, model
 
 
 def load_split(manifest: pd.DataFrame, split: str, classes: list[str]) -> tuple[pd.DataFrame, list[int]]:
@@ -313,79 +176,22 @@ def load_split(manifest: pd.DataFrame, split: str, classes: list[str]) -> tuple[
     return rows, [index[label] for label in rows["label"]]
 
 
-def training_copies(
-    layout: Layout, rows: pd.DataFrame, data: DataConfig, augment: Augment, background: Background, rank: int
-) -> tuple[resized.ResizedCopies, list[int]]:
-    """The training images larger than the training side, each decoded once and stored resized to that
-    side, and each row's copy number (NO_COPY: read the file). Made by rank 0 (the others wait at the
-    barrier that follows), named by what they are made from, and reused by a resumed run."""
-    side = data.train_decode_side(augment)
-    recipe = [rows["sha256"].tolist(), side, data.interpolation, list(background), resized.QUALITY]
-    path = layout.training_copies(hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16])
-    if rank == 0 and not path.is_file():
-        for stale in path.parent.glob("train-copies-*.safetensors"):
-            stale.unlink()
-        with atomic_output(path) as temporary, resized.CopyPackWriter(temporary) as writer:
-            wanted = []
-            for name in tqdm(rows["path"], desc="training copies", unit="img", disable=None):
-                with Image.open(name) as header:
-                    small = min(header.size) <= side  # EXIF rotation keeps the shorter side
-                copy = (
-                    None
-                    if small
-                    else resized.encode_copy(load_rgb(Path(name), background, side), side, data.interpolation)
-                )
-                wanted.append(writer.add(copy))
-            writer.finish(wanted)
-    if dist.is_initialized():
-        dist.barrier()
-    copies = resized.ResizedCopies(path)
-    return copies, copies.entries()
-
-
-def distributed() -> tuple[int, int]:
-    """(rank, world size); under torchrun, joins the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None) -> None:
-    """`on_batch(epoch, batch)` is called before every training step (tests interrupt runs with it)."""
-    layout = Layout(params.paths)
+def load_data(
+    params: Params,
+    layout: Layout,
+    data: DataConfig,
+    classes: list[str],
+    rank: int,
+    world: int,
+    placement: Placement,
+) -> TrainingData:
+    """Augmented, shuffled training batches (each process takes `batch_size / world` of them) and in-order
+    validation batches through the eval transform."""
     settings = params.finetune
-    rank, world = distributed()
-    if settings.batch_size % world:
-        raise stage.InputError(
-            f"params.yaml: finetune.batch_size={settings.batch_size} must divide by the {world} processes"
-        )
-    seed_everything(settings.seed)
-    device = pick_device(settings.device, "finetune.device")
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    channels_last = params.backbone.channels_last
-    classes = read_json(layout.features_meta)["classes"]
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
-
-    backbone = load_backbone(params.backbone)
-    model = Classifier(backbone.model, backbone.num_features, len(classes))
-    if settings.head_init == "probe":
-        model.head.load_state_dict(load_file(layout.head_weights))  # LP-FT: start from the linear probe
-    may_train = set().union(
-        *(
-            trainable_backbone_names(backbone, phase_strategy(settings, e), settings.unfreeze_last_n)
-            for e in range(1, settings.epochs + 1)
-        )
-    )
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-
     background = tuple(params.clean.background)
     workers = worker_count(settings.num_workers)
-    pin = device.type == "cuda"
-    data = backbone.data
+    pin = placement.device.type == "cuda"
     train_rows, train_labels = load_split(manifest, "train", classes)
     train_set = ManifestImages(
         train_rows["path"].tolist(),
@@ -415,115 +221,93 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
         drop_last=mixing(settings),  # mixup pairs need an even batch
     )
     val_loader = make_loader(val_set, settings.batch_size, workers, pin=pin)
-    val_labels = torch.tensor(val_set.labels)
+    return TrainingData(train_loader, loader_rng, sampler, val_loader, torch.tensor(val_set.labels))
 
-    optimizer = make_optimizer(parameter_groups(model, backbone, settings, may_train), settings)
-    steps = settings.epochs * len(train_loader)
+
+def training_copies(
+    layout: Layout, rows: pd.DataFrame, data: DataConfig, augment: Augment, background: Background, rank: int
+) -> tuple[resized.ResizedCopies, list[int]]:
+    """The training images larger than the training side, each decoded once and stored resized to that
+    side, and each row's copy number (NO_COPY: read the file). Made by rank 0 (the others wait at the
+    barrier that follows), named by what they are made from, and reused by a resumed run."""
+    side = data.train_decode_side(augment)
+    recipe = [rows["sha256"].tolist(), side, data.interpolation, list(background), resized.QUALITY]
+    path = layout.training_copies(hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16])
+    if rank == 0 and not path.is_file():
+        for stale in path.parent.glob("train-copies-*.safetensors"):
+            stale.unlink()
+        with atomic_output(path) as temporary, resized.CopyPackWriter(temporary) as writer:
+            wanted = []
+            for name in tqdm(rows["path"], desc="training copies", unit="img", disable=None):
+                with Image.open(name) as header:
+                    small = min(header.size) <= side  # EXIF rotation keeps the shorter side
+                copy = (
+                    None
+                    if small
+                    else resized.encode_copy(load_rgb(Path(name), background, side), side, data.interpolation)
+                )
+                wanted.append(writer.add(copy))
+            writer.finish(wanted)
+    barrier()
+    copies = resized.ResizedCopies(path)
+    return copies, copies.entries()
+
+
+def mixing(settings: Finetune) -> bool:
+    return settings.augment.mixup > 0 or settings.augment.cutmix > 0
+
+
+def make_criterion(settings: Finetune, num_classes: int) -> tuple[nn.Module, Callable | None]:
+    """The training loss and, with mixup or cutmix, timm's Mixup that mixes each batch first."""
+    if not mixing(settings):
+        return nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing), None
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    mix = Mixup(
+        mixup_alpha=settings.augment.mixup,
+        cutmix_alpha=settings.augment.cutmix,
+        label_smoothing=settings.label_smoothing,
+        num_classes=num_classes,
+    )
+    return SoftTargetCrossEntropy(), mix
+
+
+def make_optimizer(
+    model: Classifier, backbone: Backbone, settings: Finetune, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW or SGD over every parameter that trains in any phase, with warm-up then cosine decay per step."""
+    may_train = set().union(
+        *(
+            trainable_backbone_names(backbone, phase_strategy(settings, e), settings.unfreeze_last_n)
+            for e in range(1, settings.epochs + 1)
+        )
+    )
+    groups = parameter_groups(model, backbone, settings, may_train)
+    if settings.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            groups, momentum=settings.momentum, nesterov=settings.momentum > 0
+        )
+    else:
+        optimizer = torch.optim.AdamW(groups)
+    warmup = round(settings.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(round(settings.warmup_epochs * len(train_loader)), steps)
+        optimizer, warmup_cosine(warmup, settings.epochs * steps_per_epoch)
     )
-    mix = None
-    if mixing(settings):
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
+    return optimizer, scheduler
 
-        mix = Mixup(
-            mixup_alpha=settings.augment.mixup,
-            cutmix_alpha=settings.augment.cutmix,
-            label_smoothing=settings.label_smoothing,
-            num_classes=len(classes),
-        )
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    else:
-        criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
-    plain_loss = nn.CrossEntropyLoss()
 
-    checkpoint = layout.checkpoint
-    resumed = load_checkpoint(
-        checkpoint, model, optimizer, scheduler, loader_rng, fingerprint(params, layout)
-    )
-    if resumed:
-        progress, best_state = resumed
-    else:
-        progress = Progress(fingerprint(params, layout))
-        freeze(
-            model, trainable_backbone_names(backbone, phase_strategy(settings, 1), settings.unfreeze_last_n)
-        )
-        initial = predict(model, val_loader, device, channels_last)
-        progress.best_accuracy = float((initial.argmax(1) == val_labels).float().mean())
-        best_state = copy.deepcopy(model.state_dict())
-        log.info("epoch 0 (the starting model): val accuracy %.4f", progress.best_accuracy)
+# --- resume and outputs ----------------------------------------------------------------------------------
 
-    started = time.perf_counter()
-    epochs_this_run, phase, trained = 0, None, model
-    while progress.epoch < settings.epochs and progress.epoch - progress.best_epoch < settings.patience:
-        epoch = progress.epoch + 1
-        if phase_strategy(settings, epoch) != phase:  # first epoch, or gradual's unfreezing
-            phase = phase_strategy(settings, epoch)
-            freeze(model, trainable_backbone_names(backbone, phase, settings.unfreeze_last_n))
-            # DDP registers the trainable parameters when it wraps, so it wraps anew when they change.
-            trained = model if world == 1 else DistributedDataParallel(model)
-            trained = torch.compile(trained) if settings.compile else trained
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        train_loss = train_one_epoch(
-            trained,
-            train_loader,
-            optimizer,
-            scheduler,
-            criterion,
-            device,
-            channels_last,
-            settings.freeze_bn_stats,
-            epoch,
-            mix,
-            on_batch,
-        )
-        logits = predict(model, val_loader, device, channels_last)
-        val_accuracy = float((logits.argmax(1) == val_labels).float().mean())
-        progress.history.append(
-            {
-                "epoch": epoch,
-                "train_loss": round(train_loss, 6),
-                "val_loss": round(float(plain_loss(logits, val_labels)), 6),
-                "val_accuracy": round(val_accuracy, 6),
-                "lr": scheduler.get_last_lr()[0],
-            }
-        )
-        log.info("epoch %d (%s): %s", epoch, phase_strategy(settings, epoch), progress.history[-1])
-        if val_accuracy > progress.best_accuracy:
-            progress.best_accuracy, progress.best_epoch = val_accuracy, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        progress.epoch = epoch
-        epochs_this_run += 1
-        if rank == 0:
-            save_checkpoint(checkpoint, model, best_state, optimizer, scheduler, loader_rng, progress)
-    if progress.epoch < settings.epochs:
-        log.info("early stop: no validation gain for %d epochs", settings.patience)
-    seconds = time.perf_counter() - started
 
-    if rank == 0:
-        write_outputs(
-            layout,
-            settings,
-            model,
-            best_state,
-            progress,
-            device,
-            world,
-        )
-        shutil.rmtree(checkpoint, ignore_errors=True)  # the run finished: its resume point is spent
-        train_set.copies.path.unlink(missing_ok=True)  # made for this run only
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    log.info(
-        "best epoch %d, val accuracy %.4f, %.0f s, %.1f training images/s",
-        progress.best_epoch,
-        progress.best_accuracy,
-        seconds,
-        len(train_set) * epochs_this_run / max(seconds, 1e-9),
-    )
+def fingerprint(params: Params, layout: Layout) -> str:
+    """What the training depends on: a checkpoint made under anything else is not resumed."""
+    digest = hashlib.sha256()
+    for part in (params.finetune, params.backbone, params.clean.background):
+        digest.update(json.dumps(part if isinstance(part, tuple) else part.model_dump(mode="json")).encode())
+    for path in (layout.head_weights, layout.split_manifest):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def write_outputs(
@@ -560,6 +344,12 @@ def write_outputs(
         writer = csv.DictWriter(stream, fieldnames=HISTORY_FIELDS)
         writer.writeheader()
         writer.writerows(progress.history)
+
+
+def remove_run_files(layout: Layout, data: TrainingData) -> None:
+    """The run finished: its resume point is spent, and its training copies were made for it alone."""
+    shutil.rmtree(layout.checkpoint, ignore_errors=True)
+    data.train_loader.dataset.copies.path.unlink(missing_ok=True)
 
 
 def main() -> None:

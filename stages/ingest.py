@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from reprotune import stage
+from reprotune.errors import InputError
 from reprotune.layout import Layout, atomic_output, sha256_of_file
 from reprotune.params import Params
 
@@ -84,7 +85,7 @@ def write_sample(folder: Path, side: int) -> None:
 def ingest(params: Params) -> None:
     layout = Layout(params.paths)
     if not layout.raw.is_dir():
-        raise stage.InputError(
+        raise InputError(
             f"{layout.raw}: folder not found; create it (it may stay empty for the sample)"
         )
     with atomic_output(layout.ingested) as staging:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from reprotune import stage
+from reprotune.errors import InputError
 from reprotune.images import near_pairs
 from reprotune.layout import SPLITS, Layout, atomic_output, write_json
 from reprotune.params import Params
@@ -84,7 +85,7 @@ def split(params: Params) -> None:
             kept.loc[train, "split"] = kept.loc[train, "group"].map(carved)
             report["val_carved_from_train"] = True
     elif given.any():
-        raise stage.InputError(
+        raise InputError(
             f"{layout.raw}: some images are in split folders and some are not; use one layout for all"
         )
     else:
@@ -94,10 +95,10 @@ def split(params: Params) -> None:
         kept["split"] = kept["group"].map(assignment)
     missing = sorted(set(kept["label"]) - set(kept.loc[kept["split"] == "train", "label"]))
     if missing:
-        raise stage.InputError(f"{layout.raw}: classes with no training image: {', '.join(missing)}")
+        raise InputError(f"{layout.raw}: classes with no training image: {', '.join(missing)}")
     for name in ("val", "test"):
         if not (kept["split"] == name).any():
-            raise stage.InputError(
+            raise InputError(
                 f"{layout.raw}: the {name} split is empty; add images or raise split.{name}_fraction"
             )
     counts = kept.groupby(["split", "label"]).size()

@@ -89,8 +89,8 @@ def log_model(params: Params, layout: Layout) -> str:
     import torch
     from mlflow.models import infer_signature
 
-    from reprotune.backbones import load_trained_classifier
     from reprotune.images import load_rgb
+    from reprotune.models import load_trained_classifier
 
     meta = read_json(layout.features_meta)
     model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(meta["classes"]))

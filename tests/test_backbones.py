@@ -6,9 +6,10 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from reprotune.backbones import TINY_TEST, load_backbone, load_matching
+from reprotune.backbones import load_backbone, load_matching
+from reprotune.dataconfig import TINY_TEST
+from reprotune.errors import InputError
 from reprotune.params import Backbone as BackboneParams
-from reprotune.stage import InputError
 
 
 def params(name: str, weights: str | None = None, input_size: int | None = None) -> BackboneParams:

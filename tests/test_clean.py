@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from reprotune.backbones import data_config
+from reprotune.dataconfig import data_config
 from reprotune.images import to_rgb
 from reprotune.resized import NO_COPY, ResizedCopies, resize_shorter_side
 from stages import clean, ingest
@@ -68,7 +68,7 @@ def test_too_many_pixels_is_refused_from_the_header(tiny_params):
 
 
 def test_fewer_than_two_classes_is_a_clear_error(tiny_params):
-    from reprotune.stage import InputError
+    from reprotune.errors import InputError
 
     raw = Path(tiny_params.paths.raw)
     (raw / "only").mkdir(parents=True)
@@ -109,7 +109,7 @@ def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_par
 
     small = noisy_image((100, 150, 200), 5, size=(clean.CHECK_SIDE - 1, 300))
     small.save(tmp_path / "small.jpg", quality=92)
-    found = clean.inspect(tmp_path / "small.jpg", tiny_params.clean, data_config(tiny_params.backbone))
+    found = clean.inspect(tmp_path / "small.jpg", tiny_params.clean, data_config(tiny_params.backbone.name, tiny_params.backbone.input_size))
     with Image.open(tmp_path / "small.jpg") as full:
         rgb = full.convert("RGB")
     assert found.pixels_sha256 == hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
@@ -117,7 +117,7 @@ def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_par
     large = noisy_image((100, 150, 200), 6, size=(4 * clean.CHECK_SIDE, 2 * clean.CHECK_SIDE))
     large.save(tmp_path / "large.jpg", quality=92)
     assert (
-        clean.inspect(tmp_path / "large.jpg", tiny_params.clean, data_config(tiny_params.backbone)).width
+        clean.inspect(tmp_path / "large.jpg", tiny_params.clean, data_config(tiny_params.backbone.name, tiny_params.backbone.input_size)).width
     ) == 4 * clean.CHECK_SIDE  # true size
 
 
@@ -130,7 +130,7 @@ def test_resized_copies_are_the_resize_shorter_side_of_each_larger_image(tiny_pa
     (raw / "blue" / "conflict.png").write_bytes((raw / "red" / "000.png").read_bytes())
     kept, report = run_clean(tiny_params)
     copies = ResizedCopies(Path(tiny_params.paths.cleaned) / "resized.safetensors")
-    side = data_config(tiny_params.backbone).eval_decode_side
+    side = data_config(tiny_params.backbone.name, tiny_params.backbone.input_size).eval_decode_side
 
     assert report["dropped_by_reason"] == {"label_conflict": 2}
     assert sorted(kept.loc[kept["resized"] != NO_COPY, "resized"]) == list(range(len(copies)))

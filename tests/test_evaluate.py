@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from reprotune import plots
+from reprotune import evaluation_plots as plots
 from reprotune.metrics import (
     bootstrap_interval,
     expected_calibration_error,

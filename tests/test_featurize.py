@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from reprotune.embeddings import EmbeddingCache
 from reprotune.images import load_rgb
+from reprotune.inference import outputs
 from reprotune.layout import SPLITS, Layout
 from reprotune.tensorfiles import open_rows, tensor_file
 from stages import clean, featurize, ingest, split
@@ -143,8 +144,8 @@ def test_features_through_resized_copies_match_the_files(tiny_params):
     files = ManifestImages(train["path"], [0] * len(train), data.eval_transform(), (255, 255, 255))
     model = featurize.prepare(backbone, torch.device("cpu"), tiny_params.backbone.channels_last)
     loader = make_loader(files, tiny_params.featurize.batch_size, 0)
-    batches = featurize.embed(model, loader, tiny_params.featurize.batch_size, torch.device("cpu"), True)
-    from_files = np.concatenate(list(batches))
+    batches = outputs(model, loader, torch.device("cpu"), True, pad_to=tiny_params.featurize.batch_size)
+    from_files = torch.cat(list(batches)).numpy()
     from_copies = load_file(layout.features_file("train"))["embeddings"].numpy()
     assert features["train"] and from_copies.shape == from_files.shape
     cosine = (

@@ -8,7 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reprotune.backbones import TINY_TEST, Classifier, load_backbone
+from reprotune import training
+from reprotune.backbones import load_backbone
+from reprotune.dataconfig import TINY_TEST
+from reprotune.models import Classifier
 from reprotune.params import Backbone as BackboneParams
 from stages import clean, featurize, finetune, ingest, split, train_head
 from tests.conftest import make_class_folder
@@ -67,18 +70,18 @@ def test_one_step_changes_only_what_trains(strategy, freeze_bn_stats, tiny_param
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = tiny_params.finetune.model_copy(update={"lr": 0.1, "backbone_lr_factor": 1.0})
     optimizer = torch.optim.AdamW(finetune.parameter_groups(model, backbone, settings, trainable))
-    finetune.train_mode(model, freeze_bn_stats)
+    training.train_mode(model, freeze_bn_stats)
     loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
     loss.backward()
     optimizer.step()
-    training = tuple(f"backbone.{block}." for block in TRAINING_BLOCKS[strategy])
+    trained = tuple(f"backbone.{block}." for block in TRAINING_BLOCKS[strategy])
     for name, tensor in model.state_dict().items():
         if name.endswith("num_batches_tracked"):
             continue
         is_bn_statistic = "running_" in name
-        if name.startswith("head.") or (name.startswith(training) and not is_bn_statistic):
+        if name.startswith("head.") or (name.startswith(trained) and not is_bn_statistic):
             assert not torch.equal(before[name], tensor), f"{name} should have changed"
-        elif name.startswith(training) and is_bn_statistic and not freeze_bn_stats:
+        elif name.startswith(trained) and is_bn_statistic and not freeze_bn_stats:
             assert not torch.equal(before[name], tensor), (
                 f"{name}: a training BatchNorm updates its statistics"
             )
@@ -95,7 +98,7 @@ def test_no_weight_decay_on_norms_and_biases(tiny_params):
 
 
 def test_warmup_then_cosine():
-    factor = finetune.warmup_cosine(warmup_steps=2, total_steps=10)
+    factor = training.warmup_cosine(warmup_steps=2, total_steps=10)
     assert [factor(0), factor(1)] == [0.5, 1.0]
     assert (
         factor(2) == pytest.approx(1.0)

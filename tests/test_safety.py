@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from reprotune.errors import InputError
 from reprotune.layout import Layout
 from reprotune.params import _Yaml12FloatLoader
-from reprotune.stage import InputError
 from tests.conftest import ROOT
 
 SOURCES = sorted(p for folder in ("reprotune", "stages", "benchmarks") for p in (ROOT / folder).rglob("*.py"))

@@ -5,26 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on CI machines; must precede pyplot
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
+from reprotune.figures import save
 from reprotune.images import Background, load_rgb
-from reprotune.layout import atomic_output
 
 ANNOTATE_UP_TO = 20  # classes; beyond this, cell numbers overlap
 CURVES_UP_TO = 10  # classes drawn in the PR plot; beyond this only the worst by average precision
-
-
-def save(figure: Figure, path: Path) -> None:
-    figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, dpi=110, format="png")
-    plt.close(figure)
 
 
 def confusion(matrix: np.ndarray, classes: list[str], title: str, path: Path) -> None:
@@ -152,20 +141,5 @@ def per_class_f1(classes: list[str], f1_by_model: dict[str, list[float]], path: 
     lowest = min(min(scores) for scores in f1_by_model.values())
     floor = max(0.0, np.floor((lowest - 0.05) * 10) / 10)
     ax.set(ylabel="F1 (test)", ylim=(floor, 1.0), title="per-class F1: head-only vs fine-tuned")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
-    save(figure, path)
-
-
-def class_balance(before: dict[str, int], after: dict[str, int], path: Path) -> None:
-    """Images per class before and after cleaning, largest class first."""
-    classes = sorted(set(before) | set(after), key=lambda c: (-before.get(c, 0), c))
-    positions = np.arange(len(classes))
-    figure, ax = plt.subplots(figsize=(min(30.0, max(6.0, 0.3 * len(classes) + 2)), 4.2))
-    ax.bar(
-        positions - 0.2, [before.get(c, 0) for c in classes], width=0.4, label="scanned", color="lightgrey"
-    )
-    ax.bar(positions + 0.2, [after.get(c, 0) for c in classes], width=0.4, label="kept")
-    ax.set_xticks(positions, classes, rotation=90 if len(classes) > 8 else 0, fontsize=8)
-    ax.set(ylabel="images", title="class balance")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     save(figure, path)

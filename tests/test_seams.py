@@ -1,0 +1,254 @@
+"""DVC re-runs a stage when a file in its `deps` or a key in its `params` changes, and only then. These tests
+prove that dvc.yaml says exactly what each stage's code uses, so an edit re-runs the stages it touches and
+no others:
+- code: the project modules a stage imports, followed transitively through `import` statements anywhere in
+  a module (function-level imports too), equal the `.py` files it declares;
+- params: the params.yaml keys its code can read equal the keys its `params:` entries cover.
+"""
+
+from __future__ import annotations
+
+import ast
+import types
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from reprotune.params import Params
+from tests.conftest import ROOT
+
+PACKAGES = ("reprotune", "stages")
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+# --- code ------------------------------------------------------------------------------------------------
+
+
+def module_file(name: str) -> Path | None:
+    """The project file of a dotted module name (None outside the project, or for a package)."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    path = ROOT.joinpath(*name.split(".")).with_suffix(".py")
+    return path if path.is_file() else None
+
+
+def imported_files(path: Path) -> set[Path]:
+    """Project files that `path` imports directly: `import a.b`, `from a.b import c` (c a name or a module)."""
+    found: set[Path] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {file for file in map(module_file, names) if file is not None}
+    return found
+
+
+def transitive_imports(path: Path) -> set[Path]:
+    seen, todo = {path}, [path]
+    while todo:
+        for file in imported_files(todo.pop()) - seen:
+            seen.add(file)
+            todo.append(file)
+    return seen
+
+
+def declared_code(stage: dict) -> set[Path]:
+    return {ROOT / dep for dep in stage["deps"] if isinstance(dep, str) and dep.endswith(".py")}
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_a_stage_declares_exactly_the_modules_it_imports(name: str):
+    stage = STAGES[name]
+    assert stage["cmd"].startswith(f"python -m stages.{name}")
+    imported = transitive_imports(ROOT / "stages" / f"{name}.py")
+    declared = declared_code(stage)
+    relative = lambda files: sorted(str(f.relative_to(ROOT)) for f in files)  # noqa: E731
+    assert not imported - declared, f"{name} imports but does not declare {relative(imported - declared)}"
+    assert not declared - imported, f"{name} declares but never imports {relative(declared - imported)}"
+
+
+def test_package_inits_hold_no_code():
+    """`python -m stages.x` runs both package __init__ files, which no stage declares: they must stay empty
+    of code, or an edit to them would change a stage without re-running it."""
+    for package in PACKAGES:
+        body = ast.parse((ROOT / package / "__init__.py").read_text()).body
+        assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), package
+
+
+def test_the_import_walk_follows_function_level_and_package_imports(tmp_path: Path):
+    """The walk itself: it must see what a stage would really import, or the test above proves nothing."""
+    evaluate = transitive_imports(ROOT / "stages" / "evaluate.py")
+    assert ROOT / "reprotune" / "evaluation_plots.py" in evaluate  # `from reprotune import x as y`
+    assert ROOT / "reprotune" / "figures.py" in evaluate  # transitively, through evaluation_plots
+    track = transitive_imports(ROOT / "stages" / "track.py")
+    assert ROOT / "reprotune" / "models.py" in track  # imported inside a function
+    assert ROOT / "stages" / "finetune.py" not in evaluate  # evaluate no longer imports the finetune stage
+
+
+# --- params ----------------------------------------------------------------------------------------------
+
+Key = tuple[str, ...]
+
+
+def section_fields(model: type[BaseModel]) -> dict[str, type | None]:
+    """Each field of a params section: its sub-section's class, or None for a value."""
+    fields = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        fields[name] = annotation if is_section else None
+    return fields
+
+
+def leaves(model: type[BaseModel], prefix: Key = ()) -> set[Key]:
+    found = set()
+    for name, section in section_fields(model).items():
+        found |= leaves(section, (*prefix, name)) if section else {(*prefix, name)}
+    return found
+
+
+def section_at(key: Key) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Params
+    for part in key:
+        model = section_fields(model)[part] if model else None
+    return model
+
+
+def is_params_annotation(annotation: ast.expr | None) -> bool:
+    return isinstance(annotation, ast.Name) and annotation.id == "Params" or (
+        isinstance(annotation, ast.Constant) and annotation.value == "Params"
+    )
+
+
+class ParamsReads(ast.NodeVisitor):
+    """The params keys a module's code can read, found statically.
+
+    A function argument annotated `Params` is the root. From it, `x.a.b` reads key a.b; a local name bound to
+    a section (`settings = params.finetune`) stands for that section. A section used as a whole anywhere
+    else (passed to a function, put in a tuple, dumped) counts as reading every key under it, since what
+    receives it may read any of them; a method on the root (`params.model_dump()`) reads everything. Passing
+    the root itself on is not a read: the project functions that receive it annotate it `Params` and are
+    analysed too.
+    """
+
+    def __init__(self) -> None:
+        self.reads: set[Key] = set()
+        self.scopes: list[dict[str, Key]] = [{}]
+
+    def key_of(self, node: ast.expr) -> Key | None:
+        """The params key an expression denotes (a section or a value), or None."""
+        if isinstance(node, ast.Name):
+            for scope in reversed(self.scopes):
+                if node.id in scope:
+                    return scope[node.id]
+            return None
+        if isinstance(node, ast.Attribute):
+            base = self.key_of(node.value)
+            section = section_at(base) if base is not None else None
+            if section is not None and node.attr in section_fields(section):
+                return (*base, node.attr)
+        return None
+
+    def read(self, key: Key) -> None:
+        section = section_at(key)
+        self.reads |= {(*key, *leaf) for leaf in leaves(section)} if section else {key}
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+        self.scopes.append({a.arg: () for a in arguments if is_params_annotation(a.annotation)})
+        self.generic_visit(node)
+        self.scopes.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        key = self.key_of(node.value)
+        if key is not None and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            self.scopes[-1][node.targets[0].id] = key  # an alias: reads through it are counted as they happen
+            return
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        key = self.key_of(node)
+        if key is not None:
+            self.read(key)  # the outermost key of a chain; an enclosing chain would have stopped here
+            return
+        base = self.key_of(node.value)
+        if base is not None:
+            self.read(base)  # a method or attribute that is no field (model_dump, ...): the whole section
+            return
+        self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        key = self.key_of(node)
+        if key:  # a section alias used whole; the root itself () is not a read
+            self.read(key)
+
+
+def params_read(files: set[Path]) -> set[Key]:
+    reader = ParamsReads()
+    for file in files:
+        reader.visit(ast.parse(file.read_text(), str(file)))
+    return reader.reads
+
+
+def declared_params(stage: dict) -> set[Key]:
+    """The keys a stage's `params:` entries cover; `params.yaml:` alone is the whole file."""
+    declared: set[Key] = set()
+    for entry in stage.get("params", []):
+        if isinstance(entry, dict):  # {"params.yaml": None}: every key
+            return leaves(Params)
+        key = tuple(entry.split("."))
+        section = section_at(key)
+        declared |= {(*key, *leaf) for leaf in leaves(section)} if section else {key}
+    return declared
+
+
+def without_paths(keys: set[Key]) -> set[str]:
+    """`paths.*` reach dvc.yaml as the interpolated deps and outs themselves (a moved folder is a changed
+    dep or out), and the two that are not (checkpoints, the embedding cache) change no result."""
+    return {".".join(k) for k in keys if k[0] != "paths"}
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_a_stage_declares_exactly_the_params_it_reads(name: str):
+    stage = STAGES[name]
+    read = without_paths(params_read(transitive_imports(ROOT / "stages" / f"{name}.py")))
+    declared = without_paths(declared_params(stage))
+    assert not read - declared, f"{name} reads but does not declare {sorted(read - declared)}"
+    assert not declared - read, f"{name} declares but never reads {sorted(declared - read)}"
+
+
+def test_the_params_reader_sees_every_kind_of_read():
+    code = '''
+def stage(params: Params, other):
+    settings = params.finetune
+    use(settings.lr, params.clean.background)      # values, direct and through an alias
+    use(settings.augment)                          # a section passed on: all of it
+    other.finetune.epochs                          # not params: nothing
+    backbone = params.backbone
+    check(backbone)                                # an alias used whole
+def track(params: Params):
+    params.model_dump()                            # everything
+'''
+    reader = ParamsReads()
+    tree = ast.parse(code)
+    reader.visit(tree.body[0])
+    augment = {f"finetune.augment.{k}" for k in ("scale", "hflip", "color_jitter", "auto_augment", "mixup", "cutmix")}
+    backbone = {f"backbone.{k}" for k in ("name", "weights", "input_size", "channels_last")}
+    assert {".".join(k) for k in reader.reads} == {"finetune.lr", "clean.background"} | augment | backbone
+    reader = ParamsReads()
+    reader.visit(tree.body[1])
+    assert reader.reads == leaves(Params)
+
+
+def test_the_schema_walk_knows_sections_from_values():
+    assert section_at(("finetune", "augment")) is not None and section_at(("finetune", "lr")) is None
+    assert ("finetune", "augment", "scale") in leaves(Params)
+    assert not any(isinstance(t, types.UnionType) for t in typing.get_args(Params))  # sections are plain
