@@ -120,9 +120,7 @@ def train_one_epoch(
     `on_batch(epoch, batch)` is called before every step (tests interrupt runs with it)."""
     train_mode(model, freeze_bn_stats)
     total, seen = 0.0, 0
-    for batch, (images, labels) in enumerate(
-        tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=None)
-    ):
+    for batch, (images, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=None)):
         if on_batch:
             on_batch(epoch, batch)
         images = to_device(images, placement.device, placement.channels_last)

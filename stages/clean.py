@@ -26,9 +26,10 @@ from tqdm import tqdm
 
 from reprotune import stage
 from reprotune.dataconfig import DataConfig, data_config
+from reprotune.duplicates import near_pairs, perceptual_hash
 from reprotune.errors import InputError
 from reprotune.figures import save
-from reprotune.images import near_pairs, perceptual_hash, to_rgb, upright
+from reprotune.images import to_rgb, upright
 from reprotune.layout import Layout, atomic_output, write_json, write_text
 from reprotune.params import Clean, Params
 from reprotune.resized import CopyPackWriter, encode_copy

@@ -58,9 +58,7 @@ def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]]
     for split in EVALUATED_SPLITS:
         rows = manifest[manifest["split"] == split]
         if rows["path"].tolist() != paths[split]:
-            raise InputError(
-                f"{layout.split_manifest} and {layout.features_meta} disagree; run dvc repro"
-            )
+            raise InputError(f"{layout.split_manifest} and {layout.features_meta} disagree; run dvc repro")
         dataset = eval_images(
             rows, [0] * len(rows), backbone.data, tuple(params.clean.background), layout.resized_copies
         )

@@ -157,7 +157,9 @@ def parameter_groups(
     return [g for g in groups if g["params"]]
 
 
-def build_model(params: Params, layout: Layout, num_classes: int, placement: Placement) -> tuple[Backbone, Classifier]:
+def build_model(
+    params: Params, layout: Layout, num_classes: int, placement: Placement
+) -> tuple[Backbone, Classifier]:
     """The pretrained backbone with a linear head, the head from train_head's probe (LP-FT) or fresh."""
     backbone = load_backbone(params.backbone)
     model = Classifier(backbone.model, backbone.num_features, num_classes)

@@ -85,9 +85,7 @@ def write_sample(folder: Path, side: int) -> None:
 def ingest(params: Params) -> None:
     layout = Layout(params.paths)
     if not layout.raw.is_dir():
-        raise InputError(
-            f"{layout.raw}: folder not found; create it (it may stay empty for the sample)"
-        )
+        raise InputError(f"{layout.raw}: folder not found; create it (it may stay empty for the sample)")
     with atomic_output(layout.ingested) as staging:
         staging.mkdir()
         if list_files(layout.raw):

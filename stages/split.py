@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from reprotune import stage
+from reprotune.duplicates import near_pairs
 from reprotune.errors import InputError
-from reprotune.images import near_pairs
 from reprotune.layout import SPLITS, Layout, atomic_output, write_json
 from reprotune.params import Params
 

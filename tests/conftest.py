@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +76,12 @@ def copy_project(destination: Path) -> Path:
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)
     return destination
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess a test starts (dvc, a stage, an MLflow server): this one without any
+    MLFLOW_* or DVC_* variable of the caller's (a tracking URI or a DVC experiment would leak into the run),
+    with this virtual environment's `python` and `dvc` first on PATH, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env | extra

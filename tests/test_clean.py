@@ -109,7 +109,11 @@ def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_par
 
     small = noisy_image((100, 150, 200), 5, size=(clean.CHECK_SIDE - 1, 300))
     small.save(tmp_path / "small.jpg", quality=92)
-    found = clean.inspect(tmp_path / "small.jpg", tiny_params.clean, data_config(tiny_params.backbone.name, tiny_params.backbone.input_size))
+    found = clean.inspect(
+        tmp_path / "small.jpg",
+        tiny_params.clean,
+        data_config(tiny_params.backbone.name, tiny_params.backbone.input_size),
+    )
     with Image.open(tmp_path / "small.jpg") as full:
         rgb = full.convert("RGB")
     assert found.pixels_sha256 == hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
@@ -117,7 +121,11 @@ def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_par
     large = noisy_image((100, 150, 200), 6, size=(4 * clean.CHECK_SIDE, 2 * clean.CHECK_SIDE))
     large.save(tmp_path / "large.jpg", quality=92)
     assert (
-        clean.inspect(tmp_path / "large.jpg", tiny_params.clean, data_config(tiny_params.backbone.name, tiny_params.backbone.input_size)).width
+        clean.inspect(
+            tmp_path / "large.jpg",
+            tiny_params.clean,
+            data_config(tiny_params.backbone.name, tiny_params.backbone.input_size),
+        ).width
     ) == 4 * clean.CHECK_SIDE  # true size
 
 

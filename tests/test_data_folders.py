@@ -96,6 +96,7 @@ def test_a_class_with_one_image_is_dropped_or_refused_by_policy(tiny_params):
     ],
     ids=["single_class", "nothing_decodes"],
 )
+@pytest.mark.e2e
 def test_degenerate_folders_get_one_line_and_no_traceback(tmp_path: Path, build, message):
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)

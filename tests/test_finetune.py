@@ -229,6 +229,7 @@ def test_a_checkpoint_from_other_params_is_not_resumed(tiny_params):
     assert first_run_epoch_1["epochs_run"] == 2
 
 
+@pytest.mark.e2e
 def test_torchrun_two_cpu_processes(tiny_params, tmp_path):
     """Data-parallel on CPU (gloo): one process writes, and the result is a normal finetune output."""
     import subprocess

@@ -1,4 +1,7 @@
-"""End to end: `dvc repro` in a temporary copy of the project on a tiny dataset, as a user runs it."""
+"""End to end: `dvc repro` in a temporary copy of the project on a tiny dataset, as a user runs it.
+
+One `dvc repro` builds the project (`built`); a test that changes anything (params, the MLflow store, the
+run record) works on its own copy of it (`workspace`), so the tests pass in any order or alone."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, copy_project, make_class_folder, tiny_params_raw
+from tests.conftest import ROOT, child_env, copy_project, make_class_folder, tiny_params_raw
+
+pytestmark = pytest.mark.e2e
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -29,9 +35,9 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def run(args: list[str], cwd: Path) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's `python`
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = child_env(
+        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t"
+    )
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout + done.stderr
@@ -90,8 +96,7 @@ def log_to_a_tracking_server(project: Path, tmp_path: Path) -> None:
             except OSError:
                 assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
                 time.sleep(0.5)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-        env["MLFLOW_TRACKING_URI"] = uri
+        env = child_env(MLFLOW_TRACKING_URI=uri)
         done = subprocess.run(
             [sys.executable, "-m", "stages.track"], cwd=project, env=env, capture_output=True, text=True
         )
@@ -112,9 +117,9 @@ def log_to_a_tracking_server(project: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> dict:
+def built(tmp_path_factory) -> dict:
     """A temporary copy of the project on a tiny dataset, committed to its own git repository, after one
-    `dvc repro`. The tests below share it and run in file order; the last one changes params."""
+    `dvc repro`. Tests may read it; a test that changes anything takes a `workspace` instead."""
     tmp_path = tmp_path_factory.mktemp("pipeline")
     root = copy_project(tmp_path / "project")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_raw(), sort_keys=False))
@@ -129,9 +134,17 @@ def project(tmp_path_factory) -> dict:
     return {"root": root, "tmp": tmp_path, "first": first, "raw_before": raw_before}
 
 
-def test_dvc_repro_end_to_end(project):
-    root = project["root"]
-    assert ran_stages(project["first"]) == [
+@pytest.fixture
+def workspace(built: dict, tmp_path: Path) -> dict:
+    """A private copy of the built project (git history, DVC cache, MLflow store and all) for one test."""
+    root = tmp_path / "project"
+    shutil.copytree(built["root"], root, symlinks=True)
+    return built | {"root": root, "tmp": tmp_path}
+
+
+def test_dvc_repro_end_to_end(built):
+    root = built["root"]
+    assert ran_stages(built["first"]) == [
         "ingest",
         "clean",
         "split",
@@ -190,23 +203,22 @@ def test_dvc_repro_end_to_end(project):
     assert "accuracy" in json.dumps(shown)
 
 
-def test_unchanged_repro_is_a_no_op_and_adds_no_run(project):
-    root = project["root"]
+def test_unchanged_repro_is_a_no_op_and_adds_no_run(built):
+    root = built["root"]
     before = len(mlflow_runs(root))
     second = run(["dvc", "repro"], root)
     assert ran_stages(second) == [] and "up to date" in second
     assert len(mlflow_runs(root)) == before
 
 
-def test_logs_to_a_tracking_server(project):
-    log_to_a_tracking_server(project["root"], project["tmp"])
+def test_logs_to_a_tracking_server(workspace):
+    log_to_a_tracking_server(workspace["root"], workspace["tmp"])
 
 
 def track_process(root: Path, uri: str, stall: bool = False) -> subprocess.Popen:
     """`python -m stages.track` against `uri`; with `stall`, it stops inside its MLflow run (just before the
     model is logged) and says `ready`, so that a test can signal it mid-run."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["MLFLOW_TRACKING_URI"] = uri
+    env = child_env(MLFLOW_TRACKING_URI=uri)
     # A shell's background job inherits SIGINT ignored, and Python keeps ignoring it: give the stage Ctrl-C's
     # usual handler, as in a terminal.
     code = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\nimport stages.track as track\n"
@@ -237,13 +249,13 @@ def store_runs(uri: str) -> list:
     return [] if experiment is None else client.search_runs([experiment.experiment_id])
 
 
-def test_parallel_writers_on_a_fresh_store(project):
+def test_parallel_writers_on_a_fresh_store(workspace):
     """Two track stages start at once on a store that does not exist yet: MLflow's first-use migrations
     collide without the store lock. Both runs land, FINISHED, each with its own model version."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{project['tmp'] / 'fresh' / 'mlflow.db'}"
-    writers = [track_process(project["root"], uri) for _ in range(2)]
+    uri = f"sqlite:///{workspace['tmp'] / 'fresh' / 'mlflow.db'}"
+    writers = [track_process(workspace["root"], uri) for _ in range(2)]
     for writer in writers:
         _, stderr = writer.communicate(timeout=600)
         assert writer.returncode == 0, stderr[-3000:]
@@ -252,19 +264,19 @@ def test_parallel_writers_on_a_fresh_store(project):
     versions = MlflowClient(uri).search_model_versions("name = 'reprotune'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert all(
-        r.info.artifact_uri.startswith((project["tmp"] / "fresh" / "mlartifacts").as_uri()) for r in runs
+        r.info.artifact_uri.startswith((workspace["tmp"] / "fresh" / "mlartifacts").as_uri()) for r in runs
     )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_interrupted_track_leaves_no_finished_or_running_run(project, signum):
+def test_interrupted_track_leaves_no_finished_or_running_run(workspace, signum):
     """Stopped inside its MLflow run, track leaves that run FAILED (SIGINT, SIGTERM) and writes no run record.
     SIGKILL cannot be caught: the run stays RUNNING until the next track marks it FAILED and records the
     result once."""
-    root = project["root"]
+    root = workspace["root"]
     record = root / "reports" / "mlflow_run.json"
     record_before = record.read_bytes()
-    uri = f"sqlite:///{project['tmp'] / f'interrupted-{signum.name}' / 'mlflow.db'}"
+    uri = f"sqlite:///{workspace['tmp'] / f'interrupted-{signum.name}' / 'mlflow.db'}"
     stalled = track_process(root, uri, stall=True)
     assert stalled.stdout.readline().strip() == "ready"
     stalled.send_signal(signum)
@@ -286,11 +298,10 @@ def test_interrupted_track_leaves_no_finished_or_running_run(project, signum):
     assert sorted(r.info.status for r in store_runs(uri)) == ["FAILED", "FINISHED"]
 
 
-def test_a_second_repro_while_one_runs_fails_fast_and_corrupts_nothing(project):
-    root = project["root"]
+def test_a_second_repro_while_one_runs_fails_fast_and_corrupts_nothing(workspace):
+    root = workspace["root"]
     lock_before = (root / "dvc.lock").read_text()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = child_env()
     first = subprocess.Popen(
         ["dvc", "repro", "--force", "--single-item", "finetune"],
         cwd=root,
@@ -312,16 +323,15 @@ def test_a_second_repro_while_one_runs_fails_fast_and_corrupts_nothing(project):
     finally:
         first.kill()
     assert (root / "dvc.lock").read_text() == lock_before  # fine-tuning again gave the same model
-    # Nothing the forced stage feeds re-runs. (track may: the tests above ran it by hand, rewriting its record.)
-    assert set(ran_stages(run(["dvc", "repro"], root))) <= {"track"}
+    assert ran_stages(run(["dvc", "repro"], root)) == []  # so nothing it feeds re-runs
 
 
 @pytest.mark.slow
-def test_dvc_queue_sweep_logs_every_experiment(project):
+def test_dvc_queue_sweep_logs_every_experiment(workspace):
     """`dvc exp run --queue -S ...` three times, then `dvc queue start -j 2`: each experiment runs in a copy
     under .dvc/tmp/exps, and all three land in the project's store (fresh, so the two workers race to create
     it) with their DVC experiment name and the train_head.C they were given."""
-    root = project["root"]
+    root = workspace["root"]
     (root / "mlflow.db").rename(root / "mlflow.db.before-sweep")
     try:
         values = ["0.25", "0.5", "2.0"]
@@ -357,11 +367,11 @@ def test_dvc_queue_sweep_logs_every_experiment(project):
         (root / "mlflow.db.before-sweep").rename(root / "mlflow.db")
 
 
-def test_a_train_head_change_reruns_only_what_depends_on_it(project):
-    root = project["root"]
+def test_a_train_head_change_reruns_only_what_depends_on_it(workspace):
+    root = workspace["root"]
     before = mlflow_runs(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train_head"]["C"] = 0.75  # a value no sweep above used: DVC's run-cache would restore that one
+    params["train_head"]["C"] = 0.75
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "train_head.C" in run(["dvc", "params", "diff"], root)
     third = run(["dvc", "repro"], root)
@@ -370,7 +380,7 @@ def test_a_train_head_change_reruns_only_what_depends_on_it(project):
     assert len(runs) == len(before) + 1
     differing = {k for k in runs[-2].data.params if runs[-2].data.params[k] != runs[-1].data.params.get(k)}
     assert differing == {"train_head.C"}
-    assert tree_digest(root / "data" / "raw") == project["raw_before"]
+    assert tree_digest(root / "data" / "raw") == workspace["raw_before"]
 
 
 def test_bad_params_stop_a_stage_before_it_writes(tmp_path: Path):

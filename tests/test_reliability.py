@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, make_class_folder, tiny_params_raw
+from tests.conftest import child_env, copy_project, make_class_folder, tiny_params_raw
 from tests.test_pipeline import mlflow_runs, run
 
 pytestmark = pytest.mark.slow
@@ -51,12 +51,6 @@ def build(folder: Path) -> Path:
 RESET_SIGINT_THEN_EXEC = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
 
 
-def dvc_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
 def start_stage(project: Path, stage: str) -> subprocess.Popen:
     """`dvc repro --force --single-item <stage>`, returned once the stage's command is running."""
     process = subprocess.Popen(
@@ -64,7 +58,7 @@ def start_stage(project: Path, stage: str) -> subprocess.Popen:
         # with SIGINT ignored, and an ignored signal stays ignored across exec, in DVC and in the stage.
         [sys.executable, "-c", RESET_SIGINT_THEN_EXEC, "dvc", "repro", "--force", "--single-item", stage],
         cwd=project,
-        env=dvc_env(),
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -121,8 +121,10 @@ def section_at(key: Key) -> type[BaseModel] | None:
 
 
 def is_params_annotation(annotation: ast.expr | None) -> bool:
-    return isinstance(annotation, ast.Name) and annotation.id == "Params" or (
-        isinstance(annotation, ast.Constant) and annotation.value == "Params"
+    return (
+        isinstance(annotation, ast.Name)
+        and annotation.id == "Params"
+        or (isinstance(annotation, ast.Constant) and annotation.value == "Params")
     )
 
 
@@ -226,7 +228,7 @@ def test_a_stage_declares_exactly_the_params_it_reads(name: str):
 
 
 def test_the_params_reader_sees_every_kind_of_read():
-    code = '''
+    code = """
 def stage(params: Params, other):
     settings = params.finetune
     use(settings.lr, params.clean.background)      # values, direct and through an alias
@@ -236,11 +238,13 @@ def stage(params: Params, other):
     check(backbone)                                # an alias used whole
 def track(params: Params):
     params.model_dump()                            # everything
-'''
+"""
     reader = ParamsReads()
     tree = ast.parse(code)
     reader.visit(tree.body[0])
-    augment = {f"finetune.augment.{k}" for k in ("scale", "hflip", "color_jitter", "auto_augment", "mixup", "cutmix")}
+    augment = {
+        f"finetune.augment.{k}" for k in ("scale", "hflip", "color_jitter", "auto_augment", "mixup", "cutmix")
+    }
     backbone = {f"backbone.{k}" for k in ("name", "weights", "input_size", "channels_last")}
     assert {".".join(k) for k in reader.reads} == {"finetune.lr", "clean.background"} | augment | backbone
     reader = ParamsReads()

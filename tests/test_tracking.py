@@ -5,6 +5,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from reprotune.layout import project_root
 from reprotune.tracking import experiment_lineage, stage_output_hashes, tracking_uri
 from tests.conftest import ROOT
@@ -60,6 +62,7 @@ def test_abandoned_running_runs_are_closed(tmp_path: Path, monkeypatch):
     assert list(status.values()) == ["FAILED", "RUNNING", "RUNNING"]
 
 
+@pytest.mark.e2e
 def test_sigterm_unwinds_and_leaves_no_partial_output(tmp_path: Path):
     script = (
         "import time\n"
