@@ -66,6 +66,17 @@ def open_experiment(name: str) -> str:
         return client.create_experiment(name, artifact_location=artifact_location(uri))
 
 
+def point_alias(model_name: str, alias: str, version: str) -> None:
+    """Point `alias` of a registered model at `version`. MLflow's SQL store checks whether the alias exists
+    and then inserts it; two track stages doing that at once (parallel `dvc queue` workers) collide on its
+    unique key, so on a SQLite store it happens under the store lock."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    with store_lock(uri):
+        MlflowClient(uri).set_registered_model_alias(model_name, alias, version)
+
+
 def experiment_lineage() -> dict[str, str]:
     """Under `dvc exp run`, DVC names the experiment and its baseline commit in the environment."""
     names = {"DVC_EXP_NAME": "dvc_exp_name", "DVC_EXP_BASELINE_REV": "dvc_exp_baseline_rev"}

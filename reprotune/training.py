@@ -112,6 +112,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     placement: Placement,
+    *,
     epoch: int,
     freeze_bn_stats: bool,
     on_batch: Callable[[int, int], None] | None = None,
@@ -152,6 +153,7 @@ def fit(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     placement: Placement,
+    *,
     schedule: Schedule,
     checkpoint: Path,
     fingerprint: str,
@@ -196,9 +198,9 @@ def fit(
             optimizer,
             scheduler,
             placement,
-            epoch,
-            schedule.freeze_bn_stats,
-            on_batch,
+            epoch=epoch,
+            freeze_bn_stats=schedule.freeze_bn_stats,
+            on_batch=on_batch,
         )
         validation = evaluate(model, data.val_loader, data.val_labels, placement)
         progress.history.append(

@@ -92,11 +92,11 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
             optimizer,
             scheduler,
             placement,
-            Schedule(settings.epochs, settings.patience, settings.freeze_bn_stats, settings.compile),
-            layout.checkpoint,
-            fingerprint(params, layout),
-            rank,
-            world,
+            schedule=Schedule(settings.epochs, settings.patience, settings.freeze_bn_stats, settings.compile),
+            checkpoint=layout.checkpoint,
+            fingerprint=fingerprint(params, layout),
+            rank=rank,
+            world=world,
             phase_of=lambda epoch: phase_strategy(settings, epoch),
             enter_phase=lambda phase: freeze(
                 model, trainable_backbone_names(backbone, phase, settings.unfreeze_last_n)

@@ -24,6 +24,7 @@ from reprotune.tracking import (
     experiment_lineage,
     git_lineage,
     open_experiment,
+    point_alias,
     stage_output_hashes,
     tracking_uri,
 )
@@ -110,7 +111,7 @@ def log_model(params: Params, layout: Layout) -> str:
         metadata={"classes": meta["classes"], "preprocessing": meta["data_config"]},
     )
     version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_registered_model_alias(params.track.model_name, params.track.alias, version)
+    point_alias(params.track.model_name, params.track.alias, version)
     log.info("registered %s version %s as @%s", params.track.model_name, version, params.track.alias)
     return version
 
