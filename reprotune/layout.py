@@ -74,6 +74,11 @@ class Layout:
         return self.cleaned / "resized.safetensors"
 
     @property
+    def duplicate_hashes(self) -> Path:
+        """Each kept image's near-duplicate hash set, row i for the clean manifest's row i."""
+        return self.cleaned / "hashes.safetensors"
+
+    @property
     def cleaning_report(self) -> Path:
         return self.reports / "cleaning.json"
 

@@ -62,7 +62,7 @@ class Clean(Section):
         Annotated[int, Field(ge=0, le=255)],
         Annotated[int, Field(ge=0, le=255)],
     ]
-    near_duplicate_distance: Annotated[int, Field(ge=0, le=32)] | None
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=128)] | None  # bits of 256
     label_conflict: Literal["drop", "majority"]
     min_class_size: Count
     small_class: Literal["drop", "fail"]

@@ -39,6 +39,18 @@ def metrics_table(metrics: dict) -> list[str]:
     return lines
 
 
+def split_origin(splits: dict) -> str:
+    """Which splits came from the data's split folders and which were carved, from what and how much."""
+    given = ", ".join(f"{name}/" for name in splits["given"])
+    carved = "; ".join(
+        f"{name} carved from {entry['from']} ({entry['fraction']:.0%} of each class, {entry['images']} images)"
+        for name, entry in splits["carved"].items()
+    )
+    if not given:
+        return f"no split folders; {carved}."
+    return f"given as {given}" + (f"; {carved}." if carved else ".")
+
+
 def render(
     params: Params,
     metrics: dict,
@@ -64,8 +76,12 @@ def render(
             else "."
         ),
         f"- Duplicate groups, each kept inside one split: {kinds['exact']} of identical images, {kinds['near']} of "
-        f"near-identical ones (perceptual hash within {params.clean.near_duplicate_distance} bits). "
-        f"Near-duplicate pairs across splits: {splits['leakage']['near_duplicate_pairs_across_splits']}.",
+        f"near-identical ones (resized, recompressed, cropped or framed copies: hashes within "
+        f"{params.clean.near_duplicate_distance} bits of 256). Near-duplicate pairs across splits: "
+        f"{splits['leakage']['near_duplicate_pairs_across_splits']}; similar pairs across splits (within "
+        f"{splits['leakage']['checked_distance']} bits, not grouped; listed in `split.json`): "
+        f"{splits['leakage']['similar_pairs_across_splits']}.",
+        f"- Splits: {split_origin(splits)}",
         f"- {len(features['classes'])} classes. Images per split: "
         + ", ".join(f"{split} {sum(counts.values())}" for split, counts in splits["counts"].items())
         + ". Details: `cleaning.md`, `cleaning.json`, `split.json`.",

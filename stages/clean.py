@@ -5,7 +5,8 @@ Each kept image larger than the backbone's eval side is also stored resized to i
 
 Each dropped file gets one row in `reports/cleaning.json` (path, reason, detail); so does each kept file
 that was altered on the way to RGB (mode conversion, EXIF orientation). Identical images (same decoded
-pixels) and near-identical ones (perceptual hashes within `clean.near_duplicate_distance` bits) form one
+pixels) and near-identical ones (hash sets within `clean.near_duplicate_distance` bits of 256: resized,
+recompressed, re-encoded, slightly cropped or framed copies; reprotune/duplicates.py) form one
 duplicate group, which the split stage keeps inside one split. `kept + dropped = scanned` always holds.
 """
 
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from reprotune import stage
 from reprotune.dataconfig import DataConfig, data_config
-from reprotune.duplicates import near_pairs, perceptual_hash
+from reprotune.duplicates import HASHES, WORDS, image_hashes, near_pairs, save_hashes
 from reprotune.errors import InputError
 from reprotune.figures import save
 from reprotune.images import to_rgb, upright
@@ -47,7 +48,6 @@ KEPT_COLUMNS = [
     "height",
     "sha256",
     "pixels_sha256",
-    "phash",
     "resized",
     "group",
 ]
@@ -65,7 +65,7 @@ class Inspected:
     width: int
     height: int
     pixels_sha256: str
-    phash: int
+    hashes: np.ndarray  # near-duplicate hash set (reprotune/duplicates.py)
     alterations: tuple[str, ...]
     resized_copy: bytes | None
 
@@ -120,15 +120,15 @@ def inspect(path: Path, rules: Clean, data: DataConfig) -> Inspected:
         width=width,
         height=height,
         pixels_sha256=hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest(),
-        phash=perceptual_hash(rgb),
+        hashes=image_hashes(rgb),
         alterations=alterations,
         resized_copy=encode_copy(rgb, data.eval_decode_side, data.interpolation),
     )
 
 
-def duplicate_groups(pixel_hashes: list[str], phashes: list[int], max_distance: int | None) -> list[int]:
-    """Group ids (0, 1, ... in order of first member): same pixels, or phash distance <= max_distance,
-    joined transitively."""
+def duplicate_groups(pixel_hashes: list[str], hashes: np.ndarray, max_distance: int | None) -> list[int]:
+    """Group ids (0, 1, ... in order of first member): same pixels, or near duplicates within
+    `max_distance` bits (reprotune/duplicates.py), joined transitively."""
     parent = list(range(len(pixel_hashes)))
 
     def root(i: int) -> int:
@@ -144,10 +144,15 @@ def duplicate_groups(pixel_hashes: list[str], phashes: list[int], max_distance: 
     for index, pixels in enumerate(pixel_hashes):
         join(index, first_with.setdefault(pixels, index))
     if max_distance is not None:
-        for i, j in near_pairs(np.array(phashes, dtype=np.uint64), max_distance):
+        for i, j in near_pairs(hashes, max_distance):
             join(i, j)
     numbering: dict[int, int] = {}
     return [numbering.setdefault(root(i), len(numbering)) for i in range(len(pixel_hashes))]
+
+
+def stacked_hashes(kept: pd.DataFrame) -> np.ndarray:
+    """The rows' hash sets as one (rows, HASHES, WORDS) array, in row order."""
+    return np.stack(kept["hashes"].tolist()) if len(kept) else np.zeros((0, HASHES, WORDS), np.uint64)
 
 
 def resolve_conflicts(kept: pd.DataFrame, policy: str) -> tuple[pd.DataFrame, list[dict]]:
@@ -192,7 +197,8 @@ def clean(params: Params) -> None:
         with CopyPackWriter(staging / layout.resized_copies.name) as copies:
             kept, report = inspect_all(params, layout, copies)
             kept["resized"] = copies.finish(kept["resized"].tolist())
-        kept.to_csv(staging / layout.clean_manifest.name, index=False)
+        save_hashes(staging / layout.duplicate_hashes.name, stacked_hashes(kept))  # row i: manifest row i
+        kept[KEPT_COLUMNS].to_csv(staging / layout.clean_manifest.name, index=False)
     write_json(layout.cleaning_report, report)
     class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
     write_text(layout.cleaning_summary, summary(report, layout.class_balance.name))
@@ -237,13 +243,13 @@ def inspect_all(params: Params, layout: Layout, copies: CopyPackWriter) -> tuple
                 "height": found.height,
                 "sha256": row.sha256,
                 "pixels_sha256": found.pixels_sha256,
-                "phash": f"{found.phash:016x}",
+                "hashes": found.hashes,
                 "resized": copies.add(found.resized_copy),
             }
         )
-    kept = pd.DataFrame(rows, columns=KEPT_COLUMNS[:-1])
+    kept = pd.DataFrame(rows, columns=[*KEPT_COLUMNS[:-1], "hashes"])
     kept["group"] = duplicate_groups(
-        kept["pixels_sha256"].tolist(), [int(h, 16) for h in kept["phash"]], rules.near_duplicate_distance
+        kept["pixels_sha256"].tolist(), stacked_hashes(kept), rules.near_duplicate_distance
     )
     kept, conflicts = resolve_conflicts(kept, rules.label_conflict)
     kept, small = enforce_class_size(kept, rules)

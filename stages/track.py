@@ -54,7 +54,10 @@ def run_metrics(layout: Layout) -> dict[str, float]:
         "data.kept": cleaning["kept"],
         "data.dropped": cleaning["dropped"],
     }
-    numbers |= {"split.leakage_pairs": splits["leakage"]["near_duplicate_pairs_across_splits"]}
+    numbers |= {
+        "split.leakage_pairs": splits["leakage"]["near_duplicate_pairs_across_splits"],
+        "split.similar_pairs": splits["leakage"]["similar_pairs_across_splits"],
+    }
     finetuned = read_json(layout.finetuned_meta)
     numbers |= {f"finetune.{k}": float(finetuned[k]) for k in ("best_val_accuracy", "best_epoch")}
     return numbers

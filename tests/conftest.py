@@ -85,3 +85,22 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env | extra
+
+
+def photo_like(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A distinct picture per seed with a photo's structure (smooth shading, a few shapes of different
+    colours, sensor-like noise), where a noise-only image has none for a perceptual hash to hold on to."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : size[1], 0 : size[0]] / max(size)
+    shading = np.stack([np.sin(x * rng.uniform(1, 4) + y * rng.uniform(1, 4) + c) for c in range(3)], -1)
+    image = Image.fromarray(((shading + 1) * 100 + 20).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x0, y0 = rng.uniform(0, 0.8, 2) * size
+        w, h = rng.uniform(0.1, 0.4, 2) * size
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape((x0, y0, x0 + w, y0 + h), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    pixels = np.asarray(image, dtype=np.int16) + rng.integers(-6, 7, (size[1], size[0], 3))
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))

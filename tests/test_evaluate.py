@@ -165,7 +165,13 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         },
         {
             "counts": {"train": {"a": 5}, "val": {"a": 2}, "test": {"a": 2}},
-            "leakage": {"near_duplicate_pairs_across_splits": 0},
+            "given": ["train", "val"],
+            "carved": {"test": {"from": "train/", "fraction": 0.15, "images": 2}},
+            "leakage": {
+                "near_duplicate_pairs_across_splits": 0,
+                "similar_pairs_across_splits": 3,
+                "checked_distance": 48,
+            },
         },
         {
             "backbone": "b",
@@ -186,4 +192,6 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     assert "[" in text.split("`accuracy`")[1].splitlines()[0]  # the interval is shown beside accuracy
     for name in produced:
         assert f"plots/{name}" in text
+    assert "given as train/, val/; test carved from train/ (15% of each class, 2 images)." in text
+    assert "similar pairs across splits (within 48 bits" in text
     assert json.dumps(metrics)  # plain JSON types only

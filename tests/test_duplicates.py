@@ -1,0 +1,134 @@
+"""Near duplicates as real folders hold them: each kind of copy lands in its original's group at the default
+params.yaml distance, distinct pictures do not, and the grouping does not depend on file order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from reprotune import params as params_module
+from reprotune.dataconfig import data_config
+from reprotune.duplicates import HASHES, WORDS, frame, near_pairs
+from stages import clean
+from tests.conftest import ROOT, photo_like
+
+PARAMS = params_module.load(ROOT / "params.yaml")  # the shipped default distance, not a test's own
+RULES = PARAMS.clean.model_copy(update={"min_side": 1})
+DATA = data_config("reprotune-tiny-test", 32)
+
+
+def resized(factor):
+    return lambda im: im.resize(
+        (round(im.width * factor), round(im.height * factor)), Image.Resampling.LANCZOS
+    )
+
+
+def cropped(left, top, right, bottom):
+    return lambda im: im.crop(
+        (
+            round(im.width * left),
+            round(im.height * top),
+            im.width - round(im.width * right),
+            im.height - round(im.height * bottom),
+        )
+    )
+
+
+# kind -> (how the copy is made, how it is saved)
+COPIES = {
+    "resized to a quarter": (resized(0.25), {"format": "PNG"}),
+    "resized to half, JPEG quality 70": (resized(0.5), {"format": "JPEG", "quality": 70}),
+    "resized 4x": (resized(4), {"format": "PNG"}),
+    "JPEG quality 50": (lambda im: im, {"format": "JPEG", "quality": 50}),
+    "PNG to JPEG": (lambda im: im, {"format": "JPEG", "quality": 90}),
+    "cropped 5% every side": (cropped(0.05, 0.05, 0.05, 0.05), {"format": "PNG"}),
+    "cropped 4% one side": (cropped(0.04, 0, 0, 0), {"format": "PNG"}),
+    "white border 5%": (lambda im: ImageOps.expand(im, (16, 12), fill=(255, 255, 255)), {"format": "PNG"}),
+    "black border on one side": (
+        lambda im: ImageOps.expand(im, (6, 0, 0, 0), fill=(0, 0, 0)),
+        {"format": "JPEG", "quality": 90},
+    ),
+    "EXIF re-orientation": (lambda im: im, {"format": "JPEG", "quality": 95, "exif_rotate": True}),
+}
+
+
+def save(image: Image.Image, path: Path, how: dict) -> Path:
+    if how.get(
+        "exif_rotate"
+    ):  # pixels stored rotated, and a tag (6: turn 90 clockwise) that shows them as before
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        image.transpose(Image.Transpose.ROTATE_90).save(path, "JPEG", quality=how["quality"], exif=exif)
+    else:
+        image.save(path, how["format"], **({"quality": how["quality"]} if "quality" in how else {}))
+    return path
+
+
+def groups_of(paths: list[Path]) -> list[int]:
+    found = [clean.inspect(path, RULES, DATA) for path in paths]
+    return clean.duplicate_groups(
+        [f.pixels_sha256 for f in found],
+        np.stack([f.hashes for f in found]),
+        PARAMS.clean.near_duplicate_distance,
+    )
+
+
+@pytest.mark.parametrize("kind", list(COPIES))
+def test_each_kind_of_copy_is_grouped_with_its_original(tmp_path: Path, kind: str):
+    make, how = COPIES[kind]
+    originals = [
+        save(photo_like(seed), tmp_path / f"original{seed}.png", {"format": "PNG"}) for seed in range(3)
+    ]
+    copy = save(make(photo_like(1)), tmp_path / f"copy.{how['format'].lower()}", how)
+    groups = groups_of([*originals, copy])
+    assert groups[3] == groups[1], f"{kind}: the copy is not in its original's group"
+    assert len({groups[0], groups[1], groups[2]}) == 3, "distinct originals were grouped"
+
+
+def test_distinct_pictures_of_one_kind_stay_apart(tmp_path: Path):
+    paths = [
+        save(photo_like(seed), tmp_path / f"{seed}.jpg", {"format": "JPEG", "quality": 90})
+        for seed in range(24)
+    ]
+    assert sorted(groups_of(paths)) == list(range(24))
+
+
+def test_grouping_does_not_depend_on_file_order(tmp_path: Path):
+    paths = []
+    for seed in range(6):
+        paths.append(save(photo_like(seed), tmp_path / f"{seed}.png", {"format": "PNG"}))
+        make, how = (
+            COPIES["resized to half, JPEG quality 70"] if seed % 2 else COPIES["cropped 5% every side"]
+        )
+        paths.append(save(make(photo_like(seed)), tmp_path / f"{seed}-copy.{how['format'].lower()}", how))
+
+    def partition(order: list[int]) -> set[frozenset[str]]:
+        groups = groups_of([paths[i] for i in order])
+        members: dict[int, set[str]] = {}
+        for i, group in zip(order, groups, strict=True):
+            members.setdefault(group, set()).add(paths[i].name)
+        return {frozenset(m) for m in members.values()}
+
+    forward = partition(list(range(len(paths))))
+    assert len(forward) == 6  # each picture with its copy
+    for seed in range(3):
+        assert partition(list(np.random.default_rng(seed).permutation(len(paths)))) == forward
+
+
+def test_a_uniform_frame_is_found_and_a_photo_edge_is_not():
+    grey = np.full((100, 80), 255.0)
+    grey[10:95, 4:80] = np.random.default_rng(0).uniform(0, 255, (85, 76))
+    assert frame(grey) == (4, 10, 80, 95)
+    assert frame(np.asarray(photo_like(3).convert("L"), dtype=np.float32)) == (0, 0, 320, 240)
+
+
+def test_pairs_are_the_least_distance_over_whole_and_crop_hashes():
+    hashes = np.zeros((2, HASHES, WORDS), dtype=np.uint64)
+    hashes[1] = np.uint64(2**64 - 1)  # every bit differs ...
+    hashes[1, 5] = 0  # ... except one crop hash of image 1, which equals image 0's whole picture
+    assert near_pairs(hashes, 0) == {(0, 1): 0}
+    hashes[1, 5, 0] = np.uint64(0b111)
+    assert near_pairs(hashes, 2) == {} and near_pairs(hashes, 3) == {(0, 1): 3}
