@@ -39,6 +39,11 @@ def metrics_table(metrics: dict) -> list[str]:
     return lines
 
 
+def straddling(splits: dict) -> str:
+    count = len(splits.get("groups_straddling_given_splits", []))
+    return f" except {count} that given split folders put apart" if count else ""
+
+
 def split_origin(splits: dict) -> str:
     """Which splits came from the data's split folders and which were carved, from what and how much."""
     given = ", ".join(f"{name}/" for name in splits["given"])
@@ -75,7 +80,8 @@ def render(
             if cleaning["dropped"]
             else "."
         ),
-        f"- Duplicate groups, each kept inside one split: {kinds['exact']} of identical images, {kinds['near']} of "
+        f"- Duplicate groups, each kept inside one split{straddling(splits)}: {kinds['exact']} of identical images, "
+        f"{kinds['near']} of "
         f"near-identical ones (resized, recompressed, cropped or framed copies: hashes within "
         f"{params.clean.near_duplicate_distance} bits of 256). Near-duplicate pairs across splits: "
         f"{splits['leakage']['near_duplicate_pairs_across_splits']}; similar pairs across splits (within "
