@@ -116,6 +116,7 @@ def main() -> None:
     from reprotune import params as params_module
     from reprotune.dataconfig import data_config
     from reprotune.duplicates import near_pairs
+    from reprotune.images import to_rgb, upright
     from stages import clean
 
     params = params_module.load()
@@ -126,7 +127,7 @@ def main() -> None:
         """The hash set clean computes for the file, and the old 64-bit hash of the same decoded picture."""
         found = clean.inspect(path, rules, data)
         with Image.open(path) as image:
-            picture = clean.to_rgb(clean.upright(image)[0], tuple(rules.background))
+            picture = to_rgb(upright(image)[0], tuple(rules.background))
         return found.hashes, old_hash(picture)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -143,7 +144,7 @@ def main() -> None:
             distances, old = [], []
             for index, photo in enumerate(photos):
                 with Image.open(photo) as image:
-                    picture = clean.to_rgb(clean.upright(image)[0], tuple(rules.background))
+                    picture = to_rgb(upright(image)[0], tuple(rules.background))
                 copy = save_copy(transform(picture), work / f"copy.{how['format'].lower()}", how)
                 hashes, old_copy = inspected(copy)
                 pair = near_pairs(np.stack([originals[index][0], hashes]), 256)

@@ -7,6 +7,7 @@ a temporary sibling first and is renamed into place, so a crash never leaves a h
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -185,6 +186,31 @@ class Layout:
     def plots(self) -> Path:
         return self.reports / "plots"
 
+    # export
+    @property
+    def exported(self) -> Path:
+        return Path(self.paths.exported)
+
+    @property
+    def onnx_model(self) -> Path:
+        return self.exported / "model.onnx"
+
+    @property
+    def int8_model(self) -> Path:
+        return self.exported / "model.int8.onnx"
+
+    @property
+    def model_card(self) -> Path:
+        return self.exported / "model.json"
+
+    @property
+    def export_report(self) -> Path:
+        return self.reports / "export.json"
+
+    @property
+    def export_summary(self) -> Path:
+        return self.reports / "export.md"
+
     # track
     @property
     def mlflow_run(self) -> Path:
@@ -219,14 +245,30 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 @contextmanager
 def atomic_output(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `target` (file or folder) to fill; rename it into place on success.
 
-    On any exception (Ctrl-C included) the temporary is removed and `target` is left as it was.
+    On any exception (Ctrl-C included) the temporary is removed and `target` is left as it was. A process
+    killed outright (SIGKILL, a lost machine) cannot clean up: the next write of `target` removes the
+    temporaries of processes that no longer exist.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.partial-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(stale)
     _remove(temporary)
     try:
         yield temporary

@@ -43,6 +43,7 @@ class Paths(Section):
     features: str
     head: str
     finetuned: str
+    exported: str
     reports: str
     checkpoints: str
     embedding_cache: str
@@ -151,6 +152,13 @@ class Evaluate(Section):
     gallery_size: Annotated[int, Field(ge=0, le=100)]
 
 
+class Export(Section):
+    opset: Annotated[int, Field(ge=17, le=23)]
+    calibration_images: Annotated[int, Field(gt=0, le=100_000)]
+    seed: Seed
+    max_logit_difference: Annotated[float, Field(gt=0, le=1)]
+
+
 class Track(Section):
     experiment: Annotated[str, Field(min_length=1)]
     model_name: Annotated[str, Field(min_length=1)]
@@ -167,6 +175,7 @@ class Params(Section):
     train_head: TrainHead
     finetune: Finetune
     evaluate: Evaluate
+    export: Export
     track: Track
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from reprotune import stage
+from reprotune.checks import Rejected, decode_checked
 from reprotune.dataconfig import DataConfig, data_config
 from reprotune.duplicates import HASHES, WORDS, image_hashes, near_pairs, save_hashes
 from reprotune.errors import InputError
 from reprotune.figures import save
-from reprotune.images import to_rgb, upright
 from reprotune.layout import Layout, atomic_output, write_json, write_text
 from reprotune.params import Clean, Params
 from reprotune.resized import CopyPackWriter, encode_copy
@@ -53,13 +51,6 @@ KEPT_COLUMNS = [
 ]
 
 
-class Rejected(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 @dataclass(frozen=True)
 class Inspected:
     width: int
@@ -70,55 +61,22 @@ class Inspected:
     resized_copy: bytes | None
 
 
-def open_checked(path: Path, rules: Clean) -> Image.Image:
-    """Open (header only) and apply the checks that need no decoding."""
-    if path.stat().st_size == 0:
-        raise Rejected("empty_file", "0 bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise Rejected("decompression_bomb", str(error)) from None
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise Rejected("not_an_image", str(error) or type(error).__name__) from None
-    if image.format not in rules.formats:
-        image.close()
-        raise Rejected(
-            "format_not_allowed", f"{image.format}; clean.formats allows {', '.join(rules.formats)}"
-        )
-    width, height = image.size
-    if width * height > rules.max_pixels:
-        image.close()
-        raise Rejected("too_many_pixels", f"{width}x{height} > clean.max_pixels={rules.max_pixels}")
-    return image
-
-
 def inspect(path: Path, rules: Clean, data: DataConfig) -> Inspected:
     """Decode `path` fully under the rules, or raise Rejected with the reason; make its resized copy for
     the eval side of `data`."""
-    with open_checked(path, rules) as image:
-        width, height = image.size  # the true size, before any reduced-scale decoding
-        mode = image.mode
-        if image.format == "JPEG":
-            side = max(CHECK_SIDE, data.eval_decode_side)
-            image.draft("RGB", (side, side))
-        try:
-            image.load()
-            oriented, orientation_note = upright(image)
-            rgb = to_rgb(oriented, tuple(rules.background))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise Rejected("truncated_or_corrupt", str(error) or type(error).__name__) from None
-    if min(width, height) < rules.min_side:
-        raise Rejected("too_small", f"{width}x{height}; clean.min_side={rules.min_side}")
-    if max(width, height) / min(width, height) > rules.max_aspect_ratio:
-        raise Rejected("extreme_aspect", f"{width}x{height}; clean.max_aspect_ratio={rules.max_aspect_ratio}")
+    found = decode_checked(path, rules, max(CHECK_SIDE, data.eval_decode_side))
+    rgb = found.rgb
     alterations = tuple(
-        note for note in (f"converted: {mode} to RGB" if mode != "RGB" else None, orientation_note) if note
+        note
+        for note in (
+            f"converted: {found.mode} to RGB" if found.mode != "RGB" else None,
+            found.orientation_note,
+        )
+        if note
     )
     return Inspected(
-        width=width,
-        height=height,
+        width=found.width,
+        height=found.height,
         pixels_sha256=hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest(),
         hashes=image_hashes(rgb),
         alterations=alterations,

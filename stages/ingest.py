@@ -9,7 +9,6 @@ reports them with everything else it drops.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from PIL import Image
 
 from reprotune import stage
 from reprotune.errors import InputError
+from reprotune.files import is_hidden, list_files
 from reprotune.layout import Layout, atomic_output, sha256_of_file
 from reprotune.params import Params
 
@@ -26,23 +26,6 @@ log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ["path", "label", "given_split", "bytes", "sha256", "issue"]
 # Folder names accepted as a given split, and the split each one means.
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-SYSTEM_FILES = {"thumbs.db", "desktop.ini", "icon\r"}
-
-
-def is_hidden(name: str) -> bool:
-    """Dot files (.DS_Store, ._resource forks, .gitkeep) and OS litter are skipped silently."""
-    return name.startswith(".") or name.lower() in SYSTEM_FILES
-
-
-def list_files(root: Path) -> list[Path]:
-    """Every visible file (or link) under root, hidden folders pruned, in a stable order."""
-    found = []
-    for folder, subfolders, files in os.walk(root, followlinks=False):
-        subfolders[:] = sorted(d for d in subfolders if not is_hidden(d))
-        found.extend(Path(folder) / name for name in sorted(files) if not is_hidden(name))
-    return found
-
-
 def has_split_folders(root: Path) -> bool:
     top = [p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)]
     return bool(top) and all(name.lower() in SPLIT_FOLDERS for name in top)

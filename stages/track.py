@@ -58,6 +58,7 @@ def run_metrics(layout: Layout) -> dict[str, float]:
         "split.leakage_pairs": splits["leakage"]["near_duplicate_pairs_across_splits"],
         "split.similar_pairs": splits["leakage"]["similar_pairs_across_splits"],
     }
+    numbers |= {f"export.{k}": float(v) for k, v in flatten(read_json(layout.export_report)).items()}
     finetuned = read_json(layout.finetuned_meta)
     numbers |= {f"finetune.{k}": float(finetuned[k]) for k in ("best_val_accuracy", "best_epoch")}
     return numbers
@@ -87,7 +88,9 @@ def epoch_history(layout: Layout) -> list:
 
 def log_model(params: Params, layout: Layout) -> str:
     """Log the fine-tuned network as a torch.export program (pt2: loading it unpickles no code), with a
-    signature and a real preprocessed test image as input example; register it and point the alias at it."""
+    signature and two real preprocessed test images as input example, register it and point the alias at
+    it. Two, because torch.export fixes a dimension whose example size is 1: with a batch of one, the
+    program refused every other batch size."""
     import mlflow
     import numpy as np
     import torch
@@ -98,10 +101,16 @@ def log_model(params: Params, layout: Layout) -> str:
 
     meta = read_json(layout.features_meta)
     model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(meta["classes"]))
-    image = load_rgb(
-        Path(meta["paths"]["test"][0]), tuple(params.clean.background), backbone.data.eval_decode_side
+    transform = backbone.data.eval_transform()
+    first_two = (meta["paths"]["test"] * 2)[:2]  # a one-image test split lends its image twice
+    example = np.stack(
+        [
+            transform(load_rgb(Path(path), tuple(params.clean.background), backbone.data.eval_decode_side))
+            .numpy()
+            .astype(np.float32)
+            for path in first_two
+        ]
     )
-    example = backbone.data.eval_transform()(image).unsqueeze(0).numpy().astype(np.float32)
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).numpy()
     info = mlflow.pytorch.log_model(
@@ -111,7 +120,11 @@ def log_model(params: Params, layout: Layout) -> str:
         signature=infer_signature(example, logits),
         input_example=example,
         registered_model_name=params.track.model_name,
-        metadata={"classes": meta["classes"], "preprocessing": meta["data_config"]},
+        metadata={
+            "classes": meta["classes"],
+            "preprocessing": meta["data_config"],
+            "temperature": read_json(layout.metrics)["finetune"]["test"].get("temperature", 1.0),
+        },
     )
     version = str(info.registered_model_version)
     point_alias(params.track.model_name, params.track.alias, version)
@@ -194,6 +207,8 @@ def track(params: Params) -> None:
             layout.finetune_history,
             layout.predictions,
             layout.report,
+            layout.export_report,
+            layout.export_summary,
         ):
             mlflow.log_artifact(str(report), "reports")
         mlflow.log_artifacts(str(layout.plots), "reports/plots")
@@ -201,6 +216,7 @@ def track(params: Params) -> None:
             mlflow.log_table(table, f"reports/per_class_{model}.json")
         mlflow.log_artifacts(str(layout.head), "models/head")
         mlflow.log_artifacts(str(layout.finetuned), "models/finetuned")
+        mlflow.log_artifacts(str(layout.exported), "models/export")
         version = log_model(params, layout)
     write_json(
         layout.mlflow_run,

@@ -104,3 +104,16 @@ def photo_like(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
         shape((x0, y0, x0 + w, y0 + h), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
     pixels = np.asarray(image, dtype=np.int16) + rng.integers(-6, 7, (size[1], size[0], 3))
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory) -> Params:
+    """One tiny project trained, evaluated and exported, shared by the tests that only read it (export's
+    files, predict): the pipeline runs once per test session instead of once per test."""
+    from stages import clean, evaluate, export, featurize, finetune, ingest, split, train_head
+
+    params = params_module.validate(tiny_params_raw(tmp_path_factory.mktemp("trained")))
+    make_class_folder(Path(params.paths.raw), per_class=10)
+    for stage in (ingest, clean, split, featurize, train_head, finetune, evaluate, export):
+        getattr(stage, stage.__name__.split(".")[-1])(params)
+    return params

@@ -1,5 +1,8 @@
 """dvc.yaml and the code must agree on every path: DVC only tracks and cleans what it is told about."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,9 @@ def test_every_output_the_code_writes_is_declared():
         layout.per_class,
         layout.predictions,
         layout.plots,
+        layout.exported,
+        layout.export_report,
+        layout.export_summary,
         layout.mlflow_run,
     ]
     assert {p.as_posix() for p in written} <= declared, {p.as_posix() for p in written} - declared
@@ -59,3 +65,17 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path):
         temporary.mkdir()
         (temporary / "a").write_text("x")
     assert (tmp_path / "folder" / "a").read_text() == "x"
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path: Path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs, as a SIGKILLed stage leaves behind
+    stale = tmp_path / f".out.json.partial-{dead.pid}"
+    stale.mkdir()
+    live = tmp_path / f".out.json.partial-{os.getppid()}"  # a live writer's temporary stays
+    live.write_text("busy")
+    other = tmp_path / f".other.json.partial-{dead.pid}"  # another target's: not this write's business
+    other.write_text("x")
+    with atomic_output(tmp_path / "out.json") as temporary:
+        temporary.write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.json", live.name, other.name])

@@ -152,6 +152,7 @@ def test_dvc_repro_end_to_end(built):
         "train_head",
         "finetune",
         "evaluate",
+        "export",
         "track",
     ]
 
@@ -198,6 +199,23 @@ def test_dvc_repro_end_to_end(built):
     logits = loaded.predict(image.unsqueeze(0).numpy())
     classes = sorted(["red", "green", "blue"])
     assert classes[int(logits.argmax())] == first["finetune"]
+    batch = image.unsqueeze(0).repeat(7, 1, 1, 1).numpy()  # any batch size, not only the example's
+    assert loaded.predict(batch).shape == (7, 3)
+    assert loaded.metadata.metadata["temperature"] == metrics["finetune"]["test"]["temperature"]
+
+    # The exported model is in the run, and predict labels files with it as with the torch model.
+    exported = json.loads((root / "reports" / "export.json").read_text())
+    assert exported["onnx_fp32"]["top1_agreement"] == 1.0
+    assert runs[0].data.metrics["export.onnx_int8.accuracy"] == exported["onnx_int8"]["accuracy"]
+    rows = {}
+    for model in ("models/export", "models/finetuned"):
+        out = root / f"predicted-{model.replace('/', '-')}.csv"
+        run(
+            [sys.executable, "-m", "reprotune.predict", "data/raw/red", "--model", model, "-o", str(out)],
+            root,
+        )
+        rows[model] = out.read_text().splitlines()
+    assert rows["models/export"] == rows["models/finetuned"] and len(rows["models/export"]) == 11
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root))
     assert "accuracy" in json.dumps(shown)
@@ -375,7 +393,7 @@ def test_a_train_head_change_reruns_only_what_depends_on_it(workspace):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "train_head.C" in run(["dvc", "params", "diff"], root)
     third = run(["dvc", "repro"], root)
-    assert ran_stages(third) == ["train_head", "finetune", "evaluate", "track"]
+    assert ran_stages(third) == ["train_head", "finetune", "evaluate", "export", "track"]
     runs = mlflow_runs(root)
     assert len(runs) == len(before) + 1
     differing = {k for k in runs[-2].data.params if runs[-2].data.params[k] != runs[-1].data.params.get(k)}

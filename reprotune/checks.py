@@ -1,0 +1,75 @@
+"""The checks every image file passes before the pipeline uses it: clean applies them to data/raw, and predict
+to any file it is given, so that both accept, refuse and decode a file alike. A refused file raises Rejected
+with a reason code and a detail."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from reprotune.images import to_rgb, upright
+from reprotune.params import Clean
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Decoded:
+    rgb: Image.Image
+    width: int  # the true size, before any reduced-scale decoding
+    height: int
+    mode: str  # as stored, before conversion to RGB
+    orientation_note: str | None  # what EXIF orientation did, if anything
+
+
+def open_checked(path: Path, rules: Clean) -> Image.Image:
+    """Open (header only) and apply the checks that need no decoding."""
+    if path.stat().st_size == 0:
+        raise Rejected("empty_file", "0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise Rejected("decompression_bomb", str(error)) from None
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise Rejected("not_an_image", str(error) or type(error).__name__) from None
+    if image.format not in rules.formats:
+        image.close()
+        raise Rejected(
+            "format_not_allowed", f"{image.format}; clean.formats allows {', '.join(rules.formats)}"
+        )
+    width, height = image.size
+    if width * height > rules.max_pixels:
+        image.close()
+        raise Rejected("too_many_pixels", f"{width}x{height} > clean.max_pixels={rules.max_pixels}")
+    return image
+
+
+def decode_checked(path: Path, rules: Clean, side: int) -> Decoded:
+    """Decode `path` fully under the rules (a JPEG at the least reduced scale that keeps `side` pixels), upright
+    and in RGB, or raise Rejected with the reason."""
+    with open_checked(path, rules) as image:
+        width, height = image.size
+        mode = image.mode
+        if image.format == "JPEG":
+            image.draft("RGB", (side, side))
+        try:
+            image.load()
+            oriented, orientation_note = upright(image)
+            rgb = to_rgb(oriented, tuple(rules.background))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise Rejected("truncated_or_corrupt", str(error) or type(error).__name__) from None
+    if min(width, height) < rules.min_side:
+        raise Rejected("too_small", f"{width}x{height}; clean.min_side={rules.min_side}")
+    if max(width, height) / min(width, height) > rules.max_aspect_ratio:
+        raise Rejected("extreme_aspect", f"{width}x{height}; clean.max_aspect_ratio={rules.max_aspect_ratio}")
+    return Decoded(rgb, width, height, mode, orientation_note)

@@ -1,0 +1,246 @@
+"""Label new images with a trained model.
+
+    python -m reprotune.predict <folder or files>... [--model models/export] [--top-k 3] [-o predictions.csv]
+
+`--model` is an exported model folder (`models/export`: model.onnx beside its model.json card), an `.onnx`
+file with its model.json beside it, or the fine-tuned torch model (`models/finetuned`, read with this
+project's params.yaml, data/features/features.json and the temperature in reports/metrics.json).
+
+Folders are read the way ingest and clean read data/raw: hidden files skipped, every format clean accepts,
+EXIF orientation applied, modes converted alike, large JPEGs decoded at reduced scale; then the backbone's
+own eval transform. Each file gets one row: path, label, confidence and the top-k labels with their
+probabilities, or a reason when the file cannot be used (it never stops the run; a count of them is printed
+at the end). Probabilities are calibrated with the temperature evaluate fitted on validation
+(`--no-calibration`: raw softmax). Nothing it reads is written to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.special import softmax
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from reprotune.checks import Rejected, decode_checked
+from reprotune.dataconfig import DataConfig
+from reprotune.errors import InputError
+from reprotune.files import is_hidden, list_files
+from reprotune.params import Clean
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = Path("models/export")
+
+
+@dataclass
+class Model:
+    """What predict needs of any model: the logits of a preprocessed batch, and how to preprocess."""
+
+    logits: Callable[[torch.Tensor], np.ndarray]
+    classes: list[str]
+    data: DataConfig
+    temperature: float
+    source: str
+
+
+def onnx_model(path: Path) -> Model:
+    from reprotune.onnx_models import OnnxClassifier
+
+    onnx = path / "model.onnx" if path.is_dir() else path
+    card_path = onnx.with_name("model.json")
+    if not onnx.is_file() or not card_path.is_file():
+        raise InputError(
+            f"--model {path}: needs an .onnx file with its model.json beside it (as export writes them)"
+        )
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    preprocessing = card["preprocessing"]
+    data = DataConfig(
+        preprocessing["input_size"],
+        preprocessing["interpolation"],
+        tuple(preprocessing["mean"]),
+        tuple(preprocessing["std"]),
+        preprocessing["crop_pct"],
+    )
+    classifier = OnnxClassifier(onnx)
+    return Model(
+        lambda batch: classifier.logits(batch.numpy()), card["classes"], data, card["temperature"], str(onnx)
+    )
+
+
+def torch_model(path: Path) -> Model:
+    from reprotune import params as params_module
+    from reprotune.layout import Layout, read_json
+    from reprotune.models import load_trained_classifier
+
+    params = params_module.load()
+    layout = Layout(params.paths)
+    classes = read_json(layout.features_meta)["classes"]
+    model, backbone = load_trained_classifier(params.backbone, path / "model.safetensors", len(classes))
+    temperature = read_json(layout.metrics)["finetune"]["test"].get("temperature", 1.0)
+
+    @torch.inference_mode()
+    def logits(batch: torch.Tensor) -> np.ndarray:
+        return model(batch).float().numpy()
+
+    return Model(logits, classes, backbone.data, temperature, str(path))
+
+
+def load_model(spec: str) -> Model:
+    path = Path(spec)
+    if spec.startswith("models:/"):
+        raise InputError(
+            f"--model {spec}: MLflow models are not read by predict yet; use the exported model "
+            f"({DEFAULT_MODEL}) or an .onnx file"
+        )
+    if path.suffix == ".onnx" or (path / "model.onnx").is_file():
+        return onnx_model(path)
+    if (path / "model.safetensors").is_file():
+        return torch_model(path)
+    raise InputError(
+        f"--model {spec}: not a model; give an exported folder (model.onnx + model.json, e.g. {DEFAULT_MODEL}), "
+        "an .onnx file, or the fine-tuned folder (model.safetensors, e.g. models/finetuned)"
+    )
+
+
+class Files(Dataset):
+    """Each file decoded under clean's rules and put through the eval transform; a file that fails gives a
+    zero image and its reason, so that one bad file never stops a batch."""
+
+    def __init__(self, paths: Sequence[Path], rules: Clean, data: DataConfig) -> None:
+        self.paths, self.rules, self.data = list(paths), rules, data
+        self.transform = data.eval_transform()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            rgb = decode_checked(self.paths[index], self.rules, self.data.eval_decode_side).rgb
+            return self.transform(rgb), ""
+        except Rejected as rejected:
+            reason = f"{rejected.reason}: {rejected.detail}" if rejected.detail else rejected.reason
+        except OSError as error:
+            reason = f"unreadable: {error}"
+        side = self.data.input_size
+        return torch.zeros(3, side, side), reason
+
+
+def files_in(inputs: Sequence[str]) -> list[Path]:
+    """The files named, and every visible file under the folders named, in a stable order."""
+    found = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found += list_files(path)
+        elif path.exists() or path.is_symlink():
+            found.append(path)
+        else:
+            raise InputError(f"{name}: no such file or folder")
+    return [p for p in found if not is_hidden(p.name)]
+
+
+def rows_for(
+    paths: list[Path], probabilities: np.ndarray, reasons: list[str], classes: list[str], top_k: int
+) -> list[dict]:
+    rows = []
+    for path, row, reason in zip(paths, probabilities, reasons, strict=True):
+        entry: dict = {"path": str(path), "label": "", "confidence": ""}
+        order = np.argsort(-row, kind="stable")[:top_k]
+        for rank in range(top_k):
+            entry[f"top{rank + 1}"] = "" if reason else classes[order[rank]]
+            entry[f"top{rank + 1}_probability"] = "" if reason else f"{row[order[rank]]:.4f}"
+        if not reason:
+            entry["label"], entry["confidence"] = classes[order[0]], f"{row[order[0]]:.4f}"
+        entry["reason"] = reason
+        rows.append(entry)
+    return rows
+
+
+def predict_files(
+    paths: list[Path], model: Model, rules: Clean, top_k: int, calibrated: bool, batch_size: int, workers: int
+) -> list[dict]:
+    loader = DataLoader(Files(paths, rules, model.data), batch_size=batch_size, num_workers=workers)
+    logits, reasons = [], []
+    for images, why in tqdm(loader, desc="predict", unit="batch", disable=None):
+        logits.append(model.logits(images))
+        reasons += list(why)
+    scores = np.concatenate(logits) if logits else np.zeros((0, len(model.classes)))
+    probabilities = softmax(scores / (model.temperature if calibrated else 1.0), axis=1)
+    return rows_for(paths, probabilities, reasons, model.classes, min(top_k, len(model.classes)))
+
+
+def write_csv(rows: list[dict], out: Path | None) -> None:
+    if not rows:
+        return
+    if out is None:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    from reprotune.layout import atomic_output
+
+    with atomic_output(out) as temporary, temporary.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from reprotune import params as params_module
+    from reprotune.datasets import worker_count
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help=f"default {DEFAULT_MODEL}")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("-o", "--output", type=Path, help="CSV file (default: standard output)")
+    parser.add_argument("--no-calibration", action="store_true", help="raw softmax, no temperature")
+    parser.add_argument("--batch-size", type=int, default=32)
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if options.top_k < 1 or options.batch_size < 1:
+            raise InputError("--top-k and --batch-size must be at least 1")
+        rules = params_module.load().clean if params_module.PARAMS_FILE.is_file() else None
+        if rules is None:
+            raise InputError(f"{params_module.PARAMS_FILE}: not found; run predict from the project root")
+        model = load_model(options.model)
+        paths = files_in(options.inputs)
+        rows = predict_files(
+            paths,
+            model,
+            rules,
+            options.top_k,
+            not options.no_calibration,
+            options.batch_size,
+            worker_count("auto"),
+        )
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except params_module.ParamsError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    write_csv(rows, options.output)
+    failed = sum(1 for row in rows if row["reason"])
+    print(
+        f"{len(rows) - failed} of {len(rows)} files labelled with {model.source}"
+        + (f"; {failed} could not be read (see the reason column)" if failed else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""export: the fine-tuned network for use outside PyTorch, as ONNX (float32) and int8, with a model card.
+
+- `model.onnx`: fixed image size, dynamic batch. Accepted only after a check against torch on the whole test
+  split: every top-1 prediction the same and no logit more than `export.max_logit_difference` apart. The
+  dynamo exporter is tried first; when it fails or fails the check, the TorchScript one; when that fails the
+  check too, the stage stops, naming the exporter and the figures.
+- `model.int8.onnx`: ONNX Runtime post-training static quantization (QDQ, per-channel int8 weights, uint8
+  activations), calibrated on `export.calibration_images` training images chosen by `export.seed`.
+- `model.json`: what a user of the files needs: class names, preprocessing, and the temperature evaluate
+  fitted on validation (divide the logits by it before the softmax for calibrated probabilities).
+- `reports/export.json` (for `dvc metrics`) and `reports/export.md`: torch float32, ONNX float32 and ONNX
+  int8 side by side on the test split: accuracy with its bootstrap interval, macro-F1, top-1 agreement with
+  torch, largest logit difference, file size. Latency varies run to run, and outputs must be the same bytes
+  for the same inputs, so it is measured by `python -m benchmarks.bench_export`, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reprotune import stage
+from reprotune.datasets import eval_images, make_loader
+from reprotune.errors import InputError
+from reprotune.inference import predict
+from reprotune.layout import Layout, atomic_output, read_json, write_json, write_text
+from reprotune.metrics import summary_metrics
+from reprotune.models import Classifier, load_trained_classifier
+from reprotune.onnx_models import OnnxClassifier
+from reprotune.params import Params
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("dynamo", "torchscript")
+
+
+def to_onnx(model: Classifier, example: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
+    """`model` as ONNX at `path`: input `images` (batch, 3, side, side), output `logits`, any batch size."""
+    if exporter == "dynamo":
+        batch = torch.export.Dim("batch", min=1, max=65_536)
+        options: dict = {"dynamo": True, "dynamic_shapes": ({0: batch},), "external_data": False}
+    else:
+        options = {"dynamo": False, "dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}}}
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        opset_version=opset,
+        **options,
+    )
+
+
+def compare(reference: np.ndarray, logits: np.ndarray) -> dict:
+    return {
+        "top1_agreement": round(float((reference.argmax(1) == logits.argmax(1)).mean()), 6),
+        "max_logit_difference": round(float(np.abs(reference - logits).max()), 6),
+    }
+
+
+def export_checked(
+    model: Classifier, batches: list[torch.Tensor], reference: np.ndarray, path: Path, params: Params
+) -> tuple[str, dict]:
+    """Export with the first exporter whose file agrees with torch on every test image; return its name and
+    the check's figures."""
+    settings = params.export
+    failures = []
+    for exporter in EXPORTERS:
+        try:
+            to_onnx(model, batches[0][:1], path, settings.opset, exporter)
+            check = compare(reference, OnnxClassifier(path).logits_of(batches))
+        except Exception as error:  # noqa: BLE001 - exporters fail in many ways; the next one is tried
+            failures.append(f"{exporter}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+            log.warning("ONNX export with the %s exporter failed: %s", exporter, failures[-1])
+            continue
+        if check["top1_agreement"] == 1.0 and check["max_logit_difference"] <= settings.max_logit_difference:
+            log.info("ONNX export (%s exporter) agrees with torch: %s", exporter, check)
+            return exporter, check
+        failures.append(f"{exporter}: {check}")
+        log.warning("the %s exporter's ONNX disagrees with torch: %s", exporter, check)
+    raise InputError(
+        "ONNX export failed its check against torch on the test split (every top-1 the same, logits within "
+        f"export.max_logit_difference={settings.max_logit_difference}): " + "; ".join(failures)
+    )
+
+
+def quantize(fp32: Path, int8: Path, calibration: list[torch.Tensor]) -> None:
+    """Static int8 quantization (QDQ, per-channel weights) with ONNX Runtime, after its own pre-processing
+    (shape inference and graph optimisation), which its documentation asks for."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Calibration(CalibrationDataReader):
+        """The calibration images, a batch at a time, as ONNX Runtime asks for them."""
+
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch.numpy()}
+
+    prepared = int8.with_name("prepared.onnx")
+    quant_pre_process(str(fp32), str(prepared))
+    quantize_static(
+        str(prepared),
+        str(int8),
+        Calibration(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    prepared.unlink()
+
+
+def image_batches(params: Params, layout: Layout, rows, data, batch_size: int) -> list[torch.Tensor]:
+    dataset = eval_images(rows, [0] * len(rows), data, tuple(params.clean.background), layout.resized_copies)
+    return [images for images, _ in make_loader(dataset, batch_size, 0)]
+
+
+def scored(logits: np.ndarray, labels: np.ndarray, num_classes: int, params: Params) -> dict:
+    settings = params.evaluate
+    metrics = summary_metrics(
+        logits,
+        labels,
+        num_classes,
+        settings.top_k,
+        settings.calibration_bins,
+        settings.bootstrap_resamples,
+        settings.seed,
+    )
+    return {k: metrics[k] for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1")}
+
+
+def table(comparison: dict) -> str:
+    lines = [
+        "# Exported models",
+        "",
+        "The fine-tuned network as exported, on the test split. Latency: `python -m benchmarks.bench_export`.",
+        "",
+        "| model | accuracy [95% interval] | macro-F1 | top-1 agreement with torch | max logit difference | file size |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in comparison.items():
+        lines.append(
+            f"| {name} | {row['accuracy']:.4f} [{row['accuracy_ci_low']:.4f}, {row['accuracy_ci_high']:.4f}] "
+            f"| {row['macro_f1']:.4f} | {row['top1_agreement']:.4f} | {row['max_logit_difference']:.2e} "
+            f"| {row['megabytes']:.2f} MB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def export(params: Params) -> None:
+    layout = Layout(params.paths)
+    settings = params.export
+    features = read_json(layout.features_meta)
+    classes = features["classes"]
+    model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(classes))
+    manifest = layout.read_manifest(layout.split_manifest, {"label": str})
+    index = {label: i for i, label in enumerate(classes)}
+    test = manifest[manifest["split"] == "test"]
+    labels = np.array([index[label] for label in test["label"]])
+    batches = image_batches(params, layout, test, backbone.data, params.featurize.batch_size)
+    reference = predict(model, [(batch, None) for batch in batches], torch.device("cpu"), False).numpy()
+    train = manifest[manifest["split"] == "train"]
+    chosen = train.sample(min(settings.calibration_images, len(train)), random_state=settings.seed)
+    calibration = image_batches(params, layout, chosen, backbone.data, params.featurize.batch_size)
+    temperature = read_json(layout.metrics)["finetune"]["test"].get("temperature", 1.0)
+
+    with atomic_output(layout.exported) as staging:
+        staging.mkdir()
+        fp32, int8 = staging / layout.onnx_model.name, staging / layout.int8_model.name
+        exporter, check = export_checked(model, batches, reference, fp32, params)
+        quantize(fp32, int8, calibration)
+        card = {
+            "classes": classes,
+            "backbone": params.backbone.name,
+            "input": {
+                "name": "images",
+                "shape": ["batch", 3, backbone.data.input_size, backbone.data.input_size],
+            },
+            "preprocessing": backbone.data.__dict__ | {"resize_side": backbone.data.eval_decode_side},
+            "background": list(params.clean.background),
+            "temperature": temperature,
+            "exporter": exporter,
+            "opset": settings.opset,
+        }
+        (staging / layout.model_card.name).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        quantized = OnnxClassifier(int8).logits_of(batches)
+        comparison = {
+            "torch_fp32": scored(reference, labels, len(classes), params)
+            | compare(reference, reference)
+            | {"megabytes": round(layout.finetuned_weights.stat().st_size / 2**20, 3)},
+            "onnx_fp32": scored(OnnxClassifier(fp32).logits_of(batches), labels, len(classes), params)
+            | check
+            | {"megabytes": round(fp32.stat().st_size / 2**20, 3)},
+            "onnx_int8": scored(quantized, labels, len(classes), params)
+            | compare(reference, quantized)
+            | {"megabytes": round(int8.stat().st_size / 2**20, 3)},
+        }
+    write_json(layout.export_report, comparison)
+    write_text(layout.export_summary, table(comparison))
+    for name, row in comparison.items():
+        log.info("%s: %s", name, row)
+
+
+def main() -> None:
+    stage.run(export)
+
+
+if __name__ == "__main__":
+    main()

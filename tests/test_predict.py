@@ -1,0 +1,99 @@
+"""predict on a folder as a user hands it one: good images labelled, bad files given a reason, the same rows
+from the ONNX file and the torch model, calibration on by default, and nothing in the folder touched."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from reprotune import predict
+from tests.conftest import make_class_folder, noisy_image
+
+
+@pytest.fixture
+def tiny_params(trained_tiny):
+    return trained_tiny
+
+
+@pytest.fixture
+def project(trained_tiny, tmp_path: Path, monkeypatch) -> Path:
+    """A working folder holding the trained tiny project's params.yaml, as predict is run from a project."""
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(trained_tiny.model_dump(mode="json"), sort_keys=False)
+    )
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def new_images(folder: Path) -> Path:
+    make_class_folder(folder, per_class=2, seed=7)  # red/, green/, blue/: images no model has seen
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
+    (folder / "notes.png").write_text("not an image")
+    Image.new("RGB", (1, 1)).save(folder / "dot.png")
+    (folder / ".DS_Store").write_bytes(b"\x00")
+    return folder
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_a_folder_with_bad_files_is_labelled_with_a_reason_for_each_bad_one(project: Path, tiny_params):
+    folder = new_images(project / "incoming")
+    before = digest(folder)
+    assert (
+        predict.main([str(folder), "--model", tiny_params.paths.exported, "-o", "out.csv", "--top-k", "2"])
+        == 0
+    )
+    rows = read_rows(project / "out.csv")
+    by_name = {Path(row["path"]).relative_to(folder).as_posix(): row for row in rows}
+    assert len(rows) == 9 and ".DS_Store" not in by_name
+    assert by_name["corrupt.jpg"]["reason"].startswith(("not_an_image", "truncated_or_corrupt"))
+    assert by_name["notes.png"]["reason"].startswith("not_an_image")
+    assert by_name["dot.png"]["reason"].startswith("too_small")
+    good = {name: row for name, row in by_name.items() if not row["reason"]}
+    assert len(good) == 6
+    for name, row in good.items():
+        assert row["label"] == name.split("/")[0]  # colour classes: a trained model gets them right
+        assert row["label"] == row["top1"] and float(row["top1_probability"]) >= float(
+            row["top2_probability"]
+        )
+    assert digest(folder) == before  # nothing it read was written to
+
+
+def test_onnx_and_torch_give_the_same_rows_and_calibration_changes_only_probabilities(
+    project: Path, tiny_params
+):
+    folder = project / "incoming"
+    make_class_folder(folder, per_class=3, seed=9)
+    outputs = {}
+    for name, model, extra in (
+        ("onnx", tiny_params.paths.exported, []),
+        ("torch", tiny_params.paths.finetuned, []),
+        ("raw", tiny_params.paths.exported, ["--no-calibration"]),
+    ):
+        assert predict.main([str(folder), "--model", model, "-o", f"{name}.csv", *extra]) == 0
+        outputs[name] = read_rows(project / f"{name}.csv")
+    assert outputs["onnx"] == outputs["torch"]
+    assert [r["label"] for r in outputs["raw"]] == [r["label"] for r in outputs["onnx"]]
+    assert [r["confidence"] for r in outputs["raw"]] != [r["confidence"] for r in outputs["onnx"]]
+
+
+def test_a_missing_input_or_model_is_one_clear_line(project: Path, tiny_params, capsys):
+    noisy_image((1, 2, 3), 1).save(project / "one.png")
+    assert predict.main(["nowhere", "--model", tiny_params.paths.exported]) == 1
+    assert capsys.readouterr().err.strip() == "error: nowhere: no such file or folder"
+    assert predict.main(["one.png", "--model", "no-model-here"]) == 1
+    assert "not a model" in capsys.readouterr().err
