@@ -87,7 +87,7 @@ def main() -> None:
         paths = make_photos(Path(folder), options.images, SIZES["0.2MP"])
         loaded = predict.load_model(str(layout.exported))
         started = time.perf_counter()
-        rows = predict.predict_files(paths, loaded, params.clean, 3, True, 32, 0)
+        rows = predict.predict_files(paths, loaded, 3, True, 32, 0)
         predict_rate = len(rows) / (time.perf_counter() - started)
         bare = throughput(runners["onnx_fp32"], batch, max(1, options.images // 32))
     result = save(

@@ -1,9 +1,11 @@
-"""The checks every image file passes before the pipeline uses it: clean applies them to data/raw, and predict
-to any file it is given, so that both accept, refuse and decode a file alike. A refused file raises Rejected
+"""The checks every image file passes before the pipeline uses it: clean applies them to data/raw, predict to
+any file it is given and the served model to every image it receives, so that all three accept, refuse and
+decode an image alike. A refused file raises Rejected
 with a reason code and a detail."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +32,14 @@ class Decoded:
     orientation_note: str | None  # what EXIF orientation did, if anything
 
 
-def open_checked(path: Path, rules: Clean) -> Image.Image:
-    """Open (header only) and apply the checks that need no decoding."""
-    if path.stat().st_size == 0:
+def open_checked(source: Path | bytes, rules: Clean) -> Image.Image:
+    """Open a file or an image's bytes (header only) and apply the checks that need no decoding."""
+    if (len(source) if isinstance(source, bytes) else source.stat().st_size) == 0:
         raise Rejected("empty_file", "0 bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise Rejected("decompression_bomb", str(error)) from None
     except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
@@ -54,8 +56,8 @@ def open_checked(path: Path, rules: Clean) -> Image.Image:
     return image
 
 
-def decode_checked(path: Path, rules: Clean, side: int) -> Decoded:
-    """Decode `path` fully under the rules (a JPEG at the least reduced scale that keeps `side` pixels), upright
+def decode_checked(path: Path | bytes, rules: Clean, side: int) -> Decoded:
+    """Decode a file (or an image's bytes) fully under the rules (a JPEG at the least reduced scale that keeps `side` pixels), upright
     and in RGB, or raise Rejected with the reason."""
     with open_checked(path, rules) as image:
         width, height = image.size

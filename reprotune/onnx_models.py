@@ -3,11 +3,41 @@ benchmarks run."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from reprotune.dataconfig import DataConfig
+from reprotune.params import Clean
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """model.json, which export writes beside the ONNX files: how to feed the model and read its output."""
+
+    classes: list[str]
+    data: DataConfig
+    temperature: float
+    checks: Clean  # the rules an input image must pass, as clean applied them to the training images
+
+    @classmethod
+    def read(cls, path: Path) -> ModelCard:
+        card = json.loads(path.read_text(encoding="utf-8"))
+        preprocessing = card["preprocessing"]
+        data = DataConfig(
+            preprocessing["input_size"],
+            preprocessing["interpolation"],
+            tuple(preprocessing["mean"]),
+            tuple(preprocessing["std"]),
+            preprocessing["crop_pct"],
+        )
+        return cls(
+            card["classes"], data, card["temperature"], Clean.model_validate_json(json.dumps(card["checks"]))
+        )
 
 
 class OnnxClassifier:

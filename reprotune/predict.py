@@ -3,7 +3,8 @@
     python -m reprotune.predict <folder or files>... [--model models/export] [--top-k 3] [-o predictions.csv]
 
 `--model` is an exported model folder (`models/export`: model.onnx beside its model.json card), an `.onnx`
-file with its model.json beside it, or the fine-tuned torch model (`models/finetuned`, read with this
+file with its model.json beside it, a registered MLflow model (`models:/reprotune@candidate`, from the
+project's store or MLFLOW_TRACKING_URI), or the fine-tuned torch model (`models/finetuned`, read with this
 project's params.yaml, data/features/features.json and the temperature in reports/metrics.json).
 
 Folders are read the way ingest and clean read data/raw: hidden files skipped, every format clean accepts,
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -50,11 +50,12 @@ class Model:
     classes: list[str]
     data: DataConfig
     temperature: float
+    checks: Clean  # the rules an input file must pass: clean's, as the training images passed them
     source: str
 
 
 def onnx_model(path: Path) -> Model:
-    from reprotune.onnx_models import OnnxClassifier
+    from reprotune.onnx_models import ModelCard, OnnxClassifier
 
     onnx = path / "model.onnx" if path.is_dir() else path
     card_path = onnx.with_name("model.json")
@@ -62,18 +63,15 @@ def onnx_model(path: Path) -> Model:
         raise InputError(
             f"--model {path}: needs an .onnx file with its model.json beside it (as export writes them)"
         )
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    preprocessing = card["preprocessing"]
-    data = DataConfig(
-        preprocessing["input_size"],
-        preprocessing["interpolation"],
-        tuple(preprocessing["mean"]),
-        tuple(preprocessing["std"]),
-        preprocessing["crop_pct"],
-    )
+    card = ModelCard.read(card_path)
     classifier = OnnxClassifier(onnx)
     return Model(
-        lambda batch: classifier.logits(batch.numpy()), card["classes"], data, card["temperature"], str(onnx)
+        lambda batch: classifier.logits(batch.numpy()),
+        card.classes,
+        card.data,
+        card.temperature,
+        card.checks,
+        str(onnx),
     )
 
 
@@ -92,16 +90,30 @@ def torch_model(path: Path) -> Model:
     def logits(batch: torch.Tensor) -> np.ndarray:
         return model(batch).float().numpy()
 
-    return Model(logits, classes, backbone.data, temperature, str(path))
+    return Model(logits, classes, backbone.data, temperature, params.clean, str(path))
+
+
+def mlflow_model(uri: str) -> Model:
+    """A registered model (`models:/reprotune@candidate`): the ONNX file and card it was logged with, run as
+    any exported model, so that it predicts exactly what `models/export` does."""
+    import mlflow
+
+    from reprotune.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except mlflow.exceptions.MlflowException as error:
+        raise InputError(f"--model {uri}: {str(error).splitlines()[0]}") from None
+    model = onnx_model(folder / "artifacts")
+    model.source = uri
+    return model
 
 
 def load_model(spec: str) -> Model:
     path = Path(spec)
     if spec.startswith("models:/"):
-        raise InputError(
-            f"--model {spec}: MLflow models are not read by predict yet; use the exported model "
-            f"({DEFAULT_MODEL}) or an .onnx file"
-        )
+        return mlflow_model(spec)
     if path.suffix == ".onnx" or (path / "model.onnx").is_file():
         return onnx_model(path)
     if (path / "model.safetensors").is_file():
@@ -167,9 +179,9 @@ def rows_for(
 
 
 def predict_files(
-    paths: list[Path], model: Model, rules: Clean, top_k: int, calibrated: bool, batch_size: int, workers: int
+    paths: list[Path], model: Model, top_k: int, calibrated: bool, batch_size: int, workers: int
 ) -> list[dict]:
-    loader = DataLoader(Files(paths, rules, model.data), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(Files(paths, model.checks, model.data), batch_size=batch_size, num_workers=workers)
     logits, reasons = [], []
     for images, why in tqdm(loader, desc="predict", unit="batch", disable=None):
         logits.append(model.logits(images))
@@ -211,15 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if options.top_k < 1 or options.batch_size < 1:
             raise InputError("--top-k and --batch-size must be at least 1")
-        rules = params_module.load().clean if params_module.PARAMS_FILE.is_file() else None
-        if rules is None:
-            raise InputError(f"{params_module.PARAMS_FILE}: not found; run predict from the project root")
         model = load_model(options.model)
         paths = files_in(options.inputs)
         rows = predict_files(
             paths,
             model,
-            rules,
             options.top_k,
             not options.no_calibration,
             options.batch_size,

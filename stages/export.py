@@ -186,7 +186,7 @@ def export(params: Params) -> None:
                 "shape": ["batch", 3, backbone.data.input_size, backbone.data.input_size],
             },
             "preprocessing": backbone.data.__dict__ | {"resize_side": backbone.data.eval_decode_side},
-            "background": list(params.clean.background),
+            "checks": params.clean.model_dump(mode="json"),
             "temperature": temperature,
             "exporter": exporter,
             "opset": settings.opset,

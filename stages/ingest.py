@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ["path", "label", "given_split", "bytes", "sha256", "issue"]
 # Folder names accepted as a given split, and the split each one means.
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
 def has_split_folders(root: Path) -> bool:
     top = [p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)]
     return bool(top) and all(name.lower() in SPLIT_FOLDERS for name in top)

@@ -87,43 +87,41 @@ def epoch_history(layout: Layout) -> list:
 
 
 def log_model(params: Params, layout: Layout) -> str:
-    """Log the fine-tuned network as a torch.export program (pt2: loading it unpickles no code), with a
-    signature and two real preprocessed test images as input example, register it and point the alias at
-    it. Two, because torch.export fixes a dimension whose example size is 1: with a batch of one, the
-    program refused every other batch size."""
+    """Log the model MLflow serves (reprotune/serving.py: images in, label, confidence and probabilities out,
+    running the exported ONNX file) as "models from code", so that loading it unpickles nothing; with a
+    signature and two real test images as input example, registered, with the alias pointed at it."""
+    import base64
+
     import mlflow
-    import numpy as np
-    import torch
+    import pandas as pd
     from mlflow.models import infer_signature
 
-    from reprotune.images import load_rgb
-    from reprotune.models import load_trained_classifier
+    import reprotune
+    from reprotune import serving
 
     meta = read_json(layout.features_meta)
-    model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(meta["classes"]))
-    transform = backbone.data.eval_transform()
     first_two = (meta["paths"]["test"] * 2)[:2]  # a one-image test split lends its image twice
-    example = np.stack(
-        [
-            transform(load_rgb(Path(path), tuple(params.clean.background), backbone.data.eval_decode_side))
-            .numpy()
-            .astype(np.float32)
-            for path in first_two
-        ]
+    example = pd.DataFrame(
+        {"image": [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in first_two]}
     )
-    with torch.no_grad():
-        logits = model(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        model,
+    artifacts = {"model": str(layout.onnx_model), "card": str(layout.model_card)}
+    model = serving.ImageClassifier()
+    model.load_context(type("Context", (), {"artifacts": artifacts})())
+    output = model.predict(None, example)
+    if output["error"].any():
+        raise AssertionError(f"the served model refused its own input example: {output['error'].tolist()}")
+    info = mlflow.pyfunc.log_model(
         name="model",
-        serialization_format="pt2",
-        signature=infer_signature(example, logits),
+        python_model=serving.__file__,
+        artifacts=artifacts,
+        code_paths=[str(Path(reprotune.__file__).parent)],
+        signature=infer_signature(example, output),
         input_example=example,
         registered_model_name=params.track.model_name,
         metadata={
             "classes": meta["classes"],
             "preprocessing": meta["data_config"],
-            "temperature": read_json(layout.metrics)["finetune"]["test"].get("temperature", 1.0),
+            "temperature": read_json(layout.model_card)["temperature"],
         },
     )
     version = str(info.registered_model_version)

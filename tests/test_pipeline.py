@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -181,26 +182,18 @@ def test_dvc_repro_end_to_end(built):
     assert runs[0].inputs.dataset_inputs[0].dataset.digest == run_data.tags["dvc.clean.data/cleaned"][:36]
     assert runs[0].info.status == "FINISHED"
 
-    # The registered model loads back by its alias, unpickling nothing, and predicts as evaluate did.
+    # The registered model loads back by its alias (models from code: nothing unpickled), takes images of
+    # any batch size, and labels them as evaluate did.
     import mlflow
-    from PIL import Image
-
-    from reprotune import params as params_module
-    from reprotune.backbones import load_backbone
+    import pandas as pd
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     loaded = mlflow.pyfunc.load_model("models:/reprotune@candidate")
-    predictions = (root / "reports" / "predictions.csv").read_text().splitlines()
-    first = dict(zip(predictions[0].split(","), predictions[1].split(","), strict=False))
-    tiny = params_module.validate(tiny_params_raw())
-    image = load_backbone(tiny.backbone).data.eval_transform()(
-        Image.open(root / first["path"]).convert("RGB")
-    )
-    logits = loaded.predict(image.unsqueeze(0).numpy())
-    classes = sorted(["red", "green", "blue"])
-    assert classes[int(logits.argmax())] == first["finetune"]
-    batch = image.unsqueeze(0).repeat(7, 1, 1, 1).numpy()  # any batch size, not only the example's
-    assert loaded.predict(batch).shape == (7, 3)
+    predictions = pd.read_csv(root / "reports" / "predictions.csv")
+    for size in (1, 7):
+        rows = predictions.head(size)
+        served = loaded.predict(pd.DataFrame({"image": [str(root / p) for p in rows["path"]]}))
+        assert served["label"].tolist() == rows["finetune"].tolist() and not served["error"].any()
     assert loaded.metadata.metadata["temperature"] == metrics["finetune"]["test"]["temperature"]
 
     # The exported model is in the run, and predict labels files with it as with the torch model.
@@ -208,14 +201,15 @@ def test_dvc_repro_end_to_end(built):
     assert exported["onnx_fp32"]["top1_agreement"] == 1.0
     assert runs[0].data.metrics["export.onnx_int8.accuracy"] == exported["onnx_int8"]["accuracy"]
     rows = {}
-    for model in ("models/export", "models/finetuned"):
-        out = root / f"predicted-{model.replace('/', '-')}.csv"
+    for model in ("models/export", "models/finetuned", "models:/reprotune@candidate"):
+        out = built["tmp"] / f"predicted-{model.replace('/', '-').replace(':', '')}.csv"
         run(
             [sys.executable, "-m", "reprotune.predict", "data/raw/red", "--model", model, "-o", str(out)],
             root,
         )
         rows[model] = out.read_text().splitlines()
-    assert rows["models/export"] == rows["models/finetuned"] and len(rows["models/export"]) == 11
+    assert len(rows["models/export"]) == 11  # a header and the ten red images
+    assert rows["models/export"] == rows["models/finetuned"] == rows["models:/reprotune@candidate"]
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root))
     assert "accuracy" in json.dumps(shown)
@@ -417,3 +411,75 @@ def test_bad_params_stop_a_stage_before_it_writes(tmp_path: Path):
         "error: params.yaml: finetune.lr: Input should be greater than 0 (got -1)",
     ]
     assert not (project / "data" / "ingested").exists()
+
+
+def test_the_registered_model_is_served_over_http(built):
+    """`mlflow models serve` on a free loopback port answers a POSTed JPEG with its label, answers a
+    non-image with an error row, refuses a malformed request, and keeps serving; it is stopped after."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    root, port = built["root"], free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/reprotune@candidate",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=root,
+        env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+
+    def post(body: bytes) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"{uri}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def images(*payloads: bytes) -> bytes:
+        rows = [[base64.b64encode(p).decode("ascii")] for p in payloads]
+        return json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, (
+                    "mlflow models serve did not start"
+                )
+                time.sleep(0.5)
+        jpeg = io.BytesIO()
+        Image.open(root / "data" / "raw" / "red" / "000.png").convert("RGB").save(jpeg, "JPEG", quality=90)
+        status, answer = post(images(jpeg.getvalue(), b"not an image", jpeg.getvalue()[:200]))
+        assert status == 200, answer
+        labels = [row["label"] for row in answer["predictions"]]
+        errors = [row["error"] for row in answer["predictions"]]
+        assert labels[0] == "red" and errors[0] == ""
+        assert errors[1].startswith("not_an_image") and errors[2] and labels[1:] == ["", ""]
+        status, _ = post(b"{not json")
+        assert 400 <= status < 500
+        assert urllib.request.urlopen(f"{uri}/ping", timeout=5).status == 200  # still serving
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
