@@ -56,6 +56,33 @@ def to_onnx(model: Classifier, example: torch.Tensor, path: Path, opset: int, ex
     )
 
 
+def without_provenance(path: Path) -> None:
+    """Drop what the exporter records about where each node came from (source file paths and stack traces,
+    in node metadata and doc strings): the same model must give the same bytes from any checkout folder."""
+    import onnx
+
+    model = onnx.load(str(path))
+
+    def strip(graph: onnx.GraphProto) -> None:
+        graph.doc_string = ""
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    strip(attribute.g)
+                for subgraph in attribute.graphs:
+                    strip(subgraph)
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            del value.metadata_props[:]
+            value.doc_string = ""
+
+    strip(model.graph)
+    model.doc_string = ""
+    del model.metadata_props[:]
+    onnx.save(model, str(path))
+
+
 def compare(reference: np.ndarray, logits: np.ndarray) -> dict:
     return {
         "top1_agreement": round(float((reference.argmax(1) == logits.argmax(1)).mean()), 6),
@@ -73,6 +100,7 @@ def export_checked(
     for exporter in EXPORTERS:
         try:
             to_onnx(model, batches[0][:1], path, settings.opset, exporter)
+            without_provenance(path)
             check = compare(reference, OnnxClassifier(path).logits_of(batches))
         except Exception as error:  # noqa: BLE001 - exporters fail in many ways; the next one is tried
             failures.append(f"{exporter}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")

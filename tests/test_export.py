@@ -13,6 +13,7 @@ from reprotune.errors import InputError
 from reprotune.layout import Layout
 from reprotune.onnx_models import OnnxClassifier
 from stages import export
+from tests.conftest import ROOT
 
 
 def test_export_writes_checked_onnx_int8_and_a_card(trained_tiny):
@@ -34,6 +35,8 @@ def test_export_writes_checked_onnx_int8_and_a_card(trained_tiny):
         for batch in (1, 7):  # any batch size
             assert classifier.logits(np.zeros((batch, 3, 32, 32), np.float32)).shape == (batch, 3)
     assert "| onnx_int8 |" in layout.export_summary.read_text()
+    for model in (layout.onnx_model, layout.int8_model):  # no source paths: the same bytes from any checkout
+        assert str(ROOT).encode() not in model.read_bytes()
 
 
 def test_a_file_that_disagrees_with_torch_stops_the_stage_naming_every_exporter(trained_tiny, monkeypatch):

@@ -5,6 +5,7 @@ run record) works on its own copy of it (`workspace`), so the tests pass in any 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,44 +64,52 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def loopback_server(command: list[str], health: str, **popen) -> Iterator[str]:
+    """Run an MLflow command that serves on 127.0.0.1 (`{port}` in `command` becomes a free port), wait until
+    `health` answers, yield its URL, and always stop it (with its whole process group) on the way out."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            *(part.replace("{port}", str(port)) for part in command),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        **popen,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}{health}", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, f"{command[0]} did not start"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def log_to_a_tracking_server(project: Path, tmp_path: Path) -> None:
     """A real `mlflow server` on a free loopback port: the track stage logs to it through
     MLFLOW_TRACKING_URI, and the run reads back through MLflow's client. The server is stopped after."""
     from mlflow.tracking import MlflowClient
 
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
-        env = child_env(MLFLOW_TRACKING_URI=uri)
+    command = ["server", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+    command += ["--artifacts-destination", str(tmp_path / "server-artifacts")]
+    with loopback_server(command, "/health") as uri:
         done = subprocess.run(
-            [sys.executable, "-m", "stages.track"], cwd=project, env=env, capture_output=True, text=True
+            [sys.executable, "-m", "stages.track"],
+            cwd=project,
+            env=child_env(MLFLOW_TRACKING_URI=uri),
+            capture_output=True,
+            text=True,
         )
         assert done.returncode == 0, done.stderr[-3000:]
         client = MlflowClient(uri)
@@ -112,9 +122,6 @@ def log_to_a_tracking_server(project: Path, tmp_path: Path) -> None:
             "lineage",
         }
         assert client.get_model_version_by_alias("reprotune", "candidate").version == "1"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -421,30 +428,12 @@ def test_the_registered_model_is_served_over_http(built):
 
     from PIL import Image
 
-    root, port = built["root"], free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            "models:/reprotune@candidate",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=root,
-        env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
+    root = built["root"]
+    command = ["models", "serve", "-m", "models:/reprotune@candidate", "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", "{port}"]
+    env = child_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
 
-    def post(body: bytes) -> tuple[int, dict]:
+    def post(uri: str, body: bytes) -> tuple[int, dict]:
         request = urllib.request.Request(
             f"{uri}/invocations", data=body, headers={"Content-Type": "application/json"}
         )
@@ -458,28 +447,15 @@ def test_the_registered_model_is_served_over_http(built):
         rows = [[base64.b64encode(p).decode("ascii")] for p in payloads]
         return json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
 
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, (
-                    "mlflow models serve did not start"
-                )
-                time.sleep(0.5)
+    with loopback_server(command, "/ping", cwd=root, env=env) as uri:
         jpeg = io.BytesIO()
         Image.open(root / "data" / "raw" / "red" / "000.png").convert("RGB").save(jpeg, "JPEG", quality=90)
-        status, answer = post(images(jpeg.getvalue(), b"not an image", jpeg.getvalue()[:200]))
+        status, answer = post(uri, images(jpeg.getvalue(), b"not an image", jpeg.getvalue()[:200]))
         assert status == 200, answer
         labels = [row["label"] for row in answer["predictions"]]
         errors = [row["error"] for row in answer["predictions"]]
         assert labels[0] == "red" and errors[0] == ""
         assert errors[1].startswith("not_an_image") and errors[2] and labels[1:] == ["", ""]
-        status, _ = post(b"{not json")
+        status, _ = post(uri, b"{not json")
         assert 400 <= status < 500
         assert urllib.request.urlopen(f"{uri}/ping", timeout=5).status == 200  # still serving
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
