@@ -21,9 +21,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from reprotune import stage
+from reprotune.dataconfig import DataConfig
 from reprotune.datasets import eval_images, make_loader
 from reprotune.errors import InputError
 from reprotune.inference import predict
@@ -91,24 +94,25 @@ def compare(reference: np.ndarray, logits: np.ndarray) -> dict:
 
 
 def export_checked(
-    model: Classifier, batches: list[torch.Tensor], reference: np.ndarray, path: Path, params: Params
-) -> tuple[str, dict]:
-    """Export with the first exporter whose file agrees with torch on every test image; return its name and
-    the check's figures."""
+    model: Classifier, test: DataLoader, reference: np.ndarray, path: Path, params: Params
+) -> tuple[str, dict, np.ndarray]:
+    """Export with the first exporter whose file agrees with torch on every test image; return its name, the
+    check's figures and the file's test logits."""
     settings = params.export
     failures = []
     for exporter in EXPORTERS:
         try:
-            to_onnx(model, batches[0][:1], path, settings.opset, exporter)
+            to_onnx(model, next(iter(test))[0][:1], path, settings.opset, exporter)
             without_provenance(path)
-            check = compare(reference, OnnxClassifier(path).logits_of(batches))
+            logits = OnnxClassifier(path).logits_of(images for images, _ in test)
+            check = compare(reference, logits)
         except Exception as error:  # noqa: BLE001 - exporters fail in many ways; the next one is tried
             failures.append(f"{exporter}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
             log.warning("ONNX export with the %s exporter failed: %s", exporter, failures[-1])
             continue
         if check["top1_agreement"] == 1.0 and check["max_logit_difference"] <= settings.max_logit_difference:
             log.info("ONNX export (%s exporter) agrees with torch: %s", exporter, check)
-            return exporter, check
+            return exporter, check, logits
         failures.append(f"{exporter}: {check}")
         log.warning("the %s exporter's ONNX disagrees with torch: %s", exporter, check)
     raise InputError(
@@ -117,7 +121,7 @@ def export_checked(
     )
 
 
-def quantize(fp32: Path, int8: Path, calibration: list[torch.Tensor]) -> None:
+def quantize(fp32: Path, int8: Path, calibration: DataLoader) -> None:
     """Static int8 quantization (QDQ, per-channel weights) with ONNX Runtime, after its own pre-processing
     (shape inference and graph optimisation), which its documentation asks for."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -127,7 +131,7 @@ def quantize(fp32: Path, int8: Path, calibration: list[torch.Tensor]) -> None:
         """The calibration images, a batch at a time, as ONNX Runtime asks for them."""
 
         def __init__(self) -> None:
-            self.batches = iter(calibration)
+            self.batches = (images for images, _ in calibration)
 
         def get_next(self) -> dict | None:
             batch = next(self.batches, None)
@@ -147,9 +151,11 @@ def quantize(fp32: Path, int8: Path, calibration: list[torch.Tensor]) -> None:
     prepared.unlink()
 
 
-def image_batches(params: Params, layout: Layout, rows, data, batch_size: int) -> list[torch.Tensor]:
+def image_loader(params: Params, layout: Layout, rows: pd.DataFrame, data: DataConfig) -> DataLoader:
+    """The rows' images through the eval transform, in order, a batch at a time: read again on each pass, so
+    memory does not grow with the test split."""
     dataset = eval_images(rows, [0] * len(rows), data, tuple(params.clean.background), layout.resized_copies)
-    return [images for images, _ in make_loader(dataset, batch_size, 0)]
+    return make_loader(dataset, params.featurize.batch_size, 0)
 
 
 def scored(logits: np.ndarray, labels: np.ndarray, num_classes: int, params: Params) -> dict:
@@ -194,17 +200,17 @@ def export(params: Params) -> None:
     index = {label: i for i, label in enumerate(classes)}
     test = manifest[manifest["split"] == "test"]
     labels = np.array([index[label] for label in test["label"]])
-    batches = image_batches(params, layout, test, backbone.data, params.featurize.batch_size)
-    reference = predict(model, [(batch, None) for batch in batches], torch.device("cpu"), False).numpy()
+    test_images = image_loader(params, layout, test, backbone.data)
+    reference = predict(model, test_images, torch.device("cpu"), False).numpy()
     train = manifest[manifest["split"] == "train"]
     chosen = train.sample(min(settings.calibration_images, len(train)), random_state=settings.seed)
-    calibration = image_batches(params, layout, chosen, backbone.data, params.featurize.batch_size)
+    calibration = image_loader(params, layout, chosen, backbone.data)
     temperature = read_json(layout.metrics)["finetune"]["test"].get("temperature", 1.0)
 
     with atomic_output(layout.exported) as staging:
         staging.mkdir()
         fp32, int8 = staging / layout.onnx_model.name, staging / layout.int8_model.name
-        exporter, check = export_checked(model, batches, reference, fp32, params)
+        exporter, check, onnx_logits = export_checked(model, test_images, reference, fp32, params)
         quantize(fp32, int8, calibration)
         card = {
             "classes": classes,
@@ -220,12 +226,12 @@ def export(params: Params) -> None:
             "opset": settings.opset,
         }
         (staging / layout.model_card.name).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-        quantized = OnnxClassifier(int8).logits_of(batches)
+        quantized = OnnxClassifier(int8).logits_of(images for images, _ in test_images)
         comparison = {
             "torch_fp32": scored(reference, labels, len(classes), params)
             | compare(reference, reference)
             | {"megabytes": round(layout.finetuned_weights.stat().st_size / 2**20, 3)},
-            "onnx_fp32": scored(OnnxClassifier(fp32).logits_of(batches), labels, len(classes), params)
+            "onnx_fp32": scored(onnx_logits, labels, len(classes), params)
             | check
             | {"megabytes": round(fp32.stat().st_size / 2**20, 3)},
             "onnx_int8": scored(quantized, labels, len(classes), params)
