@@ -17,8 +17,10 @@ from reprotune.params import Clean
 
 
 class Rejected(Exception):
+    """`str()` of it is the reason code, then the detail when there is one: what a report row says."""
+
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
 

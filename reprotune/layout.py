@@ -245,7 +245,8 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with that pid is running (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -267,7 +268,7 @@ def atomic_output(target: Path) -> Iterator[Path]:
     temporary = target.with_name(f".{target.name}.partial-{os.getpid()}")
     for stale in target.parent.glob(f".{glob.escape(target.name)}.partial-*"):
         pid = stale.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             _remove(stale)
     _remove(temporary)
     try:

@@ -140,7 +140,7 @@ class Files(Dataset):
             rgb = decode_checked(self.paths[index], self.rules, self.data.eval_decode_side).rgb
             return self.transform(rgb), ""
         except Rejected as rejected:
-            reason = f"{rejected.reason}: {rejected.detail}" if rejected.detail else rejected.reason
+            reason = str(rejected)
         except OSError as error:
             reason = f"unreadable: {error}"
         side = self.data.input_size

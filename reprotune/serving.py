@@ -64,7 +64,7 @@ class ImageClassifier(PythonModel):
                 images.append(self.transform(rgb))
                 errors.append("")
             except Rejected as rejected:
-                errors.append(f"{rejected.reason}: {rejected.detail}" if rejected.detail else rejected.reason)
+                errors.append(str(rejected))
             except ValueError as error:
                 errors.append(str(error))
         classes = self.card.classes

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from reprotune import stage
-from reprotune.layout import Layout, read_json, sha256_of_file, write_json
+from reprotune.layout import Layout, process_alive, read_json, sha256_of_file, write_json
 from reprotune.params import Params, flatten
 from reprotune.tracking import (
     experiment_lineage,
@@ -143,16 +143,6 @@ def close_abandoned_runs(experiment_id: str) -> None:
         if tags.get("host") == host and tags.get("pid", "").isdigit() and not process_alive(int(tags["pid"])):
             client.set_terminated(run.info.run_id, status="FAILED")
             log.warning("marked abandoned run %s (pid %s) FAILED", run.info.run_id, tags["pid"])
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def track(params: Params) -> None:
