@@ -1,6 +1,6 @@
 """Every benchmark, one after another, each in its own process; figures merge into reports/bench.json.
 
-    .venv/bin/python -m benchmarks [--only clean duplicates export featurize finetune probe rerun gpu]
+    .venv/bin/python -m benchmarks [--only clean diagnostics duplicates export featurize finetune probe rerun gpu]
 
 Run on a quiet machine: the figures are ratios within one run, but a busy neighbour still skews them.
 """
@@ -11,7 +11,17 @@ import argparse
 import subprocess
 import sys
 
-BENCHMARKS = ["clean", "duplicates", "export", "featurize", "finetune", "probe", "rerun", "gpu"]
+BENCHMARKS = [
+    "clean",
+    "diagnostics",
+    "duplicates",
+    "export",
+    "featurize",
+    "finetune",
+    "probe",
+    "rerun",
+    "gpu",
+]
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ def embeddings(rows: int, features: int, classes: int, seed: int = 0) -> tuple[n
 
 def main() -> None:
     from reprotune.params import TrainHead
-    from stages.train_head import accuracy, fit_linear_head
+    from reprotune.probe import accuracy, fit_linear_head
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000)
@@ -47,7 +47,7 @@ def main() -> None:
     for C in (configured.C, 100.0):
         settings = configured.model_copy(update={"C": C})
         started = time.perf_counter()
-        weight, bias, iterations = fit_linear_head(x, y, settings, options.classes)
+        weight, bias, iterations = fit_linear_head(x, y, C, settings.max_iter, options.classes)
         fits[f"C={C:g}"] = {
             "seconds": round(time.perf_counter() - started, 1),
             "iterations": iterations,

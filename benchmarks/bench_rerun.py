@@ -27,7 +27,19 @@ from PIL import Image
 
 from benchmarks.results import print_table, save
 
-STAGES = ["ingest", "clean", "split", "featurize", "train_head", "finetune", "evaluate", "track"]
+STAGES = [
+    "ingest",
+    "clean",
+    "split",
+    "featurize",
+    "train_head",
+    "baseline",
+    "learning_curve",
+    "label_issues",
+    "finetune",
+    "evaluate",
+    "track",
+]
 
 
 def make_dataset(raw: Path, images: int, classes: int = 10, side: int = 48) -> None:

@@ -28,6 +28,9 @@ class Progress:
     epoch: int = 0
     best_epoch: int = 0
     best_accuracy: float = -1.0
+    best_loss: float = (
+        1e30  # breaks ties of accuracy, which a small validation set has often (JSON has no inf)
+    )
     history: list[dict] = field(default_factory=list)
 
 

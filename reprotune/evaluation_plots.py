@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from reprotune.figures import save
-from reprotune.images import Background, load_rgb
+from reprotune.figures import gallery, save
+from reprotune.images import Background
 
 ANNOTATE_UP_TO = 20  # classes; beyond this, cell numbers overlap
 CURVES_UP_TO = 10  # classes drawn in the PR plot; beyond this only the worst by average precision
@@ -109,28 +109,18 @@ def training_curves(history: list[dict[str, float]], path: Path) -> None:
 
 
 def mistakes_gallery(
-    mistakes: list[tuple[str, str, str, float]],
-    background: Background,
-    title: str,
-    path: Path,
-    columns: int = 4,
+    mistakes: list[tuple[str, str, str, float]], background: Background, title: str, path: Path
 ) -> None:
     """Thumbnails of (path, true, predicted, confidence), most confident first."""
-    rows = max(1, -(-len(mistakes) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (image_path, true, predicted, confidence) in zip(axes.flat, mistakes, strict=False):
-        thumbnail = load_rgb(Path(image_path), background)
-        thumbnail.thumbnail((160, 160))
-        ax.imshow(thumbnail)
-        ax.set_title(f"true {true}\npredicted {predicted} ({confidence:.0%})", fontsize=8)
-    figure.suptitle(title if mistakes else f"{title}: no mistakes", fontsize=10)
-    save(figure, path)
+    captions = [
+        (image_path, f"true {true}\npredicted {predicted} ({confidence:.0%})")
+        for image_path, true, predicted, confidence in mistakes
+    ]
+    gallery(captions, background, title if mistakes else f"{title}: no mistakes", path)
 
 
 def per_class_f1(classes: list[str], f1_by_model: dict[str, list[float]], path: Path) -> None:
-    """Grouped bars, one group per class: where fine-tuning helped and where it hurt."""
+    """Grouped bars, one group per class and one bar per model: where transfer and fine-tuning helped or hurt."""
     width = 0.8 / len(f1_by_model)
     figure, ax = plt.subplots(figsize=(min(30.0, max(6.0, 0.35 * len(classes) * len(f1_by_model) + 2)), 4.5))
     positions = np.arange(len(classes))
@@ -140,6 +130,6 @@ def per_class_f1(classes: list[str], f1_by_model: dict[str, list[float]], path: 
     # Zoom to the range the scores span: differences of a few points are what this plot is for.
     lowest = min(min(scores) for scores in f1_by_model.values())
     floor = max(0.0, np.floor((lowest - 0.05) * 10) / 10)
-    ax.set(ylabel="F1 (test)", ylim=(floor, 1.0), title="per-class F1: head-only vs fine-tuned")
+    ax.set(ylabel="F1 (test)", ylim=(floor, 1.0), title="per-class F1: " + ", ".join(f1_by_model))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     save(figure, path)

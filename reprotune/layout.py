@@ -37,7 +37,7 @@ def project_root(folder: Path | None = None) -> Path:
 
 
 SPLITS = ("train", "val", "test")
-MODELS = ("head", "finetune")
+MODELS = ("baseline", "head", "finetune")  # the order of every table and plot
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,47 @@ class Layout:
     @property
     def head_meta(self) -> Path:
         return self.head / "head.json"
+
+    # baseline
+    @property
+    def baseline(self) -> Path:
+        return Path(self.paths.baseline)
+
+    @property
+    def baseline_scores(self) -> Path:
+        """The baseline's log-probabilities on val and test (softmax of them gives its probabilities)."""
+        return self.baseline / "scores.safetensors"
+
+    @property
+    def baseline_meta(self) -> Path:
+        return self.baseline / "baseline.json"
+
+    # learning_curve
+    @property
+    def learning_curve(self) -> Path:
+        return self.reports / "learning_curve.json"
+
+    @property
+    def learning_curve_table(self) -> Path:
+        """The same points as a flat table, for `dvc plots`."""
+        return self.reports / "learning_curve.csv"
+
+    @property
+    def learning_curve_plot(self) -> Path:
+        return self.reports / "learning_curve.png"
+
+    # label_issues
+    @property
+    def relabel(self) -> Path:
+        return Path(self.paths.relabel)
+
+    @property
+    def label_issues(self) -> Path:
+        return self.reports / "label_issues.csv"
+
+    @property
+    def label_issues_gallery(self) -> Path:
+        return self.reports / "label_issues.png"
 
     # finetune
     @property

@@ -43,6 +43,8 @@ class Paths(Section):
     features: str
     head: str
     finetuned: str
+    baseline: str
+    relabel: str
     exported: str
     reports: str
     checkpoints: str
@@ -84,10 +86,14 @@ class Split(Section):
         return self
 
 
+InputSize = Annotated[int, Field(ge=16, le=1024)] | None
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
 class Backbone(Section):
     name: Annotated[str, Field(min_length=1)]
     weights: str | None
-    input_size: Annotated[int, Field(ge=16, le=1024)] | None
+    input_size: InputSize
     channels_last: bool
 
 
@@ -105,7 +111,7 @@ class TrainHead(Section):
 
 class Augment(Section):
     scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]]
-    hflip: Annotated[float, Field(ge=0, le=1)]
+    hflip: Probability
     color_jitter: Annotated[float, Field(ge=0, le=1)]
     auto_augment: Annotated[str, Field(pattern=r"^(rand-|augmix-|trivialaugment|original|v0)")] | None
     mixup: Annotated[float, Field(ge=0, le=100)]  # Beta(alpha, alpha)
@@ -117,6 +123,26 @@ class Augment(Section):
         if scale[0] > scale[1]:
             raise ValueError(f"scale must be [low, high] with low <= high (got {list(scale)})")
         return scale
+
+
+class Baseline(Section):
+    image_size: Annotated[int, Field(ge=4, le=128)]
+    C: Annotated[list[Annotated[float, Field(gt=0, le=1e6)]], Field(min_length=1)]
+    gamma: Annotated[list[Annotated[float, Field(gt=0, le=1e3)]], Field(min_length=1)]
+    search_images: Annotated[int, Field(ge=10, le=1_000_000)]
+    seed: Seed
+
+
+class LearningCurve(Section):
+    draws: Annotated[int, Field(ge=2, le=1000)]
+    seed: Seed
+
+
+class LabelIssues(Section):
+    folds: Annotated[int, Field(ge=2, le=100)]
+    seed: Seed
+    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning"]
+    gallery_size: Annotated[int, Field(ge=0, le=100)]
 
 
 class Finetune(Section):
@@ -165,6 +191,27 @@ class Track(Section):
     alias: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")]
 
 
+class SampleBackbone(Section):
+    input_size: InputSize
+
+
+class SampleAugment(Section):
+    hflip: Probability
+
+
+class SampleFinetune(Section):
+    augment: SampleAugment
+
+
+class Sample(Section):
+    """The built-in sample's own values for a few keys of the sections above (same names, same rules). They
+    replace params.yaml's values while the pipeline runs on the sample, and only then: the sample is 8x8
+    digits upscaled, which want what would hurt photos (mirrored digits are other digits)."""
+
+    backbone: SampleBackbone
+    finetune: SampleFinetune
+
+
 class Params(Section):
     paths: Paths
     ingest: Ingest
@@ -173,10 +220,31 @@ class Params(Section):
     backbone: Backbone
     featurize: Featurize
     train_head: TrainHead
+    baseline: Baseline
+    learning_curve: LearningCurve
+    label_issues: LabelIssues
     finetune: Finetune
     evaluate: Evaluate
     export: Export
     track: Track
+    sample: Sample
+
+    def on_sample(self) -> Params:
+        """These params with the sample's own values in place of the keys it sets."""
+        return Params.model_validate_json(
+            json.dumps(_merge(self.model_dump(mode="json"), self.sample.model_dump(mode="json")))
+        )
+
+    def sample_settings(self) -> dict[str, Any]:
+        """The keys the sample sets, dotted, with its values."""
+        return flatten(self.sample.model_dump(mode="json"))
+
+
+def _merge(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(tree)
+    for key, value in overrides.items():
+        merged[key] = _merge(tree[key], value) if isinstance(value, dict) else value
+    return merged
 
 
 class _Yaml12FloatLoader(yaml.SafeLoader):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from reprotune.params import Params
+import pandas as pd
+
+from reprotune.params import Params, Sample, flatten
 
 PLOTS = [
     ("Confusion matrices", ["confusion_head.png", "confusion_finetune.png"]),
-    ("Per-class F1", ["per_class_f1.png"]),
+    ("Per-class F1 (baseline, head-only, fine-tuned)", ["per_class_f1.png"]),
     ("Precision-recall (one vs rest)", ["pr_head.png", "pr_finetune.png"]),
     ("Calibration", ["reliability.png"]),
     ("Fine-tuning curves", ["training_curves.png"]),
@@ -56,6 +58,62 @@ def split_origin(splits: dict) -> str:
     return f"given as {given}" + (f"; {carved}." if carved else ".")
 
 
+def describe_baseline(baseline: dict) -> str:
+    chosen = baseline["chosen"]
+    model = (
+        f"an RBF SVM (C = {chosen['C']:g}, gamma = {chosen['gamma']:g} / {baseline['features']} features)"
+        if chosen["model"] == "rbf_svm"
+        else f"logistic regression (C = {chosen['C']:g})"
+    )
+    return (
+        f"{model} on the raw pixels ({baseline['image_size']}x{baseline['image_size']}, standardised), the best "
+        f"on val of {len(baseline['candidates'])} candidates"
+    )
+
+
+def transfer_verdict(metrics: dict) -> str:
+    """Whether each transfer model beats the baseline on test, with how much the intervals say."""
+    base = metrics["baseline"]["test"]
+    parts = []
+    for model, name in (("head", "The head"), ("finetune", "The fine-tuned network")):
+        test = metrics[model]["test"]
+        gap = (test["accuracy"] - base["accuracy"]) * 100
+        overlap = (
+            test["accuracy_ci_low"] <= base["accuracy_ci_high"]
+            and base["accuracy_ci_low"] <= test["accuracy_ci_high"]
+        )
+        where = "above" if gap > 0 else "below" if gap < 0 else "level with"
+        size = f"{abs(gap):.1f} points " if gap else ""
+        parts.append(
+            f"{name} is {size}{where} the baseline on test"
+            + (" (the 95% intervals overlap)." if overlap else " (the 95% intervals do not overlap).")
+        )
+    return " ".join(parts)
+
+
+def issues_section(issues: pd.DataFrame, total: int, relabel: str) -> list[str]:
+    if issues.empty:
+        return [f"Cross-validated confident learning flagged none of the {total} kept images.", ""]
+    by_split = ", ".join(f"{split} {count}" for split, count in issues["split"].value_counts().items())
+    lines = [
+        f"Cross-validated confident learning (cleanlab) flags {len(issues)} of {total} kept images ({by_split}) "
+        "whose given label the out-of-fold probabilities contradict; all are listed in `label_issues.csv`, most "
+        f"suspicious first. Look before you act: to fix one, add its path and the right label (or `drop`) to "
+        f"`{relabel}` and run `dvc repro`; clean applies it and says so in `cleaning.md`.",
+        "",
+        "| rank | path | split | given | suggested | p(given) |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {row.rank} | `{row.path}` | {row.split} | {row.given_label} | {row.suggested_label} | {float(row.score):.3f} |"
+            for row in issues.head(10).itertuples()
+        ],
+        "",
+        "![label issues](label_issues.png)",
+        "",
+    ]
+    return lines
+
+
 def render(
     params: Params,
     metrics: dict,
@@ -64,8 +122,13 @@ def render(
     splits: dict,
     features: dict,
     finetuned: dict,
-    source: str,
+    baseline: dict,
+    curve: dict,
+    issues: pd.DataFrame,
+    sample: Sample | None,
 ) -> str:
+    """The report; `sample` is params' sample section when the run is on the built-in sample, else None."""
+    source = "the built-in sample (scikit-learn digits)" if sample else f"`{params.paths.raw}`"
     settings = params.finetune
     kinds = Counter(group["kind"] for group in cleaning["duplicate_groups"])
     lines = [
@@ -94,9 +157,21 @@ def render(
         "",
         "## Model",
         "",
+        *(
+            [
+                "- On the built-in sample, params.yaml's `sample` section replaced: "
+                + ", ".join(
+                    f"`{key}` = {value}" for key, value in flatten(sample.model_dump(mode="json")).items()
+                )
+                + "."
+            ]
+            if sample
+            else []
+        ),
         f"- Backbone `{features['backbone']}`, weights: {features['weights']}.",
         f"- Input {features['data_config']['input_size']} px, {features['data_config']['interpolation']} "
         f"resize, mean {list(features['data_config']['mean'])}, std {list(features['data_config']['std'])}.",
+        f"- Baseline (no transfer): {describe_baseline(baseline)}.",
         f"- Head-only: logistic regression on frozen embeddings, C = {params.train_head.C}.",
         f"- Fine-tuned: strategy `{settings.strategy}`"
         + (f" (last {settings.unfreeze_last_n} layer groups)" if settings.strategy == "last_n" else "")
@@ -117,12 +192,31 @@ def render(
         "",
         *metrics_table(metrics),
         "",
+        "## Does transfer help?",
+        "",
+        f"Test accuracy: baseline {metrics['baseline']['test']['accuracy']:.4f}, head "
+        f"{metrics['head']['test']['accuracy']:.4f}, fine-tuned {metrics['finetune']['test']['accuracy']:.4f}. "
+        + transfer_verdict(metrics),
+        "",
+        "## Would more labels help?",
+        "",
+        curve["sentence"]
+        + f" ({curve['draws']} random draws per point; every point in `learning_curve.json`.)",
+        "",
+        "![learning curve](learning_curve.png)",
+        "",
+        "## Which labels are probably wrong?",
+        "",
+        *issues_section(
+            issues, sum(sum(c.values()) for c in splits["counts"].values()), params.paths.relabel
+        ),
         "## Per class (test)",
         "",
-        "| class | support | head F1 | fine-tuned F1 | fine-tuned precision | fine-tuned recall |",
-        "|---|---|---|---|---|---|",
+        "| class | support | baseline F1 | head F1 | fine-tuned F1 | fine-tuned precision | fine-tuned recall |",
+        "|---|---|---|---|---|---|---|",
         *[
-            f"| {name} | {row['support']} | {per_class['head']['classes'][name]['f1']:.3f} | {row['f1']:.3f} "
+            f"| {name} | {row['support']} | {per_class['baseline']['classes'][name]['f1']:.3f} "
+            f"| {per_class['head']['classes'][name]['f1']:.3f} | {row['f1']:.3f} "
             f"| {row['precision']:.3f} | {row['recall']:.3f} |"
             for name, row in per_class["finetune"]["classes"].items()
         ],

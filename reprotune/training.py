@@ -1,5 +1,6 @@
 """The one training loop, in the shape of torchvision's reference script: `train_one_epoch`, `evaluate`, and
-`fit`, the epoch loop around them (early stopping on validation accuracy with the starting model as epoch 0,
+`fit`, the epoch loop around them (early stopping on validation accuracy, ties broken by validation loss, with
+the starting model as epoch 0,
 the best epoch's weights kept, a checkpoint after every epoch and resume from it, DDP and torch.compile
 wrapping). finetune drives it with a supervised loss; a stage with another objective (distillation, domain
 adaptation) passes its own `loss_fn` and reuses the rest.
@@ -68,6 +69,15 @@ class Schedule:
 class Evaluation:
     accuracy: float
     loss: float
+
+
+def improves(validation: Evaluation, progress: Progress) -> bool:
+    """Better accuracy, or the same with a lower loss. On a few dozen validation images, accuracy moves in
+    steps of a few points and ties between epochs are the rule; by accuracy alone the earliest of them (often
+    the starting model, epoch 0) would win however much better the later one fits."""
+    return validation.accuracy > progress.best_accuracy or (
+        validation.accuracy == progress.best_accuracy and validation.loss < progress.best_loss
+    )
 
 
 def train_mode(model: nn.Module, freeze_bn_stats: bool) -> None:
@@ -176,7 +186,8 @@ def fit(
     else:
         progress = Progress(fingerprint)
         enter_phase(phase_of(1))
-        progress.best_accuracy = evaluate(model, data.val_loader, data.val_labels, placement).accuracy
+        start = evaluate(model, data.val_loader, data.val_labels, placement)
+        progress.best_accuracy, progress.best_loss = start.accuracy, start.loss
         best_state = copy.deepcopy(model.state_dict())
         log.info("epoch 0 (the starting model): val accuracy %.4f", progress.best_accuracy)
 
@@ -213,8 +224,9 @@ def fit(
             }
         )
         log.info("epoch %d (%s): %s", epoch, phase, progress.history[-1])
-        if validation.accuracy > progress.best_accuracy:
-            progress.best_accuracy, progress.best_epoch = validation.accuracy, epoch
+        if improves(validation, progress):
+            progress.best_accuracy, progress.best_loss = validation.accuracy, validation.loss
+            progress.best_epoch = epoch
             best_state = copy.deepcopy(model.state_dict())
         progress.epoch = epoch
         epochs_this_run += 1

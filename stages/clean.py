@@ -8,6 +8,10 @@ that was altered on the way to RGB (mode conversion, EXIF orientation). Identica
 pixels) and near-identical ones (hash sets within `clean.near_duplicate_distance` bits of 256: resized,
 recompressed, re-encoded, slightly cropped or framed copies; reprotune/duplicates.py) form one
 duplicate group, which the split stage keeps inside one split. `kept + dropped = scanned` always holds.
+
+Label fixes come from `paths.relabel` (data/relabel.csv, yours to edit: `path,label` rows, label a class or
+`drop`), applied before duplicates and conflicts are resolved, and listed in the report; the image files
+themselves are never touched. With no rows in it, nothing in the outputs mentions it.
 """
 
 from __future__ import annotations
@@ -49,6 +53,44 @@ KEPT_COLUMNS = [
     "resized",
     "group",
 ]
+
+
+RELABEL_COLUMNS = ["path", "label"]
+DROP = "drop"
+
+
+def read_relabels(path: Path, manifest: pd.DataFrame) -> dict[str, str]:
+    """path -> new label (or `drop`) from the user's relabel file; every row checked before any work."""
+    if not path.is_file():
+        return {}
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return {}
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a CSV file with the columns path,label ({error})") from None
+    if list(frame.columns) != RELABEL_COLUMNS:
+        raise InputError(f"{path}: the columns must be exactly path,label (got {','.join(frame.columns)})")
+    frame = frame.apply(lambda column: column.str.strip())
+    known = set(manifest["path"])
+    classes = sorted(set(manifest["label"]) - {""})
+    problems = []
+    for line, (image, label) in enumerate(frame.itertuples(index=False), start=2):
+        if image not in known:
+            problems.append(
+                f"{path} line {line}: {image!r} is not an image of {len(known)} ingested; write the path as "
+                "reports/label_issues.csv and data/ingested/manifest.csv give it"
+            )
+        elif label != DROP and label not in classes:
+            shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
+            problems.append(f"{path} line {line}: label {label!r} is neither a class ({shown}) nor `{DROP}`")
+    for image in sorted(set(frame.loc[frame["path"].duplicated(), "path"])):
+        problems.append(f"{path}: {image!r} is listed more than once; keep one row per image")
+    if problems:
+        raise InputError(
+            "\n".join(problems[:20]) + (f"\n... {len(problems) - 20} more" if len(problems) > 20 else "")
+        )
+    return dict(zip(frame["path"], frame["label"], strict=True))
 
 
 @dataclass(frozen=True)
@@ -175,14 +217,20 @@ def inspect_all(params: Params, layout: Layout, copies: CopyPackWriter) -> tuple
     rules = params.clean
     data = data_config(params.backbone.name, params.backbone.input_size)
     manifest = layout.read_manifest(layout.ingest_manifest)
+    relabels = read_relabels(layout.relabel, manifest)
     dropped: list[dict] = []
     altered: list[dict] = []
+    relabelled: list[dict] = []
     rows: list[dict] = []
     for row in tqdm(
         manifest.itertuples(index=False), total=len(manifest), desc="clean", unit="img", disable=None
     ):
         if row.issue:
             dropped.append({"path": row.path, "reason": row.issue, "detail": ""})
+            continue
+        label = relabels.get(row.path, row.label)
+        if label == DROP:
+            dropped.append({"path": row.path, "reason": "relabel_drop", "detail": f"{layout.relabel}"})
             continue
         try:
             found = inspect(Path(row.path), rules, data)
@@ -192,10 +240,12 @@ def inspect_all(params: Params, layout: Layout, copies: CopyPackWriter) -> tuple
         altered += [
             {"path": row.path, "reason": note.split(":")[0], "detail": note} for note in found.alterations
         ]
+        if label != row.label:
+            relabelled.append({"path": row.path, "from": row.label, "to": label})
         rows.append(
             {
                 "path": row.path,
-                "label": row.label,
+                "label": label,
                 "given_split": row.given_split,
                 "width": found.width,
                 "height": found.height,
@@ -220,11 +270,15 @@ def inspect_all(params: Params, layout: Layout, copies: CopyPackWriter) -> tuple
             f"{layout.raw}: {len(kept)} usable images in {len(classes)} class(es) after cleaning; at least 2 "
             f"classes are needed ({len(dropped)} files dropped; reasons: {dict(Counter(d['reason'] for d in dropped))})"
         )
-    return kept, cleaning_report(manifest, kept, dropped, altered)
+    return kept, cleaning_report(manifest, kept, dropped, altered, relabelled)
 
 
 def cleaning_report(
-    manifest: pd.DataFrame, kept: pd.DataFrame, dropped: list[dict], altered: list[dict]
+    manifest: pd.DataFrame,
+    kept: pd.DataFrame,
+    dropped: list[dict],
+    altered: list[dict],
+    relabelled: list[dict],
 ) -> dict:
     groups = [members for _, members in kept.groupby("group") if len(members) > 1]
     report = {
@@ -245,6 +299,8 @@ def cleaning_report(
         "dropped_files": sorted(dropped, key=lambda d: d["path"]),
         "altered_files": sorted(altered, key=lambda a: (a["path"], a["reason"])),
     }
+    if relabelled:  # only then: an empty relabel file leaves this report's bytes as they were
+        report["relabelled_files"] = sorted(relabelled, key=lambda r: r["path"])
     if report["kept"] + report["dropped"] != report["scanned"]:
         raise AssertionError("every scanned file is either kept or dropped, once")
     return report
@@ -283,6 +339,14 @@ def summary(report: dict, plot_name: str) -> str:
         f"Duplicate groups (kept together in one split): {kinds['exact']} of identical images, "
         f"{kinds['near']} of near-identical ones.",
         "",
+        *(
+            [
+                f"Relabelled by your relabel file: {len(report['relabelled_files'])} images (listed in `cleaning.json`).",
+                "",
+            ]
+            if report.get("relabelled_files")
+            else []
+        ),
         f"![class balance]({plot_name})",
         "",
         "| class | before | after |",

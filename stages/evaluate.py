@@ -1,4 +1,4 @@
-"""evaluate: metrics, plots and a report for the head-only and the fine-tuned model.
+"""evaluate: metrics, plots and a report for the no-transfer baseline, the head-only and the fine-tuned model.
 
 - `reports/metrics.json`: per model and split (val, test) accuracy with a bootstrap interval, balanced
   accuracy, macro/weighted F1, log loss, top-k accuracy, calibration error (and after temperature scaling).
@@ -39,12 +39,18 @@ from reprotune.report import render
 log = logging.getLogger(__name__)
 
 EVALUATED_SPLITS = ("val", "test")
+TRANSFER_MODELS = ("head", "finetune")
 
 
 def head_logits(layout: Layout, split: str) -> np.ndarray:
     head = load_file(layout.head_weights)
     embeddings = load_file(layout.features_file(split))["embeddings"]
     return (embeddings @ head["weight"].T + head["bias"]).numpy()
+
+
+def baseline_logits(layout: Layout, split: str) -> np.ndarray:
+    """The baseline's log-probabilities, which score as logits do (softmax gives the probabilities back)."""
+    return load_file(layout.baseline_scores)[split].numpy()
 
 
 def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]], classes: list[str]) -> dict:
@@ -118,7 +124,7 @@ def most_confident_mistakes(frame: pd.DataFrame, model: str, count: int) -> list
 def draw(layout: Layout, params: Params, frame, labels, probabilities, per_class, metrics, classes) -> None:
     background = tuple(params.clean.background)
     bins = params.evaluate.calibration_bins
-    for model in MODELS:
+    for model in TRANSFER_MODELS:  # the baseline is in the tables, calibration and per-class plots
         plots.confusion(
             per_class[model]["confusion_matrix"],
             classes,
@@ -155,6 +161,7 @@ def evaluate(params: Params) -> None:
     classes, paths = meta["classes"], meta["paths"]
     labels = {split: load_file(layout.features_file(split))["labels"].numpy() for split in EVALUATED_SPLITS}
     logits = {
+        "baseline": {split: baseline_logits(layout, split) for split in EVALUATED_SPLITS},
         "head": {split: head_logits(layout, split) for split in EVALUATED_SPLITS},
         "finetune": finetuned_logits(params, layout, paths, classes),
     }
@@ -178,9 +185,10 @@ def evaluate(params: Params) -> None:
         read_json(layout.split_report),
         meta,
         read_json(layout.finetuned_meta),
-        "the built-in sample (scikit-learn digits)"
-        if all(p.startswith(layout.sample.as_posix()) for p in paths["test"])
-        else f"`{params.paths.raw}`",
+        read_json(layout.baseline_meta),
+        read_json(layout.learning_curve),
+        pd.read_csv(layout.label_issues, dtype=str, keep_default_na=False),
+        params.sample if all(p.startswith(layout.sample.as_posix()) for p in paths["test"]) else None,
     )
     write_text(layout.report, report)
     for model in MODELS:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from reprotune import stage
-from reprotune.layout import Layout, process_alive, read_json, sha256_of_file, write_json
+from reprotune.layout import SPLITS, Layout, process_alive, read_json, sha256_of_file, write_json
 from reprotune.params import Params, flatten
 from reprotune.tracking import (
     experiment_lineage,
@@ -61,6 +61,12 @@ def run_metrics(layout: Layout) -> dict[str, float]:
     numbers |= {f"export.{k}": float(v) for k, v in flatten(read_json(layout.export_report)).items()}
     finetuned = read_json(layout.finetuned_meta)
     numbers |= {f"finetune.{k}": float(finetuned[k]) for k in ("best_val_accuracy", "best_epoch")}
+    numbers["baseline.val.accuracy_search"] = read_json(layout.baseline_meta)["val_accuracy"]
+    issues = pd.read_csv(layout.label_issues, dtype=str, keep_default_na=False)
+    numbers["label_issues.flagged"] = len(issues)
+    numbers |= {f"label_issues.flagged.{split}": int((issues["split"] == split).sum()) for split in SPLITS}
+    reading = read_json(layout.learning_curve)["reading"]
+    numbers |= {f"learning_curve.{k}": float(v) for k, v in reading.items() if isinstance(v, int | float)}
     return numbers
 
 
@@ -73,16 +79,30 @@ def per_class_tables(layout: Layout) -> dict[str, pd.DataFrame]:
 
 
 def epoch_history(layout: Layout) -> list:
-    """finetune's epoch curves as MLflow metric histories (step = epoch), for one batched call."""
+    """finetune's epoch curves (step = epoch) and the learning curve (step = labels per class) as MLflow
+    metric histories, for one batched call."""
     from mlflow.entities import Metric
 
     with layout.finetune_history.open(newline="") as stream:
         rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(stream)]
-    return [
+    epochs = [
         Metric(f"finetune.epoch.{name}", value, 0, int(row["epoch"]))
         for row in rows
         for name, value in row.items()
         if name != "epoch"
+    ]
+    curve = read_json(layout.learning_curve)["points"]
+    return epochs + [
+        Metric(
+            f"learning_curve.{split}_accuracy",
+            point[split]["mean"],
+            0,
+            int(round(point["mean_labels_per_class"]))
+            if point["labels_per_class"] == "all"
+            else point["labels_per_class"],
+        )
+        for point in curve
+        for split in ("val", "test")
     ]
 
 
@@ -197,11 +217,17 @@ def track(params: Params) -> None:
             layout.report,
             layout.export_report,
             layout.export_summary,
+            layout.learning_curve,
+            layout.learning_curve_table,
+            layout.learning_curve_plot,
+            layout.label_issues,
+            layout.label_issues_gallery,
         ):
             mlflow.log_artifact(str(report), "reports")
         mlflow.log_artifacts(str(layout.plots), "reports/plots")
         for model, table in per_class_tables(layout).items():
             mlflow.log_table(table, f"reports/per_class_{model}.json")
+        mlflow.log_artifacts(str(layout.baseline), "models/baseline")
         mlflow.log_artifacts(str(layout.head), "models/head")
         mlflow.log_artifacts(str(layout.finetuned), "models/finetuned")
         mlflow.log_artifacts(str(layout.exported), "models/export")

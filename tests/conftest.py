@@ -110,10 +110,23 @@ def photo_like(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
 def trained_tiny(tmp_path_factory) -> Params:
     """One tiny project trained, evaluated and exported, shared by the tests that only read it (export's
     files, predict): the pipeline runs once per test session instead of once per test."""
-    from stages import clean, evaluate, export, featurize, finetune, ingest, split, train_head
+    from stages import (
+        baseline,
+        clean,
+        evaluate,
+        export,
+        featurize,
+        finetune,
+        ingest,
+        label_issues,
+        learning_curve,
+        split,
+        train_head,
+    )
 
     params = params_module.validate(tiny_params_raw(tmp_path_factory.mktemp("trained")))
     make_class_folder(Path(params.paths.raw), per_class=10)
-    for stage in (ingest, clean, split, featurize, train_head, finetune, evaluate, export):
+    stages = (ingest, clean, split, featurize, train_head, baseline, learning_curve, label_issues, finetune)
+    for stage in (*stages, evaluate, export):
         getattr(stage, stage.__name__.split(".")[-1])(params)
     return params

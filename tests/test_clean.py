@@ -155,3 +155,60 @@ def test_resized_copies_are_the_resize_shorter_side_of_each_larger_image(tiny_pa
         assert 10 * np.log10(255**2 / np.mean((got - expected) ** 2)) > 35, row.path  # PSNR, dB
     assert kept.loc[kept["path"].str.endswith("at_side.png"), "resized"].item() == NO_COPY
     assert kept.loc[kept["path"].str.endswith("photo.jpg"), "resized"].item() != NO_COPY
+
+
+def test_the_relabel_file_relabels_and_drops_and_the_images_stay_as_they_were(tiny_params):
+    raw = make_class_folder(Path(tiny_params.paths.raw), per_class=4)
+    before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+    moved, dropped = str(raw / "red" / "000.png"), str(raw / "green" / "001.png")
+    Path(tiny_params.paths.relabel).parent.mkdir(parents=True, exist_ok=True)
+    Path(tiny_params.paths.relabel).write_text(f"path,label\n{moved},blue\n{dropped}, drop\n")
+
+    kept, report = run_clean(tiny_params)
+
+    assert kept.set_index("path").loc[moved, "label"] == "blue"
+    assert dropped not in set(kept["path"])
+    assert report["relabelled_files"] == [{"path": moved, "from": "red", "to": "blue"}]
+    assert {"path": dropped, "reason": "relabel_drop", "detail": tiny_params.paths.relabel} in report[
+        "dropped_files"
+    ]
+    assert report["classes_after"] == {"blue": 5, "green": 3, "red": 3}
+    summary = (Path(tiny_params.paths.reports) / "cleaning.md").read_text()
+    assert "Relabelled by your relabel file: 1 images" in summary
+    assert before == {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}  # raw untouched
+
+
+def test_an_empty_relabel_file_changes_no_output_byte(tiny_params):
+    make_class_folder(Path(tiny_params.paths.raw), per_class=3)
+    run_clean(tiny_params)
+    outputs = [
+        Path(tiny_params.paths.cleaned) / "manifest.csv",
+        Path(tiny_params.paths.reports) / "cleaning.json",
+    ]
+    without = [p.read_bytes() for p in outputs]
+    Path(tiny_params.paths.relabel).parent.mkdir(parents=True, exist_ok=True)
+    Path(tiny_params.paths.relabel).write_text("path,label\n")
+    run_clean(tiny_params)
+    assert [p.read_bytes() for p in outputs] == without
+    assert "relabelled_files" not in json.loads(outputs[1].read_text())
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("path,label\n{red},purple\n", "label 'purple' is neither a class (blue, green, red) nor `drop`"),
+        ("path,label\nred/000.png,blue\n", "'red/000.png' is not an image of 9 ingested; write the path as"),
+        ("path,label\n{red},blue\n{red},drop\n", "is listed more than once"),
+        ("file,new\n{red},blue\n", "the columns must be exactly path,label (got file,new)"),
+    ],
+)
+def test_a_bad_relabel_row_is_refused_naming_the_file_and_line(tiny_params, rows, message):
+    raw = make_class_folder(Path(tiny_params.paths.raw), per_class=3)
+    relabel = Path(tiny_params.paths.relabel)
+    relabel.parent.mkdir(parents=True, exist_ok=True)
+    relabel.write_text(rows.format(red=raw / "red" / "000.png"))
+    ingest.ingest(tiny_params)
+    with pytest.raises(clean.InputError) as error:
+        clean.clean(tiny_params)
+    assert message in str(error.value) and str(relabel) in str(error.value)
+    assert not Path(tiny_params.paths.cleaned).exists()  # nothing written

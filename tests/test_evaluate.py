@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import softmax
 
@@ -100,19 +101,22 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         noisy_image((n % 255, 80, 160), n).save(tmp_path / f"{n}.png")
         paths.append(str(tmp_path / f"{n}.png"))
     probabilities = {
-        m: softmax(rng.normal(0, 2, (len(labels), num_classes)), axis=1) for m in ("head", "finetune")
+        m: softmax(rng.normal(0, 2, (len(labels), num_classes)), axis=1)
+        for m in ("baseline", "head", "finetune")
     }
     per_class = {m: per_class_metrics(labels, p.argmax(1), classes) for m, p in probabilities.items()}
     frame = predictions_frame(paths, labels, probabilities, classes)
-    assert list(frame.columns[:6]) == [
+    assert list(frame.columns[:8]) == [
         "path",
         "actual",
+        "baseline",
+        "baseline_confidence",
         "head",
         "head_confidence",
         "finetune",
         "finetune_confidence",
     ]
-    assert len(frame.columns) == 6 + 2 * num_classes
+    assert len(frame.columns) == 8 + 3 * num_classes
     mistakes = most_confident_mistakes(frame, "finetune", 5)
     assert [m[3] for m in mistakes] == sorted((m[3] for m in mistakes), reverse=True)
 
@@ -127,7 +131,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         )
     plots.reliability_diagram(
         {m: reliability(p, labels, 15) for m, p in probabilities.items()},
-        {"head": 0.1, "finetune": 0.2},
+        {"baseline": 0.3, "head": 0.1, "finetune": 0.2},
         out / "reliability.png",
     )
     plots.per_class_f1(
@@ -150,7 +154,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
             s: summary_metrics(np.log(probabilities[m]), labels, num_classes, 3, 15, 200, 0)
             for s in ("val", "test")
         }
-        for m in ("head", "finetune")
+        for m in ("baseline", "head", "finetune")
     }
     text = render(
         tiny_params,
@@ -185,7 +189,27 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
             },
         },
         {"epochs_run": 1, "device": "cpu", "best_epoch": 1},
-        "`data/raw`",
+        {
+            "chosen": {"model": "rbf_svm", "C": 10.0, "gamma": 1.0},
+            "image_size": 32,
+            "features": 3072,
+            "candidates": [{}] * 16,
+        },
+        {
+            "draws": 5,
+            "sentence": "The head's test accuracy comes within one point of all the data (0.9000) from 4 labelled images per class.",
+        },
+        pd.DataFrame(
+            {
+                "rank": ["1"],
+                "path": [paths[0]],
+                "split": ["train"],
+                "given_label": [classes[0]],
+                "suggested_label": [classes[1]],
+                "score": ["0.01"],
+            }
+        ),
+        None,
     )
     keys = {k for model in metrics.values() for split in model.values() for k in split}
     assert all(f"`{k}`" in text for k in keys), keys
@@ -195,3 +219,10 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     assert "given as train/, val/; test carved from train/ (15% of each class, 2 images)." in text
     assert "similar pairs across splits (within 48 bits" in text
     assert json.dumps(metrics)  # plain JSON types only
+    assert "an RBF SVM (C = 10, gamma = 1 / 3072 features) on the raw pixels (32x32" in text
+    verdict = text.split("## Does transfer help?")[1].split("##")[0]
+    gap = (metrics["finetune"]["test"]["accuracy"] - metrics["baseline"]["test"]["accuracy"]) * 100
+    assert f"The fine-tuned network is {abs(gap):.1f} points {'above' if gap > 0 else 'below'}" in verdict
+    assert "from 4 labelled images per class" in text and "![learning curve](learning_curve.png)" in text
+    assert "flags 1 of 9 kept images (train 1)" in text and f"| 1 | `{paths[0]}` | train |" in text
+    assert "On the built-in sample" not in text and f"from `{tiny_params.paths.raw}`" in text

@@ -60,7 +60,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_scientific_notation_reads_as_a_float(tmp_path: Path):
-    text = (ROOT / "params.yaml").read_text().replace("lr: 0.0003 ", "lr: 3e-4 ")
+    text = (ROOT / "params.yaml").read_text().replace("lr: 0.001 ", "lr: 3e-4 ")
     assert "lr: 3e-4" in text
     (tmp_path / "params.yaml").write_text(text)
     assert params_module.load(tmp_path / "params.yaml").finetune.lr == pytest.approx(3e-4)
@@ -78,3 +78,19 @@ def test_flatten_matches_dvc_key_style():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert "finetune.augment.scale" in flatten(raw)
+
+
+def test_the_sample_section_replaces_only_its_keys_and_follows_the_same_rules(tmp_path: Path):
+    params = params_module.load(ROOT / "params.yaml")
+    on_sample = params.on_sample()
+    assert on_sample.backbone.input_size == params.sample.backbone.input_size
+    assert on_sample.finetune.augment.hflip == params.sample.finetune.augment.hflip
+    changed = {k for k, v in flatten(on_sample.model_dump()).items() if flatten(params.model_dump())[k] != v}
+    assert changed <= {"backbone.input_size", "finetune.augment.hflip"}
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["sample"]["backbone"]["input_size"] = 4
+    raw["sample"]["finetune"]["augment"]["vflip"] = 0.5
+    with pytest.raises(ParamsError) as error:
+        params_module.validate(raw)
+    assert any(p.startswith("params.yaml: sample.backbone.input_size:") for p in error.value.problems)
+    assert any("sample.finetune.augment.vflip: unknown key" in p for p in error.value.problems)

@@ -17,7 +17,20 @@ from reprotune import params as params_module
 from reprotune.params import ParamsError, flatten
 from tests.conftest import tiny_params_raw
 
-STAGES = ["ingest", "clean", "split", "featurize", "train_head", "finetune", "evaluate", "export", "track"]
+STAGES = [
+    "ingest",
+    "clean",
+    "split",
+    "featurize",
+    "train_head",
+    "baseline",
+    "learning_curve",
+    "label_issues",
+    "finetune",
+    "evaluate",
+    "export",
+    "track",
+]
 BASE = tiny_params_raw()
 LEAVES = sorted(flatten(BASE))
 SECTIONS = sorted(BASE)

@@ -158,6 +158,9 @@ def test_dvc_repro_end_to_end(built):
         "split",
         "featurize",
         "train_head",
+        "baseline",
+        "learning_curve",
+        "label_issues",
         "finetune",
         "evaluate",
         "export",
@@ -165,7 +168,7 @@ def test_dvc_repro_end_to_end(built):
     ]
 
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
-    for model in ("head", "finetune"):
+    for model in ("baseline", "head", "finetune"):
         assert set(metrics[model]["test"]) >= {"accuracy", "macro_f1"}
         assert metrics[model]["test"]["accuracy"] > 0.5  # three colour classes: far above chance (1/3)
     cleaning = json.loads((root / "reports" / "cleaning.json").read_text())
@@ -174,6 +177,15 @@ def test_dvc_repro_end_to_end(built):
         assert (root / "reports" / "plots" / f"{plot}.png").stat().st_size > 1000
     report = (root / "reports" / "report.md").read_text()
     assert "reprotune-tiny-test" in report and "`ece`" in report
+    assert "## Does transfer help?" in report and "labelled image" in report and "label_issues.csv" in report
+    for name in (
+        "learning_curve.json",
+        "learning_curve.csv",
+        "learning_curve.png",
+        "label_issues.csv",
+        "label_issues.png",
+    ):
+        assert (root / "reports" / name).stat().st_size > 0
     assert "ece_temperature_scaled" in metrics["finetune"]["test"]
 
     runs = mlflow_runs(root)
@@ -183,6 +195,11 @@ def test_dvc_repro_end_to_end(built):
         run_data.params["train_head.C"] == "1.0" and run_data.params["backbone.name"] == "reprotune-tiny-test"
     )
     assert run_data.metrics["finetune.test.accuracy"] == metrics["finetune"]["test"]["accuracy"]
+    assert run_data.metrics["baseline.test.accuracy"] == metrics["baseline"]["test"]["accuracy"]
+    assert (
+        "label_issues.flagged" in run_data.metrics
+        and "learning_curve.all_data_test_accuracy" in run_data.metrics
+    )
     assert re.fullmatch(r"[0-9a-f]{40}", run_data.tags["git_commit"])
     assert re.fullmatch(r"[0-9a-f]{64}", run_data.tags["data_sha256"])
     assert run_data.tags["dvc.featurize.data/features"].endswith(".dir")  # dvc.lock hashes of earlier stages
@@ -394,7 +411,15 @@ def test_a_train_head_change_reruns_only_what_depends_on_it(workspace):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "train_head.C" in run(["dvc", "params", "diff"], root)
     third = run(["dvc", "repro"], root)
-    assert ran_stages(third) == ["train_head", "finetune", "evaluate", "export", "track"]
+    assert ran_stages(third) == [
+        "train_head",
+        "learning_curve",
+        "label_issues",
+        "finetune",
+        "evaluate",
+        "export",
+        "track",
+    ]
     runs = mlflow_runs(root)
     assert len(runs) == len(before) + 1
     differing = {k for k in runs[-2].data.params if runs[-2].data.params[k] != runs[-1].data.params.get(k)}

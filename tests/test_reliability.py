@@ -23,7 +23,20 @@ from tests.test_pipeline import mlflow_runs, run
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["ingest", "clean", "split", "featurize", "train_head", "finetune", "evaluate", "export", "track"]
+STAGES = [
+    "ingest",
+    "clean",
+    "split",
+    "featurize",
+    "train_head",
+    "baseline",
+    "learning_curve",
+    "label_issues",
+    "finetune",
+    "evaluate",
+    "export",
+    "track",
+]
 # track's output names the MLflow run it created: a new run is a new id by design.
 RUN_SPECIFIC = {"reports/mlflow_run.json"}
 

@@ -192,10 +192,13 @@ class ParamsReads(ast.NodeVisitor):
 
 
 def params_read(files: set[Path]) -> set[Key]:
+    """What the code reads, plus the `sample.*` key of each key it reads that the sample sets: on the
+    built-in sample, stage.run puts that value in its place (Params.on_sample)."""
     reader = ParamsReads()
     for file in files:
         reader.visit(ast.parse(file.read_text(), str(file)))
-    return reader.reads
+    sample_keys = {key for key in leaves(Params) if key[0] == "sample"}
+    return reader.reads | {("sample", *key) for key in reader.reads if ("sample", *key) in sample_keys}
 
 
 def declared_params(stage: dict) -> set[Key]:
@@ -248,6 +251,12 @@ def track(params: Params):
     reader = ParamsReads()
     reader.visit(tree.body[1])
     assert reader.reads == leaves(Params)
+
+
+def test_a_key_the_sample_sets_brings_its_sample_key():
+    reads = params_read({ROOT / "stages" / "clean.py"})
+    assert ("backbone", "input_size") in reads and ("sample", "backbone", "input_size") in reads
+    assert ("sample", "finetune", "augment", "hflip") not in reads  # clean never reads hflip
 
 
 def test_the_schema_walk_knows_sections_from_values():

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from reprotune.params import TrainHead
-from stages.train_head import accuracy, fit_linear_head
+from reprotune.probe import accuracy, fit_linear_head
 
 
 def blobs(classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -16,7 +15,7 @@ def blobs(classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("classes", [2, 5])
 def test_folded_head_reproduces_the_probe(classes):
     x, y = blobs(classes)
-    weight, bias, iterations = fit_linear_head(x, y, TrainHead(C=1.0, max_iter=500), classes)
+    weight, bias, iterations = fit_linear_head(x, y, 1.0, 500, classes)
     assert weight.shape == (classes, 16) and bias.shape == (classes,)
     assert 0 < iterations < 500
     # The folded head must give the same probabilities as scikit-learn on the scaled inputs.
@@ -31,5 +30,5 @@ def test_folded_head_reproduces_the_probe(classes):
 
 def test_iterations_are_reported_when_capped():
     x, y = blobs(4)
-    _, _, iterations = fit_linear_head(x, y, TrainHead(C=100.0, max_iter=2), 4)
+    _, _, iterations = fit_linear_head(x, y, 100.0, 2, 4)
     assert iterations == 2

@@ -1,0 +1,142 @@
+"""label_issues: images whose label is probably wrong, by confident learning (cleanlab) on out-of-sample
+probabilities.
+
+Every kept image (train, val and test) gets probabilities from a head (the same probe as train_head) that
+did not see it: K-fold cross-validation on the cached embeddings, stratified by class, with each duplicate
+group inside one fold (a copy in the training folds would vouch for its twin's label). cleanlab's
+`find_label_issues` then flags the images whose given label the probabilities contradict, ranked by
+self-confidence (the probability of the given label; lowest first).
+
+Writes `reports/label_issues.csv` (rank, path, split, given and suggested label, score) and
+`reports/label_issues.png` (the top suspects with both labels). Nothing is changed: to act on a row, copy its
+path into `paths.relabel` (data/relabel.csv) with the right label or `drop`; clean applies it and reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+from cleanlab.filter import find_label_issues
+from safetensors.torch import load_file
+from sklearn.model_selection import StratifiedGroupKFold
+
+from reprotune import stage
+from reprotune.errors import InputError
+from reprotune.figures import gallery
+from reprotune.layout import SPLITS, Layout, atomic_output, read_json
+from reprotune.params import Params
+from reprotune.probe import fit_linear_head, probabilities
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["rank", "path", "split", "given_label", "suggested_label", "score", "suggested_probability"]
+
+
+def out_of_fold_probabilities(
+    embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, params: Params, num_classes: int
+) -> np.ndarray:
+    """Each image's class probabilities from a head fitted on the other folds."""
+    settings = params.label_issues
+    folds = min(settings.folds, len(np.unique(groups)))
+    if folds < 2:
+        raise InputError("label_issues needs at least 2 duplicate groups to cross-validate; the data has 1")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=settings.seed)
+    result = np.zeros((len(labels), num_classes))
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore", UserWarning
+        )  # "least populated class has fewer members than n_splits"
+        for train, held_out in splitter.split(embeddings, labels, groups):
+            weight, bias, _ = fit_linear_head(
+                embeddings[train], labels[train], params.train_head.C, params.train_head.max_iter, num_classes
+            )
+            result[held_out] = probabilities(weight, bias, embeddings[held_out])
+    return result
+
+
+def ranked_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str) -> np.ndarray:
+    """Indices of the images cleanlab flags, most suspicious (lowest probability of the given label) first."""
+    if len(np.unique(labels)) < 2:
+        return np.zeros(0, int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cleanlab warns about tiny classes; they are still handled
+        return np.asarray(
+            find_label_issues(labels, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence"),
+            dtype=int,
+        )
+
+
+def issues_frame(
+    indices: np.ndarray, rows: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, classes: list[str]
+) -> pd.DataFrame:
+    suggested = probs.argmax(axis=1)
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(indices) + 1),
+            "path": rows["path"].to_numpy()[indices],
+            "split": rows["split"].to_numpy()[indices],
+            "given_label": [classes[i] for i in labels[indices]],
+            "suggested_label": [classes[i] for i in suggested[indices]],
+            "score": probs[indices, labels[indices]].round(6),
+            "suggested_probability": probs[indices, suggested[indices]].round(6),
+        },
+        columns=COLUMNS,
+    )
+
+
+def all_embeddings(layout: Layout) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(rows: path, split, group; embeddings; labels) of every kept image, train then val then test."""
+    meta = read_json(layout.features_meta)
+    groups = layout.read_manifest(layout.split_manifest, {"label": str}).set_index("path")["group"]
+    embeddings, labels, rows = [], [], []
+    for split in SPLITS:
+        tensors = load_file(layout.features_file(split))
+        embeddings.append(tensors["embeddings"].numpy())
+        labels.append(tensors["labels"].numpy())
+        rows.append(pd.DataFrame({"path": meta["paths"][split], "split": split}))
+    frame = pd.concat(rows, ignore_index=True)
+    frame["group"] = groups.loc[frame["path"]].to_numpy()
+    return frame, np.concatenate(embeddings), np.concatenate(labels)
+
+
+def label_issues(params: Params) -> None:
+    layout = Layout(params.paths)
+    classes = read_json(layout.features_meta)["classes"]
+    rows, embeddings, labels = all_embeddings(layout)
+    probs = out_of_fold_probabilities(embeddings, labels, rows["group"].to_numpy(), params, len(classes))
+    indices = ranked_issues(labels, probs, params.label_issues.filter_by)
+    frame = issues_frame(indices, rows, labels, probs, classes)
+    with atomic_output(layout.label_issues) as temporary:
+        frame.to_csv(temporary, index=False)
+    top = frame.head(params.label_issues.gallery_size)
+    gallery(
+        [
+            (
+                row.path,
+                f"{row.split}: given {row.given_label}\nsuggested {row.suggested_label} ({row.score:.0%} for given)",
+            )
+            for row in top.itertuples()
+        ],
+        tuple(params.clean.background),
+        f"probable label errors: the {len(top)} most suspicious of {len(frame)} flagged"
+        if len(frame)
+        else "no probable label errors found",
+        layout.label_issues_gallery,
+    )
+    log.info(
+        "%d of %d images flagged as probable label errors (%s)",
+        len(frame),
+        len(labels),
+        ", ".join(f"{split} {count}" for split, count in frame["split"].value_counts().items()) or "none",
+    )
+
+
+def main() -> None:
+    stage.run(label_issues)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The no-transfer baseline: pixels, the search on val, and probabilities every class gets."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reprotune.params import Baseline
+from stages.baseline import (
+    build,
+    candidates,
+    choose,
+    fit_quietly,
+    log_probabilities,
+    pixel_features,
+    search_subset,
+    with_probabilities,
+)
+
+
+def settings(**changes) -> Baseline:
+    values = dict(image_size=8, C=[0.1, 10.0], gamma=[1.0], search_images=1000, seed=0) | changes
+    return Baseline(**values)
+
+
+def stripes(count: int, horizontal: bool, rng) -> np.ndarray:
+    """8x8 images that are either horizontal or vertical stripes, noisy: pixels separate them, no mean does."""
+    base = np.tile((np.arange(8) % 2)[:, None], (1, 8)).astype(float)
+    base = base if horizontal else base.T
+    return np.stack([(base + rng.normal(0, 0.3, (8, 8))).ravel() for _ in range(count)])
+
+
+def test_pixels_are_the_picture_shrunk_by_area_averaging(tmp_path):
+    picture = np.zeros((64, 64, 3), np.uint8)
+    picture[:, 32:] = 255  # left half black, right half white
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    import pandas as pd
+
+    rows = pd.DataFrame({"path": [str(tmp_path / "a.png")], "resized": [-1]})
+    features = pixel_features(rows, tmp_path / "none.safetensors", 4, (255, 255, 255))
+    assert features.shape == (1, 48)
+    np.testing.assert_allclose(features.reshape(4, 4, 3)[:, :, 0], [[0, 0, 1, 1]] * 4)
+
+
+def test_the_search_keeps_the_best_on_val_and_ties_go_to_the_simplest():
+    rng = np.random.default_rng(0)
+    x = {s: np.vstack([stripes(20, True, rng), stripes(20, False, rng)]) for s in ("train", "val")}
+    y = {s: np.repeat([0, 1], 20) for s in ("train", "val")}
+    best, tried, subset = choose(x, y, settings())
+    assert [c["model"] for c in tried] == ["logistic_regression"] * 2 + ["rbf_svm"] * 2
+    top = max(c["val_accuracy"] for c in tried)
+    assert top == 1.0
+    first_best = next(c for c in tried if c["val_accuracy"] == top)
+    assert best == {k: v for k, v in first_best.items() if k != "val_accuracy"}
+    assert len(subset) == 40
+
+
+def test_the_search_subset_keeps_every_class_in_proportion():
+    labels = np.repeat([0, 1, 2], [500, 300, 200])
+    chosen = search_subset(labels, 100, 0)
+    assert len(chosen) == 100 and list(np.bincount(labels[chosen])) == [50, 30, 20]
+    assert list(search_subset(labels[:10], 100, 0)) == list(range(10))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_probabilities_cover_every_class_and_sum_to_one(classes):
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (60, 5)) + np.repeat(np.arange(classes), 60 // classes)[:, None]
+    y = np.repeat(np.arange(classes), 60 // classes)
+    for candidate in candidates(settings(C=[1.0], gamma=[1.0])):
+        model = fit_quietly(with_probabilities(build(candidate, 5), y), x, y)
+        scores = log_probabilities(model, x, classes + 1)  # one class more than the data has
+        probabilities = np.exp(scores)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+        assert probabilities[:, classes].max() < 1e-6  # the unseen class never wins
+        assert np.mean(probabilities.argmax(axis=1) == y) > 0.6
+
+
+def test_an_svm_with_a_one_image_class_still_gives_probabilities():
+    rng = np.random.default_rng(2)
+    x = np.vstack([rng.normal(0, 1, (10, 3)), [[5, 5, 5]]])
+    y = np.array([0] * 10 + [1])
+    model = fit_quietly(with_probabilities(build({"model": "rbf_svm", "C": 1.0, "gamma": 1.0}, 3), y), x, y)
+    probabilities = np.exp(log_probabilities(model, x, 2))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert probabilities[:, 1].argmax() == 10
