@@ -11,7 +11,13 @@ import pandas as pd
 
 from reprotune.tracking import tracking_uri
 
-METRICS = ["head.test.accuracy", "finetune.test.accuracy", "finetune.test.macro_f1", "finetune.test.ece"]
+METRICS = [
+    "baseline.test.accuracy",
+    "head.test.accuracy",
+    "finetune.test.accuracy",
+    "finetune.test.macro_f1",
+    "finetune.test.ece",
+]
 
 
 def comparison(runs: list, metrics: list[str] = METRICS) -> pd.DataFrame:

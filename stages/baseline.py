@@ -35,7 +35,7 @@ from sklearn.svm import SVC
 
 from reprotune import stage
 from reprotune.images import Background, load_rgb
-from reprotune.layout import Layout, atomic_output, read_json
+from reprotune.layout import Layout, atomic_output
 from reprotune.params import Baseline, Params
 from reprotune.resized import NO_COPY, ResizedCopies
 
@@ -126,12 +126,11 @@ def log_probabilities(model, x: np.ndarray, num_classes: int) -> np.ndarray:
 def baseline(params: Params) -> None:
     settings = params.baseline
     layout = Layout(params.paths)
-    meta = read_json(layout.features_meta)
-    classes = meta["classes"]
-    manifest = layout.read_manifest(layout.split_manifest, {"label": str}).set_index("path")
+    manifest = layout.read_manifest(layout.split_manifest, {"label": str})
+    classes = sorted(manifest["label"].unique())  # as featurize numbers them, and in its row order below
     x, y = {}, {}
     for split in ("train", *SCORED_SPLITS):
-        rows = manifest.loc[meta["paths"][split]].reset_index()
+        rows = manifest[manifest["split"] == split]
         x[split] = pixel_features(
             rows, layout.resized_copies, settings.image_size, tuple(params.clean.background)
         )
@@ -144,6 +143,9 @@ def baseline(params: Params) -> None:
     scores = {split: log_probabilities(model, x[split], len(classes)) for split in SCORED_SPLITS}
     summary = {
         "classes": classes,
+        "paths": {
+            split: manifest.loc[manifest["split"] == split, "path"].tolist() for split in SCORED_SPLITS
+        },
         "chosen": best,
         "image_size": settings.image_size,
         "features": features,

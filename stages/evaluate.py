@@ -48,8 +48,10 @@ def head_logits(layout: Layout, split: str) -> np.ndarray:
     return (embeddings @ head["weight"].T + head["bias"]).numpy()
 
 
-def baseline_logits(layout: Layout, split: str) -> np.ndarray:
+def baseline_logits(layout: Layout, split: str, paths: list[str]) -> np.ndarray:
     """The baseline's log-probabilities, which score as logits do (softmax gives the probabilities back)."""
+    if read_json(layout.baseline_meta)["paths"][split] != paths:
+        raise InputError(f"{layout.baseline} and {layout.features_meta} disagree; run dvc repro")
     return load_file(layout.baseline_scores)[split].numpy()
 
 
@@ -161,7 +163,7 @@ def evaluate(params: Params) -> None:
     classes, paths = meta["classes"], meta["paths"]
     labels = {split: load_file(layout.features_file(split))["labels"].numpy() for split in EVALUATED_SPLITS}
     logits = {
-        "baseline": {split: baseline_logits(layout, split) for split in EVALUATED_SPLITS},
+        "baseline": {split: baseline_logits(layout, split, paths[split]) for split in EVALUATED_SPLITS},
         "head": {split: head_logits(layout, split) for split in EVALUATED_SPLITS},
         "finetune": finetuned_logits(params, layout, paths, classes),
     }

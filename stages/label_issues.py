@@ -63,8 +63,12 @@ def ranked_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str) -> np.n
         return np.zeros(0, int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cleanlab warns about tiny classes; they are still handled
+        # n_jobs=1: by default cleanlab forks a process pool, and a fork of this process (BLAS and OpenMP
+        # threads running) hung under `dvc queue` workers; one process takes well under a second here.
         return np.asarray(
-            find_label_issues(labels, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence"),
+            find_label_issues(
+                labels, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence", n_jobs=1
+            ),
             dtype=int,
         )
 

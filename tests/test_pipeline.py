@@ -177,7 +177,8 @@ def test_dvc_repro_end_to_end(built):
         assert (root / "reports" / "plots" / f"{plot}.png").stat().st_size > 1000
     report = (root / "reports" / "report.md").read_text()
     assert "reprotune-tiny-test" in report and "`ece`" in report
-    assert "## Does transfer help?" in report and "labelled image" in report and "label_issues.csv" in report
+    assert "## Does transfer help?" in report and "## Would more labels help?" in report
+    assert "## Which labels are probably wrong?" in report and "learning_curve.png" in report
     for name in (
         "learning_curve.json",
         "learning_curve.csv",
@@ -424,6 +425,21 @@ def test_a_train_head_change_reruns_only_what_depends_on_it(workspace):
     assert len(runs) == len(before) + 1
     differing = {k for k in runs[-2].data.params if runs[-2].data.params[k] != runs[-1].data.params.get(k)}
     assert differing == {"train_head.C"}
+    assert tree_digest(root / "data" / "raw") == workspace["raw_before"]
+
+
+def test_a_relabel_row_reruns_clean_and_what_it_changes_and_leaves_the_images_alone(workspace):
+    """The user's fix for a label issue: a row in data/relabel.csv, versioned, applied by clean."""
+    root = workspace["root"]
+    issues = (root / "reports" / "label_issues.csv").read_text().splitlines()
+    assert issues[0].startswith("rank,path,split,given_label,suggested_label,score")
+    moved = "data/raw/red/000.png"
+    (root / "data" / "relabel.csv").write_text(f"path,label\n{moved},blue\n")
+    output = run(["dvc", "repro"], root)
+    assert ran_stages(output)[:2] == ["clean", "split"] and "track" in ran_stages(output)
+    cleaning = json.loads((root / "reports" / "cleaning.json").read_text())
+    assert cleaning["relabelled_files"] == [{"path": moved, "from": "red", "to": "blue"}]
+    assert cleaning["classes_after"] == {"blue": 11, "green": 10, "red": 9}
     assert tree_digest(root / "data" / "raw") == workspace["raw_before"]
 
 
