@@ -129,7 +129,7 @@ class Baseline(Section):
     image_size: Annotated[int, Field(ge=4, le=128)]
     C: Annotated[list[Annotated[float, Field(gt=0, le=1e6)]], Field(min_length=1)]
     gamma: Annotated[list[Annotated[float, Field(gt=0, le=1e3)]], Field(min_length=1)]
-    search_images: Annotated[int, Field(ge=10, le=1_000_000)]
+    max_train_images: Annotated[int, Field(ge=10, le=1_000_000)]
     seed: Seed
 
 

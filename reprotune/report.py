@@ -65,9 +65,15 @@ def describe_baseline(baseline: dict) -> str:
         if chosen["model"] == "rbf_svm"
         else f"logistic regression (C = {chosen['C']:g})"
     )
+    capped = (
+        f", trained on a stratified {baseline['training_images_used']} of the {baseline['training_images']} "
+        "training images (`baseline.max_train_images`)"
+        if baseline["training_images_used"] < baseline["training_images"]
+        else ""
+    )
     return (
         f"{model} on the raw pixels ({baseline['image_size']}x{baseline['image_size']}, standardised), the best "
-        f"on val of {len(baseline['candidates'])} candidates"
+        f"on val of {len(baseline['candidates'])} candidates{capped}"
     )
 
 

@@ -11,14 +11,16 @@ from stages.baseline import (
     choose,
     fit_quietly,
     log_probabilities,
+    model_inputs,
     pixel_features,
-    search_subset,
+    squared_distances,
+    training_subset,
     with_probabilities,
 )
 
 
 def settings(**changes) -> Baseline:
-    values = dict(image_size=8, C=[0.1, 10.0], gamma=[1.0], search_images=1000, seed=0) | changes
+    values = dict(image_size=8, C=[0.1, 10.0], gamma=[1.0], max_train_images=1000, seed=0) | changes
     return Baseline(**values)
 
 
@@ -45,7 +47,8 @@ def test_the_search_keeps_the_best_on_val_and_ties_go_to_the_simplest():
     rng = np.random.default_rng(0)
     x = {s: np.vstack([stripes(20, True, rng), stripes(20, False, rng)]) for s in ("train", "val")}
     y = {s: np.repeat([0, 1], 20) for s in ("train", "val")}
-    best, tried, subset = choose(x, y, settings())
+    subset = training_subset(y["train"], 1000, 0)
+    best, tried = choose(x, y, subset, squared_distances(x, subset), settings())
     assert [c["model"] for c in tried] == ["logistic_regression"] * 2 + ["rbf_svm"] * 2
     top = max(c["val_accuracy"] for c in tried)
     assert top == 1.0
@@ -54,11 +57,11 @@ def test_the_search_keeps_the_best_on_val_and_ties_go_to_the_simplest():
     assert len(subset) == 40
 
 
-def test_the_search_subset_keeps_every_class_in_proportion():
+def test_the_training_subset_keeps_every_class_in_proportion():
     labels = np.repeat([0, 1, 2], [500, 300, 200])
-    chosen = search_subset(labels, 100, 0)
+    chosen = training_subset(labels, 100, 0)
     assert len(chosen) == 100 and list(np.bincount(labels[chosen])) == [50, 30, 20]
-    assert list(search_subset(labels[:10], 100, 0)) == list(range(10))
+    assert list(training_subset(labels[:10], 100, 0)) == list(range(10))
 
 
 @pytest.mark.parametrize("classes", [2, 3])
@@ -66,9 +69,11 @@ def test_probabilities_cover_every_class_and_sum_to_one(classes):
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (60, 5)) + np.repeat(np.arange(classes), 60 // classes)[:, None]
     y = np.repeat(np.arange(classes), 60 // classes)
+    data, everything = {"train": x, "test": x}, np.arange(len(y))
     for candidate in candidates(settings(C=[1.0], gamma=[1.0])):
-        model = fit_quietly(with_probabilities(build(candidate, 5), y), x, y)
-        scores = log_probabilities(model, x, classes + 1)  # one class more than the data has
+        inputs = model_inputs(candidate, data, everything, squared_distances(data, everything))
+        model = fit_quietly(with_probabilities(build(candidate), y), inputs["train"], y)
+        scores = log_probabilities(model, inputs["test"], classes + 1)  # one class more than the data has
         probabilities = np.exp(scores)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
         assert probabilities[:, classes].max() < 1e-6  # the unseen class never wins
@@ -79,7 +84,27 @@ def test_an_svm_with_a_one_image_class_still_gives_probabilities():
     rng = np.random.default_rng(2)
     x = np.vstack([rng.normal(0, 1, (10, 3)), [[5, 5, 5]]])
     y = np.array([0] * 10 + [1])
-    model = fit_quietly(with_probabilities(build({"model": "rbf_svm", "C": 1.0, "gamma": 1.0}, 3), y), x, y)
-    probabilities = np.exp(log_probabilities(model, x, 2))
+    candidate = {"model": "rbf_svm", "C": 1.0, "gamma": 1.0}
+    data, everything = {"train": x, "test": x}, np.arange(len(y))
+    kernel = model_inputs(candidate, data, everything, squared_distances(data, everything))
+    model = fit_quietly(with_probabilities(build(candidate), y), kernel["train"], y)
+    probabilities = np.exp(log_probabilities(model, kernel["test"], 2))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert probabilities[:, 1].argmax() == 10
+
+
+def test_the_precomputed_kernel_is_scikit_learns_rbf_svm():
+    """The search hands libsvm the kernel computed with BLAS; the SVM must be the one SVC(kernel="rbf") fits."""
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(3)
+    x = {"train": rng.normal(0, 1, (80, 12)), "val": rng.normal(0, 1, (30, 12))}
+    y = (x["train"][:, 0] * x["train"][:, 1] > 0).astype(int)  # not linearly separable
+    subset = training_subset(y, 60, 0)
+    candidate = {"model": "rbf_svm", "C": 3.0, "gamma": 2.0}
+    inputs = model_inputs(candidate, x, subset, squared_distances(x, subset))
+    ours = build(candidate).fit(inputs["train"], y[subset])
+    reference = SVC(C=3.0, gamma=2.0 / 12).fit(x["train"][subset], y[subset])
+    np.testing.assert_allclose(
+        ours.decision_function(inputs["val"]), reference.decision_function(x["val"]), atol=1e-6
+    )

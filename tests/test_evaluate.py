@@ -194,6 +194,8 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
             "image_size": 32,
             "features": 3072,
             "candidates": [{}] * 16,
+            "training_images_used": 2000,
+            "training_images": 7000,
         },
         {
             "draws": 5,
@@ -219,6 +221,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     assert "given as train/, val/; test carved from train/ (15% of each class, 2 images)." in text
     assert "similar pairs across splits (within 48 bits" in text
     assert json.dumps(metrics)  # plain JSON types only
+    assert "trained on a stratified 2000 of the 7000 training images" in text
     assert "an RBF SVM (C = 10, gamma = 1 / 3072 features) on the raw pixels (32x32" in text
     verdict = text.split("## Does transfer help?")[1].split("##")[0]
     gap = (metrics["finetune"]["test"]["accuracy"] - metrics["baseline"]["test"]["accuracy"]) * 100
