@@ -64,7 +64,9 @@ def read_relabels(path: Path, manifest: pd.DataFrame) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" export starts with a byte-order mark
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        frame.columns = [str(name).strip() for name in frame.columns]
     except pd.errors.EmptyDataError:
         return {}
     except (pd.errors.ParserError, UnicodeDecodeError) as error:

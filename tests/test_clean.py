@@ -162,7 +162,10 @@ def test_the_relabel_file_relabels_and_drops_and_the_images_stay_as_they_were(ti
     before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
     moved, dropped = str(raw / "red" / "000.png"), str(raw / "green" / "001.png")
     Path(tiny_params.paths.relabel).parent.mkdir(parents=True, exist_ok=True)
-    Path(tiny_params.paths.relabel).write_text(f"path,label\n{moved},blue\n{dropped}, drop\n")
+    # as a spreadsheet saves it: a byte-order mark, CRLF line ends, a stray space
+    Path(tiny_params.paths.relabel).write_bytes(
+        f"\ufeffpath,label\r\n{moved},blue\r\n{dropped}, drop\r\n".encode()
+    )
 
     kept, report = run_clean(tiny_params)
 
