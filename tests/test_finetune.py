@@ -2,6 +2,8 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -272,3 +274,68 @@ def test_torchrun_two_cpu_processes(tiny_params, tmp_path):
     summary = json.loads((Path(tiny_params.paths.finetuned) / "finetune.json").read_text())
     assert summary["processes"] == 2 and summary["epochs_run"] == 2
     assert load_file(Path(tiny_params.paths.finetuned) / "model.safetensors")["head.weight"].shape == (3, 32)
+
+
+def torchrun(arguments: list[str], cwd: Path) -> subprocess.Popen:
+    """`torchrun <arguments> -m stages.finetune` in its own process group (a hang kills its workers too);
+    gloo and the rendezvous on the loopback only."""
+    from tests.conftest import ROOT
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", *arguments, "-m", "stages.finetune"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 300) -> None:
+    try:
+        outcomes = [process.communicate(timeout=timeout) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    for process, (_, stderr) in zip(processes, outcomes, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+
+
+@pytest.mark.e2e
+def test_two_nodes_fine_tune_to_the_same_weights_as_two_processes_on_one(tiny_params, tmp_path):
+    """Multi-node torchrun as on real machines (c10d rendezvous at one node's address), here two separate
+    torchrun agents on the loopback, one process each: the same weights, bit for bit, as the single-node run
+    with two processes."""
+    import yaml
+
+    from tests.test_pipeline import free_port
+
+    prepare(tiny_params)
+    raw = tiny_params.model_dump(mode="json")
+    raw["finetune"].update(epochs=2, batch_size=8)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    weights = Path(tiny_params.paths.finetuned) / "model.safetensors"
+
+    finish([torchrun(["--standalone", "--nproc-per-node", "2"], tmp_path)])
+    single_node = weights.read_bytes()
+    weights.unlink()
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [
+        torchrun(
+            [
+                "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "reprotune-test",
+                "--local-addr", "127.0.0.1",
+            ],
+            tmp_path,
+        )
+        for rank in (0, 1)
+    ]  # fmt: skip
+    finish(nodes)
+    summary = json.loads((Path(tiny_params.paths.finetuned) / "finetune.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs_run"] == 2
+    assert weights.read_bytes() == single_node

@@ -443,6 +443,35 @@ def test_a_relabel_row_reruns_clean_and_what_it_changes_and_leaves_the_images_al
     assert tree_digest(root / "data" / "raw") == workspace["raw_before"]
 
 
+def test_a_colleague_pulls_the_trained_result_from_a_dvc_remote(workspace):
+    """`dvc push` to a shared remote (here a local path, as a mounted share would be), a second clone, `dvc pull`:
+    the models and reports arrive without training, the pipeline is up to date, and nothing is logged again."""
+    root, tmp = workspace["root"], workspace["tmp"]
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp / "remote")], root)
+    run(["git", "commit", "-q", "-am", "a shared DVC remote"], root)
+    pushed = run(["dvc", "push"], root)
+    assert "pushed" in pushed
+    colleague = tmp / "colleague"
+    run(["git", "clone", "-q", str(root), str(colleague)], tmp)
+    assert not (colleague / "models" / "finetuned").exists()
+    run(["dvc", "pull"], colleague)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], colleague)
+    assert ran_stages(run(["dvc", "repro"], colleague)) == []
+    for name in (
+        "reports/metrics.json",
+        "models/finetuned/model.safetensors",
+        "models/export/model.onnx",
+        "models/head/head.safetensors",
+        "reports/mlflow_run.json",
+    ):
+        assert (colleague / name).read_bytes() == (root / name).read_bytes(), name
+    assert not (colleague / "mlflow.db").exists()  # the pull logged nothing
+    # Recording the pulled result in the colleague's own local store is one forced stage, logged once.
+    run(["dvc", "repro", "--force", "-s", "track"], colleague)
+    assert len(mlflow_runs(colleague)) == 1
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], colleague)
+
+
 def test_bad_params_stop_a_stage_before_it_writes(tmp_path: Path):
     project = copy_project(tmp_path / "project")
     raw = tiny_params_raw()
