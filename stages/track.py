@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from reprotune import stage
+from reprotune.errors import InputError
 from reprotune.layout import SPLITS, Layout, process_alive, read_json, sha256_of_file, write_json
 from reprotune.params import Params, flatten
 from reprotune.tracking import (
@@ -166,6 +167,28 @@ def close_abandoned_runs(experiment_id: str) -> None:
 
 
 def track(params: Params) -> None:
+    """Record the result; a tracking server that cannot be reached is one clear line, not a traceback, and
+    leaves every output as it was (the record file is written only after the run has finished)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri()
+    try:
+        record(params)
+    except (MlflowException, requests.exceptions.RequestException) as error:
+        remote = uri.startswith(("http://", "https://"))
+        if remote and (
+            "API request to" in str(error) or isinstance(error, requests.exceptions.ConnectionError)
+        ):
+            raise InputError(
+                f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) did not answer: "
+                f"{str(error).splitlines()[0][:300]}. Start it (or point MLFLOW_TRACKING_URI at one that runs) "
+                "and run `dvc repro` again: no output was changed, and the result is logged then"
+            ) from None
+        raise
+
+
+def record(params: Params) -> None:
     import mlflow
 
     layout = Layout(params.paths)
