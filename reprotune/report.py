@@ -165,7 +165,8 @@ def render(
         "",
         *(
             [
-                "- On the built-in sample, params.yaml's `sample` section replaced: "
+                "- On the built-in sample, these values from params.yaml's `sample` section were used in place of "
+                "the keys of the same name: "
                 + ", ".join(
                     f"`{key}` = {value}" for key, value in flatten(sample.model_dump(mode="json")).items()
                 )
