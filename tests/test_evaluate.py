@@ -156,7 +156,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         }
         for m in ("baseline", "head", "finetune")
     }
-    text = render(
+    arguments = (
         tiny_params,
         metrics,
         per_class,
@@ -211,8 +211,8 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
                 "score": ["0.01"],
             }
         ),
-        None,
     )
+    text = render(*arguments, None)
     keys = {k for model in metrics.values() for split in model.values() for k in split}
     assert all(f"`{k}`" in text for k in keys), keys
     assert "[" in text.split("`accuracy`")[1].splitlines()[0]  # the interval is shown beside accuracy
@@ -229,3 +229,6 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     assert "from 4 labelled images per class" in text and "![learning curve](learning_curve.png)" in text
     assert "flags 1 of 9 kept images (train 1)" in text and f"| 1 | `{paths[0]}` | train |" in text
     assert "On the built-in sample" not in text and f"from `{tiny_params.paths.raw}`" in text
+    on_sample = render(*arguments, tiny_params.sample)
+    assert "from the built-in sample (scikit-learn digits)" in on_sample
+    assert "`backbone.input_size` = 128, `finetune.augment.hflip` = 0.0" in on_sample
