@@ -27,19 +27,7 @@ from PIL import Image
 
 from benchmarks.results import print_table, save
 
-STAGES = [
-    "ingest",
-    "clean",
-    "split",
-    "featurize",
-    "train_head",
-    "baseline",
-    "learning_curve",
-    "label_issues",
-    "finetune",
-    "evaluate",
-    "track",
-]
+STAGES = list(yaml.safe_load(Path("dvc.yaml").read_text())["stages"])  # every stage, in order
 
 
 def make_dataset(raw: Path, images: int, classes: int = 10, side: int = 48) -> None:

@@ -18,6 +18,8 @@ from reprotune import params as params_module
 from reprotune.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
+# The pipeline's stages in dvc.yaml's order, which is the order `dvc repro` runs them in.
+PIPELINE_STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 60, 210)}
 
 

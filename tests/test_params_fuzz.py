@@ -15,22 +15,9 @@ from hypothesis import strategies as st
 
 from reprotune import params as params_module
 from reprotune.params import ParamsError, flatten
-from tests.conftest import tiny_params_raw
+from tests.conftest import PIPELINE_STAGES, tiny_params_raw
 
-STAGES = [
-    "ingest",
-    "clean",
-    "split",
-    "featurize",
-    "train_head",
-    "baseline",
-    "learning_curve",
-    "label_issues",
-    "finetune",
-    "evaluate",
-    "export",
-    "track",
-]
+STAGES = PIPELINE_STAGES
 BASE = tiny_params_raw()
 LEAVES = sorted(flatten(BASE))
 SECTIONS = sorted(BASE)

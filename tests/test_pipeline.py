@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, child_env, copy_project, make_class_folder, tiny_params_raw
+from tests.conftest import PIPELINE_STAGES, ROOT, child_env, copy_project, make_class_folder, tiny_params_raw
 
 pytestmark = pytest.mark.e2e
 
@@ -152,20 +152,7 @@ def workspace(built: dict, tmp_path: Path) -> dict:
 
 def test_dvc_repro_end_to_end(built):
     root = built["root"]
-    assert ran_stages(built["first"]) == [
-        "ingest",
-        "clean",
-        "split",
-        "featurize",
-        "train_head",
-        "baseline",
-        "learning_curve",
-        "label_issues",
-        "finetune",
-        "evaluate",
-        "export",
-        "track",
-    ]
+    assert ran_stages(built["first"]) == PIPELINE_STAGES
 
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     for model in ("baseline", "head", "finetune"):

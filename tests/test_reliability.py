@@ -18,25 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import child_env, copy_project, make_class_folder, tiny_params_raw
+from tests.conftest import PIPELINE_STAGES, child_env, copy_project, make_class_folder, tiny_params_raw
 from tests.test_pipeline import mlflow_runs, run
 
 pytestmark = pytest.mark.slow
 
-STAGES = [
-    "ingest",
-    "clean",
-    "split",
-    "featurize",
-    "train_head",
-    "baseline",
-    "learning_curve",
-    "label_issues",
-    "finetune",
-    "evaluate",
-    "export",
-    "track",
-]
+STAGES = PIPELINE_STAGES
 # track's output names the MLflow run it created: a new run is a new id by design.
 RUN_SPECIFIC = {"reports/mlflow_run.json"}
 
