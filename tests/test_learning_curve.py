@@ -35,6 +35,7 @@ def test_interval_is_a_t_interval_of_the_mean():
     assert mean == pytest.approx(0.9) and low == pytest.approx(0.9 - 4.303 * 0.1 / np.sqrt(3), abs=1e-3)
     assert high - mean == pytest.approx(mean - low)
     assert interval([0.5, 0.5]) == (0.5, 0.5, 0.5)
+    assert interval([1.0, 1.0, 0.9])[2] == 1.0 and interval([0.0, 0.0, 0.1])[1] == 0.0
 
 
 def test_the_curve_rises_names_small_classes_and_ends_at_all_the_data(tiny_params):
