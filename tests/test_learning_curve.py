@@ -31,8 +31,8 @@ def test_a_draw_takes_k_of_each_class_or_all_a_small_class_has():
 
 
 def test_interval_is_a_t_interval_of_the_mean():
-    mean, low, high = interval([0.8, 0.9, 1.0])
-    assert mean == pytest.approx(0.9) and low == pytest.approx(0.9 - 4.303 * 0.1 / np.sqrt(3), abs=1e-3)
+    mean, low, high = interval([0.6, 0.7, 0.8])
+    assert mean == pytest.approx(0.7) and low == pytest.approx(0.7 - 4.303 * 0.1 / np.sqrt(3), abs=1e-3)
     assert high - mean == pytest.approx(mean - low)
     assert interval([0.5, 0.5]) == (0.5, 0.5, 0.5)
     assert interval([1.0, 1.0, 0.9])[2] == 1.0 and interval([0.0, 0.0, 0.1])[1] == 0.0
