@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reprotune.errors import InputError
-from reprotune.params import Paths
+from reprotune.params import Params, Paths
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -342,3 +342,9 @@ def sha256_of_file(path: Path) -> str:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def as_run(params: Params) -> Params:
+    """params as every stage sees them: with the sample's own values (params.yaml `sample:`) while the
+    pipeline runs on the built-in sample, which is while ingest's output holds it."""
+    return params.on_sample() if Layout(params.paths).sample.is_dir() else params

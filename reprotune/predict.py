@@ -77,10 +77,10 @@ def onnx_model(path: Path) -> Model:
 
 def torch_model(path: Path) -> Model:
     from reprotune import params as params_module
-    from reprotune.layout import Layout, read_json
+    from reprotune.layout import Layout, as_run, read_json
     from reprotune.models import load_trained_classifier
 
-    params = params_module.load()
+    params = as_run(params_module.load())  # on the sample, the input size it was trained at
     layout = Layout(params.paths)
     classes = read_json(layout.features_meta)["classes"]
     model, backbone = load_trained_classifier(params.backbone, path / "model.safetensors", len(classes))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from reprotune import params as params_module
 from reprotune.errors import InputError
-from reprotune.layout import Layout
+from reprotune.layout import as_run
 from reprotune.params import Params, ParamsError
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,10 @@ def run(work: Callable[[Params], None]) -> None:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
-    if Layout(params.paths).sample.is_dir():  # ingest used the built-in sample: its own values apply
-        params = params.on_sample()
-        log.info("built-in sample: %s (params.yaml's sample section)", params.sample_settings())
+    running = as_run(params)
+    if running is not params:  # ingest used the built-in sample: its own values apply
+        log.info("built-in sample: %s (params.yaml's sample section)", running.sample_settings())
+    params = running
     try:
         work(params)
     except InputError as error:

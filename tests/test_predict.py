@@ -97,3 +97,28 @@ def test_a_missing_input_or_model_is_one_clear_line(project: Path, tiny_params, 
     assert capsys.readouterr().err.strip() == "error: nowhere: no such file or folder"
     assert predict.main(["one.png", "--model", "no-model-here"]) == 1
     assert "not a model" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_on_the_sample_the_torch_model_is_read_at_the_size_it_was_trained_at(monkeypatch):
+    """On the built-in sample, the sample's own input size (params.yaml `sample:`) applies to predict's torch
+    model as to the stages; read at the global size instead, its rows differed from the exported model's."""
+    import json
+
+    from tests.conftest import ROOT
+
+    meta = ROOT / "data" / "features" / "features.json"
+    if not meta.is_file() or not (ROOT / "data" / "ingested" / "sample").is_dir():
+        pytest.skip("needs this checkout's `dvc repro` on the built-in sample")
+    if not (ROOT / "models" / "export" / "model.onnx").is_file():
+        pytest.skip("needs this checkout's exported model")
+    monkeypatch.chdir(ROOT)
+    folder = Path("data/ingested/sample/3")
+    images = sorted(folder.iterdir())[:24]
+    torch_model = predict.torch_model(Path("models/finetuned"))
+    assert torch_model.data.input_size == json.loads(meta.read_text())["data_config"]["input_size"]
+    exported = predict.load_model("models/export")
+    rows = [predict.predict_files(images, m, 3, True, 8, 0) for m in (torch_model, exported)]
+    assert [(r["label"], r["confidence"]) for r in rows[0]] == [
+        (r["label"], r["confidence"]) for r in rows[1]
+    ]

@@ -132,7 +132,8 @@ class ParamsReads(ast.NodeVisitor):
     A function argument annotated `Params` is the root. From it, `x.a.b` reads key a.b; a local name bound to
     a section (`settings = params.finetune`) stands for that section. A section used as a whole anywhere
     else (passed to a function, put in a tuple, dumped) counts as reading every key under it, since what
-    receives it may read any of them; a method on the root (`params.model_dump()`) reads everything. Passing
+    receives it may read any of them; a method on the root (`params.model_dump()`) reads everything, except
+    `params.on_sample()`, which only puts the sample's values in place (see params_read). Passing
     the root itself on is not a read: the project functions that receive it annotate it `Params` and are
     analysed too.
     """
@@ -180,6 +181,8 @@ class ParamsReads(ast.NodeVisitor):
             self.read(key)  # the outermost key of a chain; an enclosing chain would have stopped here
             return
         base = self.key_of(node.value)
+        if base == () and node.attr == "on_sample":
+            return  # it only puts the sample's values in place: what is then read is counted as read
         if base is not None:
             self.read(base)  # a method or attribute that is no field (model_dump, ...): the whole section
             return
@@ -239,6 +242,8 @@ def stage(params: Params, other):
     check(backbone)                                # an alias used whole
 def track(params: Params):
     params.model_dump()                            # everything
+def run(params: Params):
+    params.on_sample()                             # the sample's values in place: nothing read yet
 """
     reader = ParamsReads()
     tree = ast.parse(code)
@@ -251,6 +256,9 @@ def track(params: Params):
     reader = ParamsReads()
     reader.visit(tree.body[1])
     assert reader.reads == leaves(Params)
+    reader = ParamsReads()
+    reader.visit(tree.body[2])
+    assert reader.reads == set()
 
 
 def test_a_key_the_sample_sets_brings_its_sample_key():
