@@ -51,11 +51,11 @@ def main() -> None:
 
     from reprotune import params as params_module
     from reprotune import predict
-    from reprotune.layout import Layout, read_json
+    from reprotune.layout import Layout, as_run, read_json
     from reprotune.models import load_trained_classifier
     from reprotune.onnx_models import OnnxClassifier
 
-    params = params_module.load()
+    params = as_run(params_module.load())  # the size the model was trained and exported at
     layout = Layout(params.paths)
     classes = read_json(layout.features_meta)["classes"]
     model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(classes))
