@@ -5,11 +5,11 @@ other stage; large images are read from clean's resized copy, the same picture),
 the training split. Candidates: logistic regression for each `baseline.C`, and an RBF SVM for each C and
 gamma (in multiples of 1 / features, so the grid means the same at any image size). Each is fitted on the
 training images, at most `baseline.max_train_images` of them (a stratified sample, the same for every
-candidate: an SVM's cost grows with the square of the count, and 10,000 images took minutes), and scored on
-val; the best on val (ties: the first, so logistic regression before the SVM, small C before large) is
-fitted again on those images with probabilities (for the SVM, Platt scaling on cross-validated decision
-values). The report says when the cap left images out. Test is
-never looked at here.
+candidate, since an SVM's cost grows with the square of the count; the report says when the cap left images
+out), and scored on val. The SVMs get their kernel precomputed with BLAS, once per gamma. The best on val
+(ties: the first, so logistic regression before the SVM, small C before large) is fitted again on those
+images with probabilities (for the SVM, Platt scaling on cross-validated decision values). Test is never
+looked at here.
 
 Writes `scores.safetensors` (log-probabilities on val and test, which evaluate scores like the other models'
 logits) and `baseline.json` (the choice and every candidate's val accuracy).
@@ -97,7 +97,7 @@ def model_inputs(
 
 def with_probabilities(model, labels: np.ndarray):
     """The model as the final fit needs it: an SVM gets Platt scaling fitted on its cross-validated decision
-    values (one SVM on all the images; the folds, unshuffled, only calibrate). With a class of one image
+    values (one SVM on the images used; the folds, unshuffled, only calibrate). With a class of one image
     no fold split exists, and the SVM's probabilities are the softmax of its one-vs-rest decision values."""
     folds = min(5, int(np.bincount(labels)[np.unique(labels)].min()))
     if isinstance(model, LogisticRegression) or folds < 2:
