@@ -141,7 +141,9 @@ class LearningCurve(Section):
 class LabelIssues(Section):
     folds: Annotated[int, Field(ge=2, le=100)]
     seed: Seed
-    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning"]
+    filter_by: Literal[
+        "low_self_confidence", "prune_by_noise_rate", "prune_by_class", "both", "confident_learning"
+    ]
     gallery_size: Annotated[int, Field(ge=0, le=100)]
 
 
