@@ -48,11 +48,14 @@ def head_logits(layout: Layout, split: str) -> np.ndarray:
     return (embeddings @ head["weight"].T + head["bias"]).numpy()
 
 
-def baseline_logits(layout: Layout, split: str, paths: list[str]) -> np.ndarray:
-    """The baseline's log-probabilities, which score as logits do (softmax gives the probabilities back)."""
-    if read_json(layout.baseline_meta)["paths"][split] != paths:
+def baseline_logits(layout: Layout, paths: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """The baseline's log-probabilities per split, which score as logits do (softmax gives the probabilities
+    back), after checking they are for the same images in the same order."""
+    recorded = read_json(layout.baseline_meta)["paths"]
+    if any(recorded[split] != paths[split] for split in EVALUATED_SPLITS):
         raise InputError(f"{layout.baseline} and {layout.features_meta} disagree; run dvc repro")
-    return load_file(layout.baseline_scores)[split].numpy()
+    scores = load_file(layout.baseline_scores)
+    return {split: scores[split].numpy() for split in EVALUATED_SPLITS}
 
 
 def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]], classes: list[str]) -> dict:
@@ -163,7 +166,7 @@ def evaluate(params: Params) -> None:
     classes, paths = meta["classes"], meta["paths"]
     labels = {split: load_file(layout.features_file(split))["labels"].numpy() for split in EVALUATED_SPLITS}
     logits = {
-        "baseline": {split: baseline_logits(layout, split, paths[split]) for split in EVALUATED_SPLITS},
+        "baseline": baseline_logits(layout, paths),
         "head": {split: head_logits(layout, split) for split in EVALUATED_SPLITS},
         "finetune": finetuned_logits(params, layout, paths, classes),
     }
