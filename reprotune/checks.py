@@ -5,6 +5,7 @@ with a reason code and a detail."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -14,6 +15,10 @@ from PIL import Image
 
 from reprotune.images import to_rgb, upright
 from reprotune.params import Clean
+
+# Large JPEGs are decoded at a reduced scale (libjpeg's DCT scaling: still every byte is read, so truncation
+# is still caught) down to no less than this side; the hashes need no more.
+CHECK_SIDE = 512
 
 
 class Rejected(Exception):
@@ -77,3 +82,9 @@ def decode_checked(path: Path | bytes, rules: Clean, side: int) -> Decoded:
     if max(width, height) / min(width, height) > rules.max_aspect_ratio:
         raise Rejected("extreme_aspect", f"{width}x{height}; clean.max_aspect_ratio={rules.max_aspect_ratio}")
     return Decoded(rgb, width, height, mode, orientation_note)
+
+
+def pixels_sha256(rgb: Image.Image) -> str:
+    """The digest of an image's decoded pixels (decoded at CHECK_SIDE or more): equal for the same picture
+    in two files, or in two formats that store it losslessly."""
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()

@@ -38,6 +38,7 @@ def project_root(folder: Path | None = None) -> Path:
 
 SPLITS = ("train", "val", "test")
 MODELS = ("baseline", "head", "finetune")  # the order of every table and plot
+STUDENTS = ("distilled", "label_only")  # distill's two students, evaluated after MODELS when it is enabled
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,34 @@ class Layout:
     @property
     def finetune_history(self) -> Path:
         return self.reports / "finetune_history.csv"
+
+    # distill
+    @property
+    def unlabeled(self) -> Path:
+        return Path(self.paths.unlabeled)
+
+    @property
+    def distilled(self) -> Path:
+        return Path(self.paths.distilled)
+
+    def student_weights(self, student: str) -> Path:
+        return self.distilled / f"{student}.safetensors"
+
+    @property
+    def distill_meta(self) -> Path:
+        return self.distilled / "distill.json"
+
+    def distill_checkpoint(self, student: str) -> Path:
+        return Path(self.paths.checkpoints) / f"distill-{student}"
+
+    @property
+    def distill_history(self) -> Path:
+        return self.reports / "distill_history.csv"
+
+    @property
+    def latency(self) -> Path:
+        """Measured, not computed: the one output that differs between two runs of the same params and data."""
+        return self.reports / "latency.json"
 
     # evaluate
     @property

@@ -45,6 +45,8 @@ class Paths(Section):
     finetuned: str
     baseline: str
     relabel: str
+    unlabeled: str
+    distilled: str
     exported: str
     reports: str
     checkpoints: str
@@ -171,6 +173,25 @@ class Finetune(Section):
     compile: bool
 
 
+class Distill(Section):
+    """A smaller student trained to match the fine-tuned network (the teacher). What is not here (batch size,
+    optimizer, augmentation, warm-up, weight decay, label smoothing, device, workers) is finetune's."""
+
+    enabled: bool
+    student: Annotated[str, Field(min_length=1)]
+    student_weights: str | None
+    input_size: InputSize
+    temperature: Annotated[float, Field(gt=0, le=100)]
+    alpha: Probability  # weight of the label loss; 1 - alpha weighs the distillation loss
+    epochs: Epochs
+    patience: Epochs
+    lr: Annotated[float, Field(gt=0, le=10)]
+    mixup: Annotated[float, Field(ge=0, le=100)]  # Beta(alpha, alpha); 0 = off
+    label_only: bool
+    latency_runs: Annotated[int, Field(ge=1, le=10_000)]
+    seed: Seed
+
+
 class Evaluate(Section):
     top_k: Annotated[int, Field(gt=0, le=1000)]
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
@@ -226,6 +247,7 @@ class Params(Section):
     learning_curve: LearningCurve
     label_issues: LabelIssues
     finetune: Finetune
+    distill: Distill
     evaluate: Evaluate
     export: Export
     track: Track

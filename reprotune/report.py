@@ -120,6 +120,81 @@ def issues_section(issues: pd.DataFrame, total: int, relabel: str) -> list[str]:
     return lines
 
 
+def gap_recovered(metrics: dict, split: str) -> str:
+    """How much of the teacher's lead over the label-only student the distilled student closed."""
+    teacher, distilled, alone = (
+        metrics[m][split]["accuracy"] for m in ("finetune", "distilled", "label_only")
+    )
+    if teacher <= alone:
+        return (
+            f"on {split} the label-only student ({alone:.4f}) is not behind the teacher ({teacher:.4f}): there was "
+            f"no gap to recover, and the distilled student scored {distilled:.4f}"
+        )
+    return (
+        f"on {split} the distilled student recovered {(distilled - alone) / (teacher - alone):.0%} of the gap "
+        f"between the label-only student ({alone:.4f}) and the teacher ({teacher:.4f})"
+    )
+
+
+def distillation_section(metrics: dict, distilled: dict, latency: dict) -> list[str]:
+    if not distilled["enabled"]:
+        return []
+    teacher, student = distilled["teacher"], distilled["student"]
+    students = distilled["students"]
+    rows = [("teacher (fine-tuned)", "finetune", teacher["backbone"], teacher, latency.get("teacher_ms"))]
+    rows += [
+        (
+            f"{name.replace('_', '-')} student",
+            name,
+            student["backbone"],
+            students[name],
+            latency.get("student_ms"),
+        )
+        for name in students
+    ]
+    lines = [
+        "## Distillation",
+        "",
+        f"Teacher `{teacher['backbone']}` ({teacher['input_size']} px), student `{student['backbone']}` "
+        f"({student['input_size']} px). Single-image latency: median of {latency['runs']} forward passes on this "
+        f"machine's CPU ({latency['threads']} threads), a measurement that varies between runs.",
+        "",
+        "| model | backbone | test accuracy [95% interval] | macro-F1 | parameters | file size | CPU latency |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for title, key, backbone, record, ms in rows:
+        test = metrics[key]["test"]
+        lines.append(
+            f"| {title} | `{backbone}` | {_value('accuracy', test)} | {test['macro_f1']:.4f} "
+            f"| {record['parameters'] / 1e6:.2f} M | {record['megabytes']:.1f} MB | {ms:.1f} ms |"
+        )
+    distilled_run = students["distilled"]
+    used, dropped = distilled_run["unlabeled_images"], distilled["unlabeled"]["dropped"]
+    reasons = Counter(d["reason"] for d in dropped)
+    lines += [
+        "",
+        f"The student is {latency['student_speedup']:.2f}x as fast as the teacher on one image. "
+        f"It trained on {distilled_run['labelled_images']} labelled and {used} unlabelled images"
+        + (
+            f" ({len(dropped)} unlabelled files dropped: {', '.join(f'{k}: {v}' for k, v in reasons.items())}; "
+            "listed in `distill.json`)"
+            if dropped
+            else ""
+        )
+        + f", best validation epoch {distilled_run['best_epoch']} of {distilled_run['epochs_run']}.",
+    ]
+    if "label_only" in students:
+        lines += [
+            "",
+            "The label-only student is the same network with the same budget on the labels alone: "
+            + gap_recovered(metrics, "val")
+            + "; "
+            + gap_recovered(metrics, "test")
+            + ".",
+        ]
+    return lines + [""]
+
+
 def render(
     params: Params,
     metrics: dict,
@@ -131,6 +206,8 @@ def render(
     baseline: dict,
     curve: dict,
     issues: pd.DataFrame,
+    distilled: dict,
+    latency: dict,
     sample: Sample | None,
 ) -> str:
     """The report; `sample` is params' sample section when the run is on the built-in sample, else None."""
@@ -217,6 +294,7 @@ def render(
         *issues_section(
             issues, sum(sum(c.values()) for c in splits["counts"].values()), params.paths.relabel
         ),
+        *distillation_section(metrics, distilled, latency),
         "## Per class (test)",
         "",
         "| class | support | baseline F1 | head F1 | fine-tuned F1 | fine-tuned precision | fine-tuned recall |",

@@ -16,7 +16,6 @@ themselves are never touched. With no rows in it, nothing in the outputs mention
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from reprotune import stage
-from reprotune.checks import Rejected, decode_checked
+from reprotune.checks import CHECK_SIDE, Rejected, decode_checked, pixels_sha256
 from reprotune.dataconfig import DataConfig, data_config
 from reprotune.duplicates import HASHES, WORDS, image_hashes, near_pairs, save_hashes
 from reprotune.errors import InputError
@@ -39,9 +38,6 @@ from reprotune.resized import CopyPackWriter, encode_copy
 
 log = logging.getLogger(__name__)
 
-# Large JPEGs are decoded at a reduced scale (libjpeg's DCT scaling: still every byte is read, so truncation
-# is still caught) down to no less than this side; the hashes need no more.
-CHECK_SIDE = 512
 KEPT_COLUMNS = [
     "path",
     "label",
@@ -121,7 +117,7 @@ def inspect(path: Path, rules: Clean, data: DataConfig) -> Inspected:
     return Inspected(
         width=found.width,
         height=found.height,
-        pixels_sha256=hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest(),
+        pixels_sha256=pixels_sha256(rgb),
         hashes=image_hashes(rgb),
         alterations=alterations,
         resized_copy=encode_copy(rgb, data.eval_decode_side, data.interpolation),

@@ -1,9 +1,12 @@
-"""evaluate: metrics, plots and a report for the no-transfer baseline, the head-only and the fine-tuned model.
+"""evaluate: metrics, plots and a report for the no-transfer baseline, the head-only and the fine-tuned model
+(and distill's students).
 
 - `reports/metrics.json`: per model and split (val, test) accuracy with a bootstrap interval, balanced
   accuracy, macro/weighted F1, log loss, top-k accuracy, calibration error (and after temperature scaling).
 - `reports/per_class.json`: per-class precision/recall/F1/support and the confusion matrix on test.
-- `reports/predictions.csv`: one row per test image: both models' predictions and class probabilities.
+- `reports/predictions.csv`: one row per test image: every model's prediction and class probabilities.
+
+With distill enabled, its students (distilled, label-only) are scored the same way after the three.
 - `reports/plots/*.png` and `reports/report.md`.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +28,7 @@ from reprotune.datasets import eval_images, make_loader, worker_count
 from reprotune.devices import pick_device
 from reprotune.errors import InputError
 from reprotune.inference import predict
-from reprotune.layout import MODELS, Layout, atomic_output, read_json, write_json, write_text
+from reprotune.layout import Layout, atomic_output, read_json, write_json, write_text
 from reprotune.metrics import (
     expected_calibration_error,
     fit_temperature,
@@ -32,7 +36,8 @@ from reprotune.metrics import (
     reliability,
     summary_metrics,
 )
-from reprotune.models import load_trained_classifier
+from reprotune.models import load_trained_classifier, student_backbone
+from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params
 from reprotune.report import render
 
@@ -58,12 +63,20 @@ def baseline_logits(layout: Layout, paths: dict[str, list[str]]) -> dict[str, np
     return {split: scores[split].numpy() for split in EVALUATED_SPLITS}
 
 
-def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]], classes: list[str]) -> dict:
+def network_logits(
+    params: Params,
+    layout: Layout,
+    network: BackboneParams,
+    weights: Path,
+    paths: dict[str, list[str]],
+    classes: list[str],
+) -> dict:
+    """A trained network's logits on val and test: the fine-tuned network, or one of distill's students."""
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     device = pick_device(params.finetune.device, "finetune.device")
-    model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(classes))
+    model, backbone = load_trained_classifier(network, weights, len(classes))
     model.to(device)
-    if params.backbone.channels_last:
+    if network.channels_last:
         model.to(memory_format=torch.channels_last)
     logits = {}
     for split in EVALUATED_SPLITS:
@@ -75,7 +88,7 @@ def finetuned_logits(params: Params, layout: Layout, paths: dict[str, list[str]]
         )
         loader = make_loader(dataset, params.featurize.batch_size, worker_count(params.featurize.num_workers))
         bf16 = device.type == "cuda"  # as finetune validated it
-        logits[split] = predict(model, loader, device, params.backbone.channels_last, bf16).numpy()
+        logits[split] = predict(model, loader, device, network.channels_last, bf16).numpy()
     return logits
 
 
@@ -108,10 +121,10 @@ def predictions_frame(
     paths: list[str], labels: np.ndarray, probabilities: dict, classes: list[str]
 ) -> pd.DataFrame:
     frame = pd.DataFrame({"path": paths, "actual": [classes[i] for i in labels]})
-    for model in MODELS:
+    for model in probabilities:
         frame[model] = [classes[i] for i in probabilities[model].argmax(axis=1)]
         frame[f"{model}_confidence"] = probabilities[model].max(axis=1).round(6)
-    for model in MODELS:
+    for model in probabilities:
         for index, name in enumerate(classes):
             frame[f"{model}_p:{name}"] = probabilities[model][:, index].round(6)
     return frame
@@ -146,13 +159,13 @@ def draw(layout: Layout, params: Params, frame, labels, probabilities, per_class
             layout.plots / f"mistakes_{model}.png",
         )
     plots.reliability_diagram(
-        {model: reliability(probabilities[model], labels, bins) for model in MODELS},
-        {model: metrics[model]["test"]["ece"] for model in MODELS},
+        {model: reliability(probabilities[model], labels, bins) for model in probabilities},
+        {model: metrics[model]["test"]["ece"] for model in probabilities},
         layout.plots / "reliability.png",
     )
     plots.per_class_f1(
         classes,
-        {model: [per_class[model]["classes"][c]["f1"] for c in classes] for model in MODELS},
+        {model: [per_class[model]["classes"][c]["f1"] for c in classes] for model in probabilities},
         layout.plots / "per_class_f1.png",
     )
     with layout.finetune_history.open(newline="") as stream:
@@ -168,13 +181,20 @@ def evaluate(params: Params) -> None:
     logits = {
         "baseline": baseline_logits(layout, paths),
         "head": {split: head_logits(layout, split) for split in EVALUATED_SPLITS},
-        "finetune": finetuned_logits(params, layout, paths, classes),
+        "finetune": network_logits(params, layout, params.backbone, layout.finetuned_weights, paths, classes),
     }
-    metrics = {model: score(logits[model], labels, classes, params) for model in MODELS}
-    probabilities = {model: softmax(logits[model]["test"], axis=1) for model in MODELS}
+    distilled = read_json(layout.distill_meta)
+    if distilled["enabled"]:
+        student = student_backbone(params)
+        for name in distilled["students"]:
+            logits[name] = network_logits(
+                params, layout, student, layout.student_weights(name), paths, classes
+            )
+    metrics = {model: score(logits[model], labels, classes, params) for model in logits}
+    probabilities = {model: softmax(logits[model]["test"], axis=1) for model in logits}
     per_class = {
         model: per_class_metrics(labels["test"], probabilities[model].argmax(axis=1), classes)
-        for model in MODELS
+        for model in logits
     }
     frame = predictions_frame(paths["test"], labels["test"], probabilities, classes)
     with atomic_output(layout.predictions) as temporary:
@@ -193,10 +213,12 @@ def evaluate(params: Params) -> None:
         read_json(layout.baseline_meta),
         read_json(layout.learning_curve),
         pd.read_csv(layout.label_issues, dtype=str, keep_default_na=False),
+        distilled,
+        read_json(layout.latency),
         params.sample if all(p.startswith(layout.sample.as_posix()) for p in paths["test"]) else None,
     )
     write_text(layout.report, report)
-    for model in MODELS:
+    for model in metrics:
         log.info("%s test: %s", model, metrics[model]["test"])
 
 

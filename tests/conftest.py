@@ -115,6 +115,7 @@ def trained_tiny(tmp_path_factory) -> Params:
     from stages import (
         baseline,
         clean,
+        distill,
         evaluate,
         export,
         featurize,
@@ -128,7 +129,18 @@ def trained_tiny(tmp_path_factory) -> Params:
 
     params = params_module.validate(tiny_params_raw(tmp_path_factory.mktemp("trained")))
     make_class_folder(Path(params.paths.raw), per_class=10)
-    stages = (ingest, clean, split, featurize, train_head, baseline, learning_curve, label_issues, finetune)
+    stages = (
+        ingest,
+        clean,
+        split,
+        featurize,
+        train_head,
+        baseline,
+        learning_curve,
+        label_issues,
+        finetune,
+        distill,
+    )
     for stage in (*stages, evaluate, export):
         getattr(stage, stage.__name__.split(".")[-1])(params)
     return params
