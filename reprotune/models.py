@@ -10,7 +10,6 @@ from torch import nn
 
 from reprotune.backbones import Backbone, load_backbone
 from reprotune.params import Backbone as BackboneParams
-from reprotune.params import Params
 
 
 class Classifier(nn.Module):
@@ -34,14 +33,3 @@ def load_trained_classifier(
     model = Classifier(backbone.model, backbone.num_features, num_classes)
     model.load_state_dict(load_file(weights))
     return model.eval(), backbone
-
-
-def student_backbone(params: Params) -> BackboneParams:
-    """The student's registry entry; its input size defaults to the teacher's setting, then its own."""
-    settings = params.distill
-    return BackboneParams(
-        name=settings.student,
-        weights=settings.student_weights,
-        input_size=settings.input_size or params.backbone.input_size,
-        channels_last=params.backbone.channels_last,
-    )

@@ -57,7 +57,8 @@ from reprotune.errors import InputError
 from reprotune.files import list_files
 from reprotune.inference import predict
 from reprotune.layout import STUDENTS, Layout, atomic_output, read_json, sha256_of_file, write_json
-from reprotune.models import Classifier, load_trained_classifier, student_backbone
+from reprotune.models import Classifier, load_trained_classifier
+from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params
 from reprotune.probe import fit_linear_head
 from reprotune.seeding import seed_everything
@@ -230,6 +231,17 @@ def unlabeled_images(
 # --- students --------------------------------------------------------------------------------------------
 
 
+def student_backbone(params: Params) -> BackboneParams:
+    """The student's registry entry; its input size defaults to the teacher's setting, then its own."""
+    settings = params.distill
+    return BackboneParams(
+        name=settings.student,
+        weights=settings.student_weights,
+        input_size=settings.input_size or params.backbone.input_size,
+        channels_last=params.backbone.channels_last,
+    )
+
+
 def view_config(student: DataConfig, teacher: DataConfig) -> DataConfig:
     """What the one augmented view is cut as: the student's preprocessing at the larger input size, so that
     neither network gets an upsampled picture when the other needs more pixels."""
@@ -326,9 +338,9 @@ def student_settings(params: Params):
 def fingerprint(params: Params, layout: Layout, student: str, train: pd.DataFrame) -> str:
     """What a student's training depends on: a checkpoint made under anything else is not resumed."""
     digest = hashlib.sha256(student.encode())
-    for part in (params.distill, params.finetune, params.backbone, params.train_head, params.featurize):
+    for part in (params.distill, params.finetune, params.backbone, params.train_head):
         digest.update(part.model_dump_json().encode())
-    digest.update(json.dumps(list(params.clean.background)).encode())
+    digest.update(json.dumps([list(params.clean.background), params.featurize.batch_size]).encode())
     digest.update(train[["path", "sha256", "target"]].to_csv(index=False).encode())
     for path in (layout.finetuned_weights, layout.split_manifest):
         digest.update(path.read_bytes())
@@ -420,7 +432,7 @@ def distill(params: Params, on_batch: Callable[[int, int], None] | None = None, 
             params, layout, load_backbone(student_params), train_rows, train_labels, classes, placement
         )
         students = STUDENTS if settings.label_only else STUDENTS[:1]
-        results, histories = {}, {}
+        results, histories, trained = {}, {}, {}
         for student in students:
             seed_everything(settings.seed)  # each student starts alike, however the other one ran
             backbone = load_backbone(student_params)
@@ -472,10 +484,18 @@ def distill(params: Params, on_batch: Callable[[int, int], None] | None = None, 
             }
             histories[student] = progress.history
             data.train_loader.dataset.copies.path.unlink(missing_ok=True)
-            results[student]["_model"] = model
+            trained[student] = model
         if rank == 0:
             write_outputs(
-                params, layout, teacher, teacher_backbone.data, backbone.data, results, histories, dropped
+                params,
+                layout,
+                teacher,
+                teacher_backbone.data,
+                student_params,
+                backbone.data,
+                results,
+                histories,
+                dropped,
             )
             for student in students:
                 shutil.rmtree(layout.distill_checkpoint(student), ignore_errors=True)
@@ -486,21 +506,22 @@ def write_outputs(
     layout: Layout,
     teacher: nn.Module,
     teacher_data: DataConfig,
+    student: BackboneParams,
     student_data: DataConfig,
+    trained: dict[str, nn.Module],
     results: dict,
     histories: dict,
     dropped: list[dict],
 ) -> None:
-    models = {student: results[student].pop("_model") for student in results}
     with atomic_output(layout.distilled) as staging:
         staging.mkdir()
-        for student, model in models.items():
+        for name, model in trained.items():
             save_file(
                 {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                staging / layout.student_weights(student).name,
+                staging / layout.student_weights(name).name,
             )
-            results[student]["megabytes"] = round(
-                (staging / layout.student_weights(student).name).stat().st_size / 2**20, 3
+            results[name]["megabytes"] = round(
+                (staging / layout.student_weights(name).name).stat().st_size / 2**20, 3
             )
         record = {
             "enabled": True,
@@ -510,7 +531,12 @@ def write_outputs(
                 "parameters": parameter_count(teacher),
                 "megabytes": round(layout.finetuned_weights.stat().st_size / 2**20, 3),
             },
-            "student": {"backbone": params.distill.student, "input_size": student_data.input_size},
+            # all that evaluate needs to rebuild the students, so that it reads no distill params
+            "student": {
+                "backbone": student.name,
+                "input_size": student_data.input_size,
+                "registry": student.model_dump(mode="json"),
+            },
             "students": results,
             "unlabeled": {"folder": params.paths.unlabeled, "dropped": dropped},
         }
@@ -518,7 +544,7 @@ def write_outputs(
     write_history(layout, histories)
     runs, channels_last = params.distill.latency_runs, params.backbone.channels_last
     teacher_ms = single_image_latency(teacher, teacher_data.input_size, runs, channels_last)
-    student_ms = single_image_latency(models["distilled"], student_data.input_size, runs, channels_last)
+    student_ms = single_image_latency(trained["distilled"], student_data.input_size, runs, channels_last)
     latency = {
         "threads": torch.get_num_threads(),
         "runs": runs,

@@ -36,7 +36,7 @@ from reprotune.metrics import (
     reliability,
     summary_metrics,
 )
-from reprotune.models import load_trained_classifier, student_backbone
+from reprotune.models import load_trained_classifier
 from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params
 from reprotune.report import render
@@ -185,7 +185,7 @@ def evaluate(params: Params) -> None:
     }
     distilled = read_json(layout.distill_meta)
     if distilled["enabled"]:
-        student = student_backbone(params)
+        student = BackboneParams(**distilled["student"]["registry"])
         for name in distilled["students"]:
             logits[name] = network_logits(
                 params, layout, student, layout.student_weights(name), paths, classes

@@ -211,8 +211,11 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
                 "score": ["0.01"],
             }
         ),
+        {"enabled": False},
+        {},
     )
     text = render(*arguments, None)
+    assert "## Distillation" not in text  # distill is off
     keys = {k for model in metrics.values() for split in model.values() for k in split}
     assert all(f"`{k}`" in text for k in keys), keys
     assert "[" in text.split("`accuracy`")[1].splitlines()[0]  # the interval is shown beside accuracy
