@@ -270,6 +270,11 @@ class Layout:
         return self.exported / "model.int8.onnx"
 
     @property
+    def student_export(self) -> Path:
+        """The distilled student's exported files (same names as the fine-tuned network's), when distill ran."""
+        return self.exported / "student"
+
+    @property
     def model_card(self) -> Path:
         return self.exported / "model.json"
 

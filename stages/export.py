@@ -1,4 +1,5 @@
-"""export: the fine-tuned network for use outside PyTorch, as ONNX (float32) and int8, with a model card.
+"""export: the fine-tuned network for use outside PyTorch, as ONNX (float32) and int8, with a model card; with
+distill enabled, the distilled student the same way in `student/` inside the export folder.
 
 - `model.onnx`: fixed image size, dynamic batch. Accepted only after a check against torch on the whole test
   split: every top-1 prediction the same and no logit more than `export.max_logit_difference` apart. The
@@ -34,6 +35,7 @@ from reprotune.layout import Layout, atomic_output, read_json, write_json, write
 from reprotune.metrics import summary_metrics
 from reprotune.models import Classifier, load_trained_classifier
 from reprotune.onnx_models import OnnxClassifier
+from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params
 
 log = logging.getLogger(__name__)
@@ -176,7 +178,8 @@ def table(comparison: dict) -> str:
     lines = [
         "# Exported models",
         "",
-        "The fine-tuned network as exported, on the test split. Latency: `python -m benchmarks.bench_export`.",
+        "The fine-tuned network (and, with distill on, the distilled student: `student_*`, in `student/`) as "
+        "exported, on the test split. Latency: `python -m benchmarks.bench_export`.",
         "",
         "| model | accuracy [95% interval] | macro-F1 | top-1 agreement with torch | max logit difference | file size |",
         "|---|---|---|---|---|---|",
@@ -190,54 +193,91 @@ def table(comparison: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export(params: Params) -> None:
-    layout = Layout(params.paths)
+def export_network(
+    params: Params,
+    model: Classifier,
+    data: DataConfig,
+    backbone_name: str,
+    weights: Path,
+    temperature: float,
+    folder: Path,
+    layout: Layout,
+) -> dict:
+    """One trained network into `folder` (ONNX float32 checked against torch, int8, the card); its rows of
+    the comparison on the test split (torch float32, ONNX float32, ONNX int8)."""
     settings = params.export
-    features = read_json(layout.features_meta)
-    classes = features["classes"]
-    model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(classes))
+    classes = read_json(layout.features_meta)["classes"]
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     index = {label: i for i, label in enumerate(classes)}
     test = manifest[manifest["split"] == "test"]
     labels = np.array([index[label] for label in test["label"]])
-    test_images = image_loader(params, layout, test, backbone.data)
+    test_images = image_loader(params, layout, test, data)
     reference = predict(model, test_images, torch.device("cpu"), False).numpy()
     train = manifest[manifest["split"] == "train"]
     chosen = train.sample(min(settings.calibration_images, len(train)), random_state=settings.seed)
-    calibration = image_loader(params, layout, chosen, backbone.data)
-    temperature = read_json(layout.metrics)["finetune"]["test"].get("temperature", 1.0)
+    calibration = image_loader(params, layout, chosen, data)
 
+    folder.mkdir()
+    fp32, int8 = folder / layout.onnx_model.name, folder / layout.int8_model.name
+    exporter, check, onnx_logits = export_checked(model, test_images, reference, fp32, params)
+    quantize(fp32, int8, calibration)
+    card = {
+        "classes": classes,
+        "backbone": backbone_name,
+        "input": {"name": "images", "shape": ["batch", 3, data.input_size, data.input_size]},
+        "preprocessing": data.__dict__ | {"resize_side": data.eval_decode_side},
+        "checks": params.clean.model_dump(mode="json"),
+        "temperature": temperature,
+        "exporter": exporter,
+        "opset": settings.opset,
+    }
+    (folder / layout.model_card.name).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    quantized = OnnxClassifier(int8).logits_of(images for images, _ in test_images)
+    return {
+        "torch_fp32": scored(reference, labels, len(classes), params)
+        | compare(reference, reference)
+        | {"megabytes": round(weights.stat().st_size / 2**20, 3)},
+        "onnx_fp32": scored(onnx_logits, labels, len(classes), params)
+        | check
+        | {"megabytes": round(fp32.stat().st_size / 2**20, 3)},
+        "onnx_int8": scored(quantized, labels, len(classes), params)
+        | compare(reference, quantized)
+        | {"megabytes": round(int8.stat().st_size / 2**20, 3)},
+    }
+
+
+def export(params: Params) -> None:
+    layout = Layout(params.paths)
+    classes = read_json(layout.features_meta)["classes"]
+    metrics = read_json(layout.metrics)
+    distilled = read_json(layout.distill_meta)
     with atomic_output(layout.exported) as staging:
-        staging.mkdir()
-        fp32, int8 = staging / layout.onnx_model.name, staging / layout.int8_model.name
-        exporter, check, onnx_logits = export_checked(model, test_images, reference, fp32, params)
-        quantize(fp32, int8, calibration)
-        card = {
-            "classes": classes,
-            "backbone": params.backbone.name,
-            "input": {
-                "name": "images",
-                "shape": ["batch", 3, backbone.data.input_size, backbone.data.input_size],
-            },
-            "preprocessing": backbone.data.__dict__ | {"resize_side": backbone.data.eval_decode_side},
-            "checks": params.clean.model_dump(mode="json"),
-            "temperature": temperature,
-            "exporter": exporter,
-            "opset": settings.opset,
-        }
-        (staging / layout.model_card.name).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-        quantized = OnnxClassifier(int8).logits_of(images for images, _ in test_images)
-        comparison = {
-            "torch_fp32": scored(reference, labels, len(classes), params)
-            | compare(reference, reference)
-            | {"megabytes": round(layout.finetuned_weights.stat().st_size / 2**20, 3)},
-            "onnx_fp32": scored(onnx_logits, labels, len(classes), params)
-            | check
-            | {"megabytes": round(fp32.stat().st_size / 2**20, 3)},
-            "onnx_int8": scored(quantized, labels, len(classes), params)
-            | compare(reference, quantized)
-            | {"megabytes": round(int8.stat().st_size / 2**20, 3)},
-        }
+        model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(classes))
+        comparison = export_network(
+            params,
+            model,
+            backbone.data,
+            params.backbone.name,
+            layout.finetuned_weights,
+            metrics["finetune"]["test"].get("temperature", 1.0),
+            staging,
+            layout,
+        )
+        if distilled["enabled"]:  # the distilled student too, beside the fine-tuned network's files
+            student = BackboneParams(**distilled["student"]["registry"])
+            weights = layout.student_weights("distilled")
+            model, backbone = load_trained_classifier(student, weights, len(classes))
+            rows = export_network(
+                params,
+                model,
+                backbone.data,
+                student.name,
+                weights,
+                metrics["distilled"]["test"].get("temperature", 1.0),
+                staging / layout.student_export.name,
+                layout,
+            )
+            comparison |= {f"student_{name}": row for name, row in rows.items()}
     write_json(layout.export_report, comparison)
     write_text(layout.export_summary, table(comparison))
     for name, row in comparison.items():

@@ -45,6 +45,22 @@ def param_values(params: Params) -> tuple[dict[str, str], dict[str, str]]:
     return short, {k: v for k, v in flat.items() if k not in short}
 
 
+def student_model_name(params: Params) -> str:
+    """The registered model the distilled student is logged under, beside the fine-tuned network's."""
+    return f"{params.track.model_name}-student"
+
+
+def distill_metrics(layout: Layout) -> dict[str, float]:
+    """The students' training summary (parameters, size, best epoch) and the measured latency."""
+    record = read_json(layout.distill_meta)
+    if not record["enabled"]:
+        return {}
+    numbers = {f"distill.teacher.{k}": float(v) for k, v in record["teacher"].items() if k != "backbone"}
+    for student, summary in record["students"].items():
+        numbers |= {f"distill.{student}.{k}": float(v) for k, v in summary.items()}
+    return numbers | {f"latency.{k}": float(v) for k, v in read_json(layout.latency).items()}
+
+
 def run_metrics(layout: Layout) -> dict[str, float]:
     numbers = {k: float(v) for k, v in flatten(read_json(layout.metrics)).items()}
     head = read_json(layout.head_meta)
@@ -68,7 +84,7 @@ def run_metrics(layout: Layout) -> dict[str, float]:
     numbers |= {f"label_issues.flagged.{split}": int((issues["split"] == split).sum()) for split in SPLITS}
     reading = read_json(layout.learning_curve)["reading"]
     numbers |= {f"learning_curve.{k}": float(v) for k, v in reading.items() if isinstance(v, int | float)}
-    return numbers
+    return numbers | distill_metrics(layout)
 
 
 def per_class_tables(layout: Layout) -> dict[str, pd.DataFrame]:
@@ -80,8 +96,8 @@ def per_class_tables(layout: Layout) -> dict[str, pd.DataFrame]:
 
 
 def epoch_history(layout: Layout) -> list:
-    """finetune's epoch curves (step = epoch) and the learning curve (step = labels per class) as MLflow
-    metric histories, for one batched call."""
+    """finetune's and distill's epoch curves (step = epoch) and the learning curve (step = labels per class) as
+    MLflow metric histories, for one batched call."""
     from mlflow.entities import Metric
 
     with layout.finetune_history.open(newline="") as stream:
@@ -92,6 +108,13 @@ def epoch_history(layout: Layout) -> list:
         for name, value in row.items()
         if name != "epoch"
     ]
+    with layout.distill_history.open(newline="") as stream:
+        epochs += [
+            Metric(f"distill.{row['student']}.epoch.{name}", float(value), 0, int(row["epoch"]))
+            for row in csv.DictReader(stream)
+            for name, value in row.items()
+            if name not in ("student", "epoch")
+        ]
     curve = read_json(layout.learning_curve)["points"]
     return epochs + [
         Metric(
@@ -107,10 +130,11 @@ def epoch_history(layout: Layout) -> list:
     ]
 
 
-def log_model(params: Params, layout: Layout) -> str:
+def log_model(params: Params, layout: Layout, folder: Path, name: str, registered: str) -> str:
     """Log the model MLflow serves (reprotune/serving.py: images in, label, confidence and probabilities out,
-    running the exported ONNX file) as "models from code", so that loading it unpickles nothing; with a
-    signature and two real test images as input example, registered, with the alias pointed at it."""
+    running the exported ONNX file in `folder`) as "models from code", so that loading it unpickles nothing;
+    with a signature and two real test images as input example, registered as `registered`, with the alias
+    pointed at it."""
     import base64
 
     import mlflow
@@ -125,29 +149,29 @@ def log_model(params: Params, layout: Layout) -> str:
     example = pd.DataFrame(
         {"image": [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in first_two]}
     )
-    artifacts = {"model": str(layout.onnx_model), "card": str(layout.model_card)}
+    artifacts = {"model": str(folder / layout.onnx_model.name), "card": str(folder / layout.model_card.name)}
     model = serving.ImageClassifier()
     model.load_context(type("Context", (), {"artifacts": artifacts})())
     output = model.predict(None, example)
     if output["error"].any():
         raise AssertionError(f"the served model refused its own input example: {output['error'].tolist()}")
     info = mlflow.pyfunc.log_model(
-        name="model",
+        name=name,
         python_model=serving.__file__,
         artifacts=artifacts,
         code_paths=[str(Path(reprotune.__file__).parent)],
         signature=infer_signature(example, output),
         input_example=example,
-        registered_model_name=params.track.model_name,
+        registered_model_name=registered,
         metadata={
             "classes": meta["classes"],
-            "preprocessing": meta["data_config"],
-            "temperature": read_json(layout.model_card)["temperature"],
+            "preprocessing": read_json(folder / layout.model_card.name)["preprocessing"],
+            "temperature": read_json(folder / layout.model_card.name)["temperature"],
         },
     )
     version = str(info.registered_model_version)
-    point_alias(params.track.model_name, params.track.alias, version)
-    log.info("registered %s version %s as @%s", params.track.model_name, version, params.track.alias)
+    point_alias(registered, params.track.alias, version)
+    log.info("registered %s version %s as @%s", registered, version, params.track.alias)
     return version
 
 
@@ -254,7 +278,12 @@ def record(params: Params) -> None:
         mlflow.log_artifacts(str(layout.head), "models/head")
         mlflow.log_artifacts(str(layout.finetuned), "models/finetuned")
         mlflow.log_artifacts(str(layout.exported), "models/export")
-        version = log_model(params, layout)
+        version = log_model(params, layout, layout.exported, "model", params.track.model_name)
+        if read_json(layout.distill_meta)["enabled"]:
+            for report in (layout.distill_history, layout.latency):
+                mlflow.log_artifact(str(report), "reports")
+            mlflow.log_artifacts(str(layout.distilled), "models/distilled")
+            log_model(params, layout, layout.student_export, "student", student_model_name(params))
     write_json(
         layout.mlflow_run,
         {"run_id": run.info.run_id, "experiment": params.track.experiment, "model_version": version},

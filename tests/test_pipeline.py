@@ -24,7 +24,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PIPELINE_STAGES, ROOT, child_env, copy_project, make_class_folder, tiny_params_raw
+from tests.conftest import (
+    PIPELINE_STAGES,
+    ROOT,
+    child_env,
+    copy_project,
+    make_class_folder,
+    noisy_image,
+    tiny_params_raw,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -404,6 +412,7 @@ def test_a_train_head_change_reruns_only_what_depends_on_it(workspace):
         "learning_curve",
         "label_issues",
         "finetune",
+        "distill",
         "evaluate",
         "export",
         "track",
@@ -413,6 +422,42 @@ def test_a_train_head_change_reruns_only_what_depends_on_it(workspace):
     differing = {k for k in runs[-2].data.params if runs[-2].data.params[k] != runs[-1].data.params.get(k)}
     assert differing == {"train_head.C"}
     assert tree_digest(root / "data" / "raw") == workspace["raw_before"]
+
+
+def test_turning_distill_on_reruns_only_distill_onward_and_registers_the_student(workspace):
+    """The one-line switch (README: Distillation), here with the tiny backbone as student and an unlabelled
+    folder: only distill and what reads it re-run; the students are scored, exported and registered."""
+    import mlflow
+    import pandas as pd
+
+    root = workspace["root"]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["distill"].update(enabled=True, student="reprotune-tiny-test", epochs=2)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for n in range(4):
+        noisy_image((40, 180, 60), 555_000 + n).save(root / "data" / "unlabeled" / f"u{n}.png")
+    assert ran_stages(run(["dvc", "repro"], root)) == ["distill", "evaluate", "export", "track"]
+
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert {"distilled", "label_only"} <= set(metrics)
+    assert "## Distillation" in (root / "reports" / "report.md").read_text()
+    assert json.loads((root / "reports" / "latency.json").read_text())["student_ms"] > 0
+    exported = json.loads((root / "reports" / "export.json").read_text())
+    assert exported["student_onnx_fp32"]["top1_agreement"] == 1.0
+    [latest] = mlflow_runs(root)[-1:]
+    assert latest.data.metrics["distilled.test.accuracy"] == metrics["distilled"]["test"]["accuracy"]
+    assert latest.data.metrics["distill.distilled.unlabeled_images"] == 4
+    assert "latency.student_speedup" in latest.data.metrics
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    student = mlflow.pyfunc.load_model("models:/reprotune-student@candidate")
+    predictions = pd.read_csv(root / "reports" / "predictions.csv").head(5)
+    served = student.predict(pd.DataFrame({"image": [str(root / p) for p in predictions["path"]]}))
+    assert served["label"].tolist() == predictions["distilled"].tolist()
+
+    params["distill"]["enabled"] = False  # off again: the DAG is valid and the students are gone
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], root)
+    assert "distilled" not in json.loads((root / "reports" / "metrics.json").read_text())
 
 
 def test_a_relabel_row_reruns_clean_and_what_it_changes_and_leaves_the_images_alone(workspace):
