@@ -180,6 +180,12 @@ def unlabeled_images(
     folder = layout.unlabeled
     if not folder.is_dir():
         raise InputError(f"params.yaml: paths.unlabeled: {folder} is not a folder (keep it, empty, for none)")
+    raw = layout.raw.resolve()
+    if folder.resolve().is_relative_to(raw) or raw.is_relative_to(folder.resolve()):
+        raise InputError(
+            f"params.yaml: paths.unlabeled ({folder}) and paths.raw ({layout.raw}) overlap; ingest would read "
+            "the unlabelled images as a class: keep the unlabelled folder outside the raw one"
+        )
     rules = params.clean
     side = max(CHECK_SIDE, data_config(params.backbone.name, params.backbone.input_size).eval_decode_side)
     known_files = set(labelled["sha256"])
@@ -483,8 +489,9 @@ def distill(params: Params, on_batch: Callable[[int, int], None] | None = None, 
                 "parameters": parameter_count(model),
             }
             histories[student] = progress.history
-            data.train_loader.dataset.copies.path.unlink(missing_ok=True)
             trained[student] = model
+            if rank == 0:  # made for this student's run alone (finetune's training copies)
+                data.train_loader.dataset.copies.path.unlink(missing_ok=True)
         if rank == 0:
             write_outputs(
                 params,

@@ -198,6 +198,21 @@ def test_unlabelled_folder_is_checked_and_never_overlaps_the_labelled_images(tin
     )
 
 
+def test_an_unlabelled_folder_inside_the_raw_one_is_refused(tiny_params):
+    from reprotune.errors import InputError
+    from reprotune.layout import Layout
+
+    paths = tiny_params.paths.model_copy(update={"unlabeled": str(Path(tiny_params.paths.raw) / "extra")})
+    (Path(paths.unlabeled)).mkdir(parents=True)
+    with pytest.raises(InputError, match=r"paths.unlabeled .* and paths.raw .* overlap"):
+        distill.unlabeled_images(tiny_params, Layout(paths), None)
+    missing = tiny_params.paths.model_copy(
+        update={"unlabeled": str(Path(tiny_params.paths.raw).parent / "none")}
+    )
+    with pytest.raises(InputError, match="paths.unlabeled: .* is not a folder"):
+        distill.unlabeled_images(tiny_params, Layout(missing), None)
+
+
 def test_a_near_duplicate_of_a_labelled_image_is_dropped(tiny_params):
     from tests.conftest import photo_like
 
