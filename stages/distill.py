@@ -10,8 +10,9 @@ trained on the labels alone with the same budget (the ablation that says what di
   input sizes, and each network gets it resized and normalised its own way. Optional mixup mixes that view.
 - Unlabelled images (`paths.unlabeled`, any subfolders, read-only) pass clean's checks and join the training
   set of the distilled student with the distillation term alone; one whose content equals or nearly equals a
-  labelled image's (file sha256, decoded pixels, or near-duplicate hash within `clean.near_duplicate_distance`)
-  is dropped and reported, so that no validation or test picture reaches training through the teacher.
+  labelled image's (file sha256, decoded pixels, or near-duplicate hash within `clean.near_duplicate_distance`;
+  reprotune/extra_images.py) is dropped and reported, so that no validation or test picture reaches training
+  through the teacher.
 - The label-only student is the same student, the same view, epochs and optimizer, and the loss with alpha = 1
   over the labelled images.
 
@@ -43,20 +44,18 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from reprotune import stage
 from reprotune.backbones import Backbone, load_backbone
-from reprotune.checks import CHECK_SIDE, Rejected, decode_checked, pixels_sha256
-from reprotune.dataconfig import DataConfig, data_config
+from reprotune.dataconfig import DataConfig
 from reprotune.datasets import ManifestImages, eval_images, make_loader, worker_count
 from reprotune.devices import pick_device
 from reprotune.distributed import local_device, process_group
-from reprotune.duplicates import image_hashes, load_hashes, near_pairs
 from reprotune.errors import InputError
+from reprotune.extra_images import Known, check_images
 from reprotune.files import list_files
 from reprotune.inference import predict
-from reprotune.layout import STUDENTS, Layout, atomic_output, read_json, sha256_of_file, write_json
+from reprotune.layout import STUDENTS, Layout, atomic_output, read_json, write_json
 from reprotune.models import Classifier, load_trained_classifier
 from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params
@@ -171,12 +170,9 @@ def make_loss(
 # --- the unlabelled images -------------------------------------------------------------------------------
 
 
-def unlabeled_images(
-    params: Params, layout: Layout, labelled: pd.DataFrame
-) -> tuple[pd.DataFrame, list[dict]]:
-    """The usable images under `paths.unlabeled` (path, sha256) and every one dropped with its reason:
-    clean's checks, an exact copy (file or pixels) of a labelled image or of an earlier unlabelled one, or
-    a near duplicate of a labelled image."""
+def unlabeled_images(params: Params, layout: Layout) -> tuple[pd.DataFrame, list[dict]]:
+    """The usable images under `paths.unlabeled` (path, sha256) and every one dropped with its reason
+    (reprotune/extra_images.py: clean's checks, no copy or near duplicate of a labelled image)."""
     folder = layout.unlabeled
     if not folder.is_dir():
         raise InputError(f"params.yaml: paths.unlabeled: {folder} is not a folder (keep it, empty, for none)")
@@ -186,52 +182,9 @@ def unlabeled_images(
             f"params.yaml: paths.unlabeled ({folder}) and paths.raw ({layout.raw}) overlap; ingest would read "
             "the unlabelled images as a class: keep the unlabelled folder outside the raw one"
         )
-    rules = params.clean
-    side = max(CHECK_SIDE, data_config(params.backbone.name, params.backbone.input_size).eval_decode_side)
-    known_files = set(labelled["sha256"])
-    known_pixels = set(labelled["pixels_sha256"])
-    rows, hashes, dropped = [], [], []
-    for path in tqdm(list_files(folder), desc="unlabeled", unit="img", disable=None):
-        if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
-            dropped.append({"path": path.as_posix(), "reason": "outside_root", "detail": ""})
-            continue
-        digest = sha256_of_file(path)
-        try:
-            found = decode_checked(path, rules, side)
-        except Rejected as rejected:
-            dropped.append({"path": path.as_posix(), "reason": rejected.reason, "detail": rejected.detail})
-            continue
-        pixels = pixels_sha256(found.rgb)
-        if digest in known_files or pixels in known_pixels:
-            dropped.append(
-                {"path": path.as_posix(), "reason": "duplicate_of_labelled", "detail": "same content"}
-            )
-            continue
-        known_files.add(digest)
-        known_pixels.add(pixels)
-        rows.append({"path": path.as_posix(), "sha256": digest})
-        hashes.append(image_hashes(found.rgb))
-    kept = pd.DataFrame(rows, columns=["path", "sha256"])
-    if rules.near_duplicate_distance is not None and len(kept):
-        # row i of the labelled hashes is row i of clean's manifest, which holds every labelled image
-        labelled_hashes = load_hashes(layout.duplicate_hashes)
-        count = len(labelled_hashes)
-        pairs = near_pairs(np.concatenate([labelled_hashes, np.stack(hashes)]), rules.near_duplicate_distance)
-        near = {}
-        for (i, j), distance in pairs.items():
-            if i < count <= j:
-                near.setdefault(j - count, (i, distance))
-        clean_paths = layout.read_manifest(layout.clean_manifest)["path"].tolist()
-        for index, (i, distance) in sorted(near.items()):
-            dropped.append(
-                {
-                    "path": kept["path"].iloc[index],
-                    "reason": "near_duplicate_of_labelled",
-                    "detail": f"{clean_paths[i]} ({distance} bits)",
-                }
-            )
-        kept = kept.drop(index=kept.index[sorted(near)]).reset_index(drop=True)
-    return kept, dropped
+    rows = pd.DataFrame({"path": [path.as_posix() for path in list_files(folder)]}, columns=["path"])
+    checked = check_images(rows, folder, params, Known.from_clean(layout, "labelled"), "unlabeled")
+    return checked.kept, checked.dropped
 
 
 # --- students --------------------------------------------------------------------------------------------
@@ -427,7 +380,7 @@ def distill(params: Params, on_batch: Callable[[int, int], None] | None = None, 
         manifest = layout.read_manifest(layout.split_manifest, {"label": str})
         train_rows, train_labels = load_split(manifest, "train", classes)
         val = load_split(manifest, "val", classes)
-        unlabeled, dropped = unlabeled_images(params, layout, layout.read_manifest(layout.clean_manifest))
+        unlabeled, dropped = unlabeled_images(params, layout)
         log.info("unlabeled: %d images used, %d dropped", len(unlabeled), len(dropped))
         labelled = train_rows[["path", "sha256"]].assign(target=train_labels)
         everything = pd.concat([labelled, unlabeled.assign(target=UNLABELED)], ignore_index=True)

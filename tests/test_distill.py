@@ -188,7 +188,7 @@ def test_unlabelled_folder_is_checked_and_never_overlaps_the_labelled_images(tin
         "broken.jpg": "not_an_image",
         "exact.png": "duplicate_of_labelled",
         "same_pixels.bmp": "duplicate_of_labelled",
-        "u00-again.png": "duplicate_of_labelled",
+        "u00-again.png": "duplicate_in_folder",
     }
     assert record["students"]["distilled"]["unlabeled_images"] == 3
     assert sorted((p.relative_to(raw), p.read_bytes()) for p in raw.rglob("*") if p.is_file()) == raw_before
@@ -205,12 +205,12 @@ def test_an_unlabelled_folder_inside_the_raw_one_is_refused(tiny_params):
     paths = tiny_params.paths.model_copy(update={"unlabeled": str(Path(tiny_params.paths.raw) / "extra")})
     (Path(paths.unlabeled)).mkdir(parents=True)
     with pytest.raises(InputError, match=r"paths.unlabeled .* and paths.raw .* overlap"):
-        distill.unlabeled_images(tiny_params, Layout(paths), None)
+        distill.unlabeled_images(tiny_params, Layout(paths))
     missing = tiny_params.paths.model_copy(
         update={"unlabeled": str(Path(tiny_params.paths.raw).parent / "none")}
     )
     with pytest.raises(InputError, match="paths.unlabeled: .* is not a folder"):
-        distill.unlabeled_images(tiny_params, Layout(missing), None)
+        distill.unlabeled_images(tiny_params, Layout(missing))
 
 
 def test_a_near_duplicate_of_a_labelled_image_is_dropped(tiny_params):
