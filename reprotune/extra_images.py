@@ -45,10 +45,10 @@ class Known:
             load_hashes(layout.duplicate_hashes),
         )
 
-    def plus(self, checked: Checked) -> Known:
-        """These images and `checked`'s kept ones."""
+    def plus(self, checked: Checked, name: str) -> Known:
+        """These images and `checked`'s kept ones, called `name`."""
         return Known(
-            self.name,
+            name,
             self.paths + checked.kept["path"].tolist(),
             self.files | set(checked.kept["sha256"]),
             self.pixels | set(checked.pixels),

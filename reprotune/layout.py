@@ -226,6 +226,27 @@ class Layout:
     def distill_history(self) -> Path:
         return self.reports / "distill_history.csv"
 
+    # adapt
+    @property
+    def target(self) -> Path:
+        return Path(self.paths.target)
+
+    @property
+    def adapted(self) -> Path:
+        return Path(self.paths.adapted)
+
+    @property
+    def adapt_meta(self) -> Path:
+        return self.adapted / "adapt.json"
+
+    @property
+    def adapt_report(self) -> Path:
+        return self.reports / "adapt.json"
+
+    @property
+    def adapt_checkpoint(self) -> Path:
+        return Path(self.paths.checkpoints) / "adapt"
+
     @property
     def latency(self) -> Path:
         """Measured, not computed: the one output that differs between two runs of the same params and data."""

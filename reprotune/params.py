@@ -47,6 +47,8 @@ class Paths(Section):
     relabel: str
     unlabeled: str
     distilled: str
+    target: str
+    adapted: str
     exported: str
     reports: str
     checkpoints: str
@@ -192,6 +194,17 @@ class Distill(Section):
     seed: Seed
 
 
+class Adapt(Section):
+    """Domain adaptation to the unlabelled images of `paths.target`; the target-aware fine-tune trains
+    with finetune's settings."""
+
+    method: Literal["none", "adabn", "coral", "finetune"]
+    target_loss: Literal["mcc", "entropy"]
+    weight: Annotated[float, Field(ge=0, le=100)]
+    coral_regularization: Annotated[float, Field(gt=0, le=1e6)]
+    seed: Seed
+
+
 class Evaluate(Section):
     top_k: Annotated[int, Field(gt=0, le=1000)]
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
@@ -248,6 +261,7 @@ class Params(Section):
     label_issues: LabelIssues
     finetune: Finetune
     distill: Distill
+    adapt: Adapt
     evaluate: Evaluate
     export: Export
     track: Track

@@ -195,6 +195,60 @@ def distillation_section(metrics: dict, distilled: dict, latency: dict) -> list[
     return lines + [""]
 
 
+METHOD_NAMES = {"adabn": "AdaBN", "coral": "CORAL", "finetune": "target-aware fine-tuning"}
+
+
+def adaptation_section(adapted: dict) -> list[str]:
+    if adapted["method"] == "none":
+        return []
+    target = adapted["target"]
+    reasons = Counter(d["reason"] for d in target["dropped"])
+    labelled = target["test_images"] > 0
+    lines = [
+        "## Domain adaptation",
+        "",
+        f"Method: {METHOD_NAMES[adapted['method']]}, from {target['unlabeled_images']} unlabelled target images "
+        f"in `{target['folder']}`"
+        + (
+            f" ({len(target['dropped'])} files dropped: {', '.join(f'{k}: {v}' for k, v in reasons.items())}; "
+            "listed in `adapt.json`)"
+            if target["dropped"]
+            else ""
+        )
+        + (
+            f"; measured on {target['test_images']} labelled target test images, never used to train or choose."
+            if labelled
+            else ". **There are no target labels (`test/<class>/<image>` in the target folder), so whether "
+            "adaptation helped cannot be verified**: below are only what can be measured without them."
+        ),
+        "",
+        "| model | "
+        + ("target test accuracy [95% interval] | target macro-F1 | " if labelled else "")
+        + "source test accuracy | domain classifier accuracy (0.5: domains indistinguishable) |",
+        "|---|" + ("---|---|" if labelled else "") + "---|---|",
+    ]
+    for model, variants in adapted["models"].items():
+        for variant, record in variants.items():
+            title = f"{'head' if model == 'head' else 'fine-tuned'}, {variant.replace('_', '-')}"
+            domain = record["domain_accuracy"]
+            cells = [title]
+            if labelled:
+                cells += [
+                    _value("accuracy", record["target_test"]),
+                    f"{record['target_test']['macro_f1']:.4f}",
+                ]
+            cells += [f"{record['source_test']['accuracy']:.4f}", "–" if domain is None else f"{domain:.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Predicted classes on the unlabelled target images (share of images):", ""]
+    for model, variants in adapted["models"].items():
+        for variant, record in variants.items():
+            shares = ", ".join(f"{k} {v:.2f}" for k, v in record["predicted_on_target"].items())
+            lines.append(
+                f"- {'head' if model == 'head' else 'fine-tuned'}, {variant.replace('_', '-')}: {shares}"
+            )
+    return lines + ["", "Per-class F1 on the target test set: `adapt.json`." if labelled else "", ""]
+
+
 def render(
     params: Params,
     metrics: dict,
@@ -208,6 +262,7 @@ def render(
     issues: pd.DataFrame,
     distilled: dict,
     latency: dict,
+    adapted: dict,
     sample: Sample | None,
 ) -> str:
     """The report; `sample` is params' sample section when the run is on the built-in sample, else None."""
@@ -295,6 +350,7 @@ def render(
             issues, sum(sum(c.values()) for c in splits["counts"].values()), params.paths.relabel
         ),
         *distillation_section(metrics, distilled, latency),
+        *adaptation_section(adapted),
         "## Per class (test)",
         "",
         "| class | support | baseline F1 | head F1 | fine-tuned F1 | fine-tuned precision | fine-tuned recall |",

@@ -243,10 +243,12 @@ def load_data(
     rank: int,
     world: int,
     placement: Placement,
+    seed: int,
+    drop_last: bool = False,
 ) -> TrainingData:
     """Training batches of augmented views (`train`: path, sha256, label index, UNLABELED for unlabelled
-    images), shuffled, each process taking batch_size / world; validation through the student's eval
-    transform."""
+    images), shuffled (seeded by `seed`), each process taking batch_size / world; validation through the
+    student's eval transform. adapt's target-aware fine-tune uses it too."""
     settings = params.finetune
     background = tuple(params.clean.background)
     workers = worker_count(settings.num_workers)
@@ -260,9 +262,9 @@ def load_data(
         *training_copies(layout, train, view, settings.augment, background, rank),
     )
     val_set = eval_images(*val, student_data, background, layout.resized_copies)
-    loader_rng = torch.Generator().manual_seed(params.distill.seed)
+    loader_rng = torch.Generator().manual_seed(seed)
     sampler = (
-        DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=params.distill.seed)
+        DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         if world > 1
         else None
     )
@@ -274,7 +276,7 @@ def load_data(
         num_workers=workers,
         pin_memory=pin,
         generator=loader_rng,
-        drop_last=params.distill.mixup > 0,  # as finetune: a batch of one would mix with itself
+        drop_last=drop_last,
     )
     val_loader = make_loader(val_set, settings.batch_size, workers, pin=pin)
     return TrainingData(train_loader, loader_rng, sampler, val_loader, torch.tensor(val_set.labels))
@@ -402,7 +404,19 @@ def distill(params: Params, on_batch: Callable[[int, int], None] | None = None, 
                 model.to(memory_format=torch.channels_last)
             view = view_config(backbone.data, teacher_backbone.data)
             train = everything if student == "distilled" else labelled
-            data = load_data(params, layout, view, backbone.data, train, val, rank, world, placement)
+            data = load_data(
+                params,
+                layout,
+                view,
+                backbone.data,
+                train,
+                val,
+                rank,
+                world,
+                placement,
+                settings.seed,
+                drop_last=settings.mixup > 0,  # as finetune: a batch of one would mix with itself
+            )
             optimizer, scheduler = make_optimizer(
                 model, backbone, student_settings(params), len(data.train_loader)
             )

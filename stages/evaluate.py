@@ -92,6 +92,24 @@ def network_logits(
     return logits
 
 
+def adapt_metrics(adapted: dict) -> dict:
+    """adapt's numbers per model and variant (source_only, adapted): target test accuracy with its interval
+    and macro-F1 when target labels exist, source test accuracy, the domain classifier's accuracy."""
+    numbers = {}
+    for model, variants in adapted["models"].items():
+        for variant, record in variants.items():
+            entry = {"source_test_accuracy": record["source_test"]["accuracy"]}
+            if record["domain_accuracy"] is not None:
+                entry["domain_accuracy"] = record["domain_accuracy"]
+            if "target_test" in record:
+                entry |= {
+                    f"target_test_{k}": record["target_test"][k]
+                    for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1")
+                }
+            numbers[f"{model}_{variant}"] = entry
+    return numbers
+
+
 def score(logits: dict, labels: dict, classes: list[str], params: Params) -> dict:
     """metrics.json's content for one model."""
     settings = params.evaluate
@@ -200,8 +218,12 @@ def evaluate(params: Params) -> None:
     with atomic_output(layout.predictions) as temporary:
         frame.to_csv(temporary, index=False)
     draw(layout, params, frame, labels["test"], probabilities, per_class, metrics, classes)
+    adapted = read_json(layout.adapt_report)
     write_json(layout.per_class, per_class)
-    write_json(layout.metrics, metrics)
+    # adapt's figures join metrics.json only when it ran, so that `adapt.method: none` changes no byte here
+    write_json(
+        layout.metrics, metrics | ({"adapt": adapt_metrics(adapted)} if adapted["method"] != "none" else {})
+    )
     report = render(
         params,
         metrics,
@@ -215,6 +237,7 @@ def evaluate(params: Params) -> None:
         pd.read_csv(layout.label_issues, dtype=str, keep_default_na=False),
         distilled,
         read_json(layout.latency),
+        adapted,
         params.sample if all(p.startswith(layout.sample.as_posix()) for p in paths["test"]) else None,
     )
     write_text(layout.report, report)

@@ -84,6 +84,17 @@ def run_metrics(layout: Layout) -> dict[str, float]:
     numbers |= {f"label_issues.flagged.{split}": int((issues["split"] == split).sum()) for split in SPLITS}
     reading = read_json(layout.learning_curve)["reading"]
     numbers |= {f"learning_curve.{k}": float(v) for k, v in reading.items() if isinstance(v, int | float)}
+    adapted = read_json(layout.adapt_report)
+    if adapted["method"] != "none":
+        numbers |= {
+            f"adapt.{model}.{variant}.{key}": float(value)
+            for model, variants in adapted["models"].items()
+            for variant, record in variants.items()
+            for key, value in flatten(
+                {k: v for k, v in record.items() if k in ("source_test", "target_test", "domain_accuracy")}
+            ).items()
+            if isinstance(value, int | float)
+        }
     return numbers | distill_metrics(layout)
 
 
@@ -279,6 +290,9 @@ def record(params: Params) -> None:
         mlflow.log_artifacts(str(layout.finetuned), "models/finetuned")
         mlflow.log_artifacts(str(layout.exported), "models/export")
         version = log_model(params, layout, layout.exported, "model", params.track.model_name)
+        if read_json(layout.adapt_report)["method"] != "none":
+            mlflow.log_artifact(str(layout.adapt_report), "reports")
+            mlflow.log_artifacts(str(layout.adapted), "models/adapted")
         if read_json(layout.distill_meta)["enabled"]:
             for report in (layout.distill_history, layout.latency):
                 mlflow.log_artifact(str(report), "reports")

@@ -113,6 +113,7 @@ def trained_tiny(tmp_path_factory) -> Params:
     """One tiny project trained, evaluated and exported, shared by the tests that only read it (export's
     files, predict): the pipeline runs once per test session instead of once per test."""
     from stages import (
+        adapt,
         baseline,
         clean,
         distill,

@@ -213,9 +213,10 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         ),
         {"enabled": False},
         {},
+        {"method": "none"},
     )
     text = render(*arguments, None)
-    assert "## Distillation" not in text  # distill is off
+    assert "## Distillation" not in text and "## Domain adaptation" not in text  # both are off
     keys = {k for model in metrics.values() for split in model.values() for k in split}
     assert all(f"`{k}`" in text for k in keys), keys
     assert "[" in text.split("`accuracy`")[1].splitlines()[0]  # the interval is shown beside accuracy
