@@ -25,12 +25,13 @@ from reprotune.params import Params
 
 @dataclass
 class Known:
-    """Images a new file must not repeat, with the word a report uses for them (`labelled`, `source`)."""
+    """Images a new file must not repeat, each with the word a report uses for where it is from
+    (`labelled`, `source`, `target_test`)."""
 
-    name: str
     paths: list[str]
-    files: set[str]  # sha256 of the files
-    pixels: set[str]  # sha256 of the decoded pixels
+    owners: list[str]  # per path: where it is from
+    files: dict[str, str]  # sha256 of the file -> owner
+    pixels: dict[str, str]  # sha256 of the decoded pixels -> owner
     hashes: np.ndarray = field(default_factory=lambda: np.zeros((0, HASHES, WORDS), np.uint64))
 
     @classmethod
@@ -38,20 +39,20 @@ class Known:
         """clean's kept images: row i of its manifest has row i of its hash file."""
         kept = layout.read_manifest(layout.clean_manifest)
         return cls(
-            name,
             kept["path"].tolist(),
-            set(kept["sha256"]),
-            set(kept["pixels_sha256"]),
+            [name] * len(kept),
+            dict.fromkeys(kept["sha256"], name),
+            dict.fromkeys(kept["pixels_sha256"], name),
             load_hashes(layout.duplicate_hashes),
         )
 
     def plus(self, checked: Checked, name: str) -> Known:
-        """These images and `checked`'s kept ones, called `name`."""
+        """These images and `checked`'s kept ones, which are from `name`."""
         return Known(
-            name,
             self.paths + checked.kept["path"].tolist(),
-            self.files | set(checked.kept["sha256"]),
-            self.pixels | set(checked.pixels),
+            self.owners + [name] * len(checked.kept),
+            self.files | dict.fromkeys(checked.kept["sha256"], name),
+            self.pixels | dict.fromkeys(checked.pixels, name),
             np.concatenate([self.hashes, checked.hashes]),
         )
 
@@ -88,9 +89,8 @@ def check_images(rows: pd.DataFrame, root: Path, params: Params, known: Known, d
             continue
         picture = pixels_sha256(found.rgb)
         if digest in known.files or picture in known.pixels:
-            dropped.append(
-                {"path": row["path"], "reason": f"duplicate_of_{known.name}", "detail": "same content"}
-            )
+            owner = known.files.get(digest) or known.pixels[picture]
+            dropped.append({"path": row["path"], "reason": f"duplicate_of_{owner}", "detail": "same content"})
             continue
         if digest in files or picture in seen_pixels:
             dropped.append({"path": row["path"], "reason": "duplicate_in_folder", "detail": "same content"})
@@ -113,7 +113,7 @@ def check_images(rows: pd.DataFrame, root: Path, params: Params, known: Known, d
             dropped.append(
                 {
                     "path": frame["path"].iloc[index],
-                    "reason": f"near_duplicate_of_{known.name}",
+                    "reason": f"near_duplicate_of_{known.owners[i]}",
                     "detail": f"{known.paths[i]} ({bits} bits)",
                 }
             )

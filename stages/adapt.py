@@ -58,12 +58,13 @@ from reprotune.params import Params
 from reprotune.probe import fit_linear_head
 from reprotune.seeding import seed_everything
 from reprotune.training import Placement, Schedule, fit
-from stages.distill import UNLABELED, load_data
 from stages.finetune import (
+    UNLABELED,
     build_model,
     freeze,
     load_split,
     make_optimizer,
+    mixed_training_data,
     mixing,
     phase_strategy,
     trainable_backbone_names,
@@ -117,7 +118,7 @@ def target_images(params: Params, layout: Layout, classes: list[str]) -> dict:
         pd.DataFrame(unlabeled, columns=["path"]),
         folder,
         params,
-        source.plus(checked_test, "source_or_target_test"),
+        source.plus(checked_test, "target_test"),
         "target",
     )
     return {
@@ -130,22 +131,79 @@ def target_images(params: Params, layout: Layout, classes: list[str]) -> dict:
 # --- the methods -----------------------------------------------------------------------------------------
 
 
+def _norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
 @torch.no_grad()
-def adapt_batchnorm(model: nn.Module, loader, placement: Placement) -> None:
-    """AdaBN: every BatchNorm's running statistics re-estimated as the average over the loader's images
-    (momentum None: a cumulative average, not the last batches'); weights and everything else unchanged."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
+def input_statistics(
+    model: nn.Module, loader, placement: Placement
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per BatchNorm: the mean and (biased) variance per channel of its input over all the loader's images,
+    the model in eval mode and unchanged."""
+    sums: dict[str, list] = {}
+
+    def record(name: str):
+        def hook(module, inputs) -> None:
+            x = inputs[0].detach().float().transpose(0, 1).reshape(inputs[0].shape[1], -1)
+            total = sums.setdefault(name, [0.0, 0.0, 0])
+            total[0] = total[0] + x.sum(dim=1)
+            total[1] = total[1] + (x * x).sum(dim=1)
+            total[2] += x.shape[1]
+
+        return hook
+
+    handles = [norm.register_forward_pre_hook(record(name)) for name, norm in _norms(model).items()]
+    try:
+        model.eval()
+        for images, _ in loader:
+            model(to_device(images, placement.device, placement.channels_last))
+    finally:
+        for handle in handles:
+            handle.remove()
+    statistics = {}
+    for name, (total, squares, count) in sums.items():
+        mean = total / count
+        statistics[name] = (mean, (squares / count - mean * mean).clamp_min(0))
+    return statistics
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, source, target, placement: Placement, passes: int = 3) -> None:
+    """AdaBN (Li et al. 2016): every BatchNorm's running statistics re-estimated from the target images
+    (`target`, a loader), nothing else changed.
+
+    Classic AdaBN swaps in the target's statistics because the network was trained under the source's. Ours
+    normalise with the statistics they were trained under (finetune keeps ImageNet's, `freeze_bn_stats`), so
+    each layer gets the statistics that make its target input look, once normalised, as its source input
+    (`source`, a loader of source training images) did: mean_t - (mean_s - running_mean) * r and
+    (running_var + eps) * r^2 - eps, with r = std_t / std_s. When the running statistics are the source's,
+    that is exactly the target's mean and variance. A layer's target input depends on the layers before it,
+    so the target's statistics are measured again after each update (`passes`)."""
+    norms = _norms(model)
+    stored = {name: (n.running_mean.clone(), n.running_var.clone()) for name, n in norms.items()}
+    source_statistics = input_statistics(model, source, placement)
+    for _ in range(passes):
+        target_statistics = input_statistics(model, target, placement)
+        for name, norm in norms.items():
+            (mean_s, var_s), (mean_t, var_t) = source_statistics[name], target_statistics[name]
+            running_mean, running_var = stored[name]
+            ratio = torch.sqrt((var_t + norm.eps) / (var_s + norm.eps))
+            norm.running_mean.copy_(mean_t - (mean_s - running_mean) * ratio)
+            norm.running_var.copy_((running_var + norm.eps) * ratio**2 - norm.eps)
     model.eval()
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-        norm.train()
-    for images, _ in loader:
-        model(to_device(images, placement.device, placement.channels_last))
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    model.eval()
+
+
+def coral_map(source: np.ndarray, target: np.ndarray, regularization: float):
+    """CORAL (Sun et al. 2016) as a function of source features: whitened with the source's covariance and
+    re-coloured with the target's (each plus `regularization` x identity), centred on the target's mean.
+    Identical distributions give the identity."""
+    identity = np.eye(source.shape[1])
+    source_cov = np.cov(source, rowvar=False) + regularization * identity
+    target_cov = np.cov(target, rowvar=False) + regularization * identity
+    transform = _matrix_power(source_cov, -0.5) @ _matrix_power(target_cov, 0.5)
+    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
+    return lambda features: (features - source_mean) @ transform + target_mean
 
 
 def _matrix_power(matrix: np.ndarray, power: float) -> np.ndarray:
@@ -154,14 +212,7 @@ def _matrix_power(matrix: np.ndarray, power: float) -> np.ndarray:
 
 
 def coral(source: np.ndarray, target: np.ndarray, regularization: float) -> np.ndarray:
-    """CORAL: source features whitened with their own covariance and re-coloured with the target's (each
-    plus `regularization` x identity), centred on the target's mean. Identical distributions map to
-    themselves."""
-    identity = np.eye(source.shape[1])
-    source_cov = np.cov(source, rowvar=False) + regularization * identity
-    target_cov = np.cov(target, rowvar=False) + regularization * identity
-    transform = _matrix_power(source_cov, -0.5) @ _matrix_power(target_cov, 0.5)
-    return (source - source.mean(axis=0)) @ transform + target.mean(axis=0)
+    return coral_map(source, target, regularization)(source)
 
 
 def minimum_class_confusion(logits: torch.Tensor) -> torch.Tensor:
@@ -277,6 +328,10 @@ def describe(
     return record
 
 
+def target_embeddings_of(network: Network, paths: list[str]) -> np.ndarray:
+    return network.outputs(paths, "embeddings").astype(np.float64)
+
+
 class Network:
     """A Classifier with its preprocessing: logits and embeddings of files."""
 
@@ -374,41 +429,51 @@ def adapt(params: Params, on_batch=None) -> None:
             models["finetune"] = {"source_only": measure(finetuned_network(), "fine-tuned, source only")}
         if settings.method == "adabn":
             for name, make in (("head", head_network), ("finetune", finetuned_network)):
-                # The domain classifier compares each domain under its own statistics, which is what AdaBN
-                # aligns; source test accuracy is the adapted network's, on source images as they come.
-                source_features = make().outputs(paths["source"], "embeddings")
-                network = make()
-                adapt_batchnorm(network.model, loader_of(params, paths["target"], network.data), placement)
-                models[name]["adapted"] = measure(network, f"{name}, AdaBN", source_features)
+                # Per-domain statistics, as AdaBN means them: source images keep the source network (so its
+                # source test accuracy is the source-only one; `source_test_with_target_statistics` says
+                # what the adapted network does to them), target images get the adapted one.
+                original, network = make(), make()
+                adapt_batchnorm(
+                    network.model,
+                    loader_of(params, paths["source"], network.data),
+                    loader_of(params, paths["target"], network.data),
+                    placement,
+                )
+                record = measure(network, f"{name}, AdaBN", original.outputs(paths["source"], "embeddings"))
+                record["source_test_with_target_statistics"] = record["source_test"]
+                record["source_test"] = models[name]["source_only"]["source_test"]
+                models[name]["adapted"] = record
                 saved[name] = network.model.state_dict()
         elif settings.method == "coral":
             frozen = head_network()
             train_embeddings = load_file(layout.features_file("train"))
-            target_embeddings = frozen.outputs(paths["target"], "embeddings")
-            aligned = coral(
+            target_embeddings = frozen.outputs(paths["target"], "embeddings").astype(np.float64)
+            align = coral_map(
                 train_embeddings["embeddings"].double().numpy(),
-                target_embeddings.astype(np.float64),
+                target_embeddings,
                 settings.coral_regularization,
             )
             weight, bias, _ = fit_linear_head(
-                aligned,
+                align(train_embeddings["embeddings"].double().numpy()),
                 train_embeddings["labels"].numpy(),
                 params.train_head.C,
                 params.train_head.max_iter,
                 len(classes),
             )
             head = {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
-            network = head_network(head=head)
-            source_sample = frozen.outputs(paths["source"], "embeddings")
-            models["head"]["adapted"] = measure(
-                network,
-                "head, CORAL",
-                coral(
-                    source_sample.astype(np.float64),
-                    target_embeddings.astype(np.float64),
-                    settings.coral_regularization,
-                ),
-            )
+            # Per domain, as CORAL means it: target embeddings go to the new head as they are, source ones
+            # through the same alignment the head was trained on.
+            target_logits = {
+                part: target_embeddings_of(frozen, paths[part]) @ weight.T + bias
+                for part in ("target", "target_test")
+            }
+            source_test = align(frozen.outputs(paths["source_test"], "embeddings").astype(np.float64))
+            logits = target_logits | {"source_test": source_test @ weight.T + bias}
+            features = {
+                "source": align(frozen.outputs(paths["source"], "embeddings").astype(np.float64)),
+                "target": target_embeddings,
+            }
+            models["head"]["adapted"] = describe("head, CORAL", logits, features, labels, classes, params)
             saved["head"] = head
         else:
             model, best_state = target_aware_finetune(
@@ -437,7 +502,7 @@ def target_aware_finetune(params, layout, classes, unlabeled, rank, world, place
         ignore_index=True,
     )
     val = load_split(manifest, "val", classes)
-    data = load_data(
+    data = mixed_training_data(
         params, layout, backbone.data, backbone.data, train, val, rank, world, placement, settings.seed
     )
     optimizer, scheduler = make_optimizer(model, backbone, settings, len(data.train_loader))

@@ -43,12 +43,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
 
 from reprotune import stage
 from reprotune.backbones import Backbone, load_backbone
 from reprotune.dataconfig import DataConfig
-from reprotune.datasets import ManifestImages, eval_images, make_loader, worker_count
+from reprotune.datasets import eval_images, make_loader, worker_count
 from reprotune.devices import pick_device
 from reprotune.distributed import local_device, process_group
 from reprotune.errors import InputError
@@ -61,12 +60,11 @@ from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params
 from reprotune.probe import fit_linear_head
 from reprotune.seeding import seed_everything
-from reprotune.training import Placement, Schedule, TrainingData, fit
-from stages.finetune import load_split, make_optimizer, training_copies
+from reprotune.training import Placement, Schedule, fit
+from stages.finetune import UNLABELED, load_split, make_optimizer, mixed_training_data
 
 log = logging.getLogger(__name__)
 
-UNLABELED = -1  # the label of an unlabelled image: it gets the distillation term only
 HISTORY_FIELDS = ["student", "epoch", "train_loss", "val_loss", "val_accuracy", "lr"]
 
 
@@ -233,55 +231,6 @@ def probe_head(
     return {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
 
 
-def load_data(
-    params: Params,
-    layout: Layout,
-    view: DataConfig,
-    student_data: DataConfig,
-    train: pd.DataFrame,
-    val: tuple[pd.DataFrame, list[int]],
-    rank: int,
-    world: int,
-    placement: Placement,
-    seed: int,
-    drop_last: bool = False,
-) -> TrainingData:
-    """Training batches of augmented views (`train`: path, sha256, label index, UNLABELED for unlabelled
-    images), shuffled (seeded by `seed`), each process taking batch_size / world; validation through the
-    student's eval transform. adapt's target-aware fine-tune uses it too."""
-    settings = params.finetune
-    background = tuple(params.clean.background)
-    workers = worker_count(settings.num_workers)
-    pin = placement.device.type == "cuda"
-    train_set = ManifestImages(
-        train["path"].tolist(),
-        train["target"].tolist(),
-        view.train_transform(settings.augment),
-        background,
-        view.train_decode_side(settings.augment),
-        *training_copies(layout, train, view, settings.augment, background, rank),
-    )
-    val_set = eval_images(*val, student_data, background, layout.resized_copies)
-    loader_rng = torch.Generator().manual_seed(seed)
-    sampler = (
-        DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        if world > 1
-        else None
-    )
-    train_loader = DataLoader(
-        train_set,
-        settings.batch_size // world,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin,
-        generator=loader_rng,
-        drop_last=drop_last,
-    )
-    val_loader = make_loader(val_set, settings.batch_size, workers, pin=pin)
-    return TrainingData(train_loader, loader_rng, sampler, val_loader, torch.tensor(val_set.labels))
-
-
 def student_settings(params: Params):
     """finetune's settings as the students train: every layer, the head from the probe, distill's budget."""
     return params.finetune.model_copy(
@@ -404,7 +353,7 @@ def distill(params: Params, on_batch: Callable[[int, int], None] | None = None, 
                 model.to(memory_format=torch.channels_last)
             view = view_config(backbone.data, teacher_backbone.data)
             train = everything if student == "distilled" else labelled
-            data = load_data(
+            data = mixed_training_data(
                 params,
                 layout,
                 view,

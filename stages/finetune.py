@@ -67,6 +67,7 @@ from reprotune.training import (
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "lr"]
+UNLABELED = -1  # the label of an image without one (distill's unlabelled images, adapt's target images)
 
 
 def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None) -> None:
@@ -221,6 +222,56 @@ def load_data(
         pin_memory=pin,
         generator=loader_rng,
         drop_last=mixing(settings),  # mixup pairs need an even batch
+    )
+    val_loader = make_loader(val_set, settings.batch_size, workers, pin=pin)
+    return TrainingData(train_loader, loader_rng, sampler, val_loader, torch.tensor(val_set.labels))
+
+
+def mixed_training_data(
+    params: Params,
+    layout: Layout,
+    view: DataConfig,
+    student_data: DataConfig,
+    train: pd.DataFrame,
+    val: tuple[pd.DataFrame, list[int]],
+    rank: int,
+    world: int,
+    placement: Placement,
+    seed: int,
+    drop_last: bool = False,
+) -> TrainingData:
+    """For the stages that train on labelled and unlabelled images together (distill, adapt): training
+    batches of augmented views cut for `view` (`train`: path, sha256, `target` = label index or UNLABELED),
+    shuffled (seeded by `seed`), each process taking batch_size / world; validation through the eval
+    transform of `student_data`, the network that trains."""
+    settings = params.finetune
+    background = tuple(params.clean.background)
+    workers = worker_count(settings.num_workers)
+    pin = placement.device.type == "cuda"
+    train_set = ManifestImages(
+        train["path"].tolist(),
+        train["target"].tolist(),
+        view.train_transform(settings.augment),
+        background,
+        view.train_decode_side(settings.augment),
+        *training_copies(layout, train, view, settings.augment, background, rank),
+    )
+    val_set = eval_images(*val, student_data, background, layout.resized_copies)
+    loader_rng = torch.Generator().manual_seed(seed)
+    sampler = (
+        DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        if world > 1
+        else None
+    )
+    train_loader = DataLoader(
+        train_set,
+        settings.batch_size // world,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin,
+        generator=loader_rng,
+        drop_last=drop_last,
     )
     val_loader = make_loader(val_set, settings.batch_size, workers, pin=pin)
     return TrainingData(train_loader, loader_rng, sampler, val_loader, torch.tensor(val_set.labels))

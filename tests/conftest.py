@@ -141,6 +141,7 @@ def trained_tiny(tmp_path_factory) -> Params:
         label_issues,
         finetune,
         distill,
+        adapt,
     )
     for stage in (*stages, evaluate, export):
         getattr(stage, stage.__name__.split(".")[-1])(params)

@@ -17,6 +17,7 @@ from scipy.special import log_softmax, softmax
 
 from reprotune.dataconfig import DataConfig
 from stages import (
+    adapt,
     baseline,
     clean,
     distill,
@@ -31,7 +32,7 @@ from stages import (
 )
 from tests.conftest import ROOT, make_class_folder, noisy_image
 
-UNLABELED = distill.UNLABELED
+UNLABELED = finetune.UNLABELED
 
 
 def reference_loss(student, teacher, labels, alpha, temperature, smoothing=0.0):
@@ -285,6 +286,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_evaluate_reports_the_st
         baseline.baseline,
         learning_curve.learning_curve,
         label_issues.label_issues,
+        adapt.adapt,
         evaluate.evaluate,
     ):
         stage(params)
