@@ -131,66 +131,22 @@ def target_images(params: Params, layout: Layout, classes: list[str]) -> dict:
 # --- the methods -----------------------------------------------------------------------------------------
 
 
-def _norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-
-
 @torch.no_grad()
-def input_statistics(
-    model: nn.Module, loader, placement: Placement
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per BatchNorm: the mean and (biased) variance per channel of its input over all the loader's images,
-    the model in eval mode and unchanged."""
-    sums: dict[str, list] = {}
-
-    def record(name: str):
-        def hook(module, inputs) -> None:
-            x = inputs[0].detach().float().transpose(0, 1).reshape(inputs[0].shape[1], -1)
-            total = sums.setdefault(name, [0.0, 0.0, 0])
-            total[0] = total[0] + x.sum(dim=1)
-            total[1] = total[1] + (x * x).sum(dim=1)
-            total[2] += x.shape[1]
-
-        return hook
-
-    handles = [norm.register_forward_pre_hook(record(name)) for name, norm in _norms(model).items()]
-    try:
-        model.eval()
-        for images, _ in loader:
-            model(to_device(images, placement.device, placement.channels_last))
-    finally:
-        for handle in handles:
-            handle.remove()
-    statistics = {}
-    for name, (total, squares, count) in sums.items():
-        mean = total / count
-        statistics[name] = (mean, (squares / count - mean * mean).clamp_min(0))
-    return statistics
-
-
-@torch.no_grad()
-def adapt_batchnorm(model: nn.Module, source, target, placement: Placement, passes: int = 3) -> None:
-    """AdaBN (Li et al. 2016): every BatchNorm's running statistics re-estimated from the target images
-    (`target`, a loader), nothing else changed.
-
-    Classic AdaBN swaps in the target's statistics because the network was trained under the source's. Ours
-    normalise with the statistics they were trained under (finetune keeps ImageNet's, `freeze_bn_stats`), so
-    each layer gets the statistics that make its target input look, once normalised, as its source input
-    (`source`, a loader of source training images) did: mean_t - (mean_s - running_mean) * r and
-    (running_var + eps) * r^2 - eps, with r = std_t / std_s. When the running statistics are the source's,
-    that is exactly the target's mean and variance. A layer's target input depends on the layers before it,
-    so the target's statistics are measured again after each update (`passes`)."""
-    norms = _norms(model)
-    stored = {name: (n.running_mean.clone(), n.running_var.clone()) for name, n in norms.items()}
-    source_statistics = input_statistics(model, source, placement)
-    for _ in range(passes):
-        target_statistics = input_statistics(model, target, placement)
-        for name, norm in norms.items():
-            (mean_s, var_s), (mean_t, var_t) = source_statistics[name], target_statistics[name]
-            running_mean, running_var = stored[name]
-            ratio = torch.sqrt((var_t + norm.eps) / (var_s + norm.eps))
-            norm.running_mean.copy_(mean_t - (mean_s - running_mean) * ratio)
-            norm.running_var.copy_((running_var + norm.eps) * ratio**2 - norm.eps)
+def adapt_batchnorm(model: nn.Module, loader, placement: Placement) -> None:
+    """AdaBN (Li et al. 2016): every BatchNorm's running mean and variance re-estimated as the average over
+    the loader's images (momentum None: a cumulative average, not the last batches'); weights and everything
+    else unchanged."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    for images, _ in loader:
+        model(to_device(images, placement.device, placement.channels_last))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
     model.eval()
 
 
@@ -428,22 +384,41 @@ def adapt(params: Params, on_batch=None) -> None:
         if settings.method in ("adabn", "finetune"):
             models["finetune"] = {"source_only": measure(finetuned_network(), "fine-tuned, source only")}
         if settings.method == "adabn":
+            train_paths = source_train["path"].tolist()
+            train_labels = np.array([index[label] for label in source_train["label"]])
             for name, make in (("head", head_network), ("finetune", finetuned_network)):
-                # Per-domain statistics, as AdaBN means them: source images keep the source network (so its
-                # source test accuracy is the source-only one; `source_test_with_target_statistics` says
-                # what the adapted network does to them), target images get the adapted one.
-                original, network = make(), make()
+                # Our networks were trained under ImageNet's statistics (the pretrained backbone, and finetune
+                # keeps them: freeze_bn_stats), which no domain here has. So, as AdaBN means it, each domain
+                # gets its own: the network under source statistics (from the source training images) has its
+                # linear head refitted on its source embeddings, and the same network and head under target
+                # statistics read the target images. Source images keep the source-statistics network.
+                on_source, on_target = make(), make()
                 adapt_batchnorm(
-                    network.model,
-                    loader_of(params, paths["source"], network.data),
-                    loader_of(params, paths["target"], network.data),
-                    placement,
+                    on_source.model, loader_of(params, paths["source"], on_source.data), placement
                 )
-                record = measure(network, f"{name}, AdaBN", original.outputs(paths["source"], "embeddings"))
-                record["source_test_with_target_statistics"] = record["source_test"]
-                record["source_test"] = models[name]["source_only"]["source_test"]
-                models[name]["adapted"] = record
-                saved[name] = network.model.state_dict()
+                adapt_batchnorm(
+                    on_target.model, loader_of(params, paths["target"], on_target.data), placement
+                )
+                weight, bias, _ = fit_linear_head(
+                    on_source.outputs(train_paths, "embeddings"),
+                    train_labels,
+                    params.train_head.C,
+                    params.train_head.max_iter,
+                    len(classes),
+                )
+                head = {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
+                for network in (on_source, on_target):
+                    network.model.head.load_state_dict(head)
+                logits = {part: on_target.outputs(paths[part]) for part in ("target", "target_test")}
+                logits["source_test"] = on_source.outputs(paths["source_test"])
+                features = {
+                    "source": on_source.outputs(paths["source"], "embeddings"),
+                    "target": on_target.outputs(paths["target"], "embeddings"),
+                }
+                models[name]["adapted"] = describe(
+                    f"{name}, AdaBN", logits, features, labels, classes, params
+                )
+                saved[name] = on_target.model.state_dict()
         elif settings.method == "coral":
             frozen = head_network()
             train_embeddings = load_file(layout.features_file("train"))

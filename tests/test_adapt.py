@@ -87,35 +87,18 @@ def batches(seed: int, scale: float, shift: float):
 def test_adabn_changes_only_batchnorm_running_statistics():
     model = tiny_classifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    source, target = batches(0, 1.0, 0.0), batches(1, 3.0, -2.0)  # the target: other contrast, other level
-    adapt.adapt_batchnorm(model, source, target, Placement(torch.device("cpu"), False))
+    target = batches(1, 3.0, -2.0)  # far from the statistics the network has
+    adapt.adapt_batchnorm(model, target, Placement(torch.device("cpu"), False))
     after = model.state_dict()
-    statistics = {k for k in before if k.endswith(("running_mean", "running_var"))}
+    statistics = {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     assert statistics and all(not torch.equal(before[k], after[k]) for k in statistics)
     assert all(torch.equal(before[k], after[k]) for k in before if k not in statistics)
     assert not model.training
-
-
-def test_adabn_makes_target_inputs_normalise_as_source_inputs_did():
-    model, reference = tiny_classifier(), tiny_classifier()
-    source, target = batches(0, 1.0, 0.0), batches(1, 3.0, -2.0)
-    adapt.adapt_batchnorm(model, source, target, Placement(torch.device("cpu"), False))
-    conv, norm = reference.backbone.stem[0], reference.backbone.stem[1]
-    adapted_norm = model.backbone.stem[1]
-
-    def normalised(images, bn):
-        x = conv(torch.cat([b for b, _ in images]))
-        return (x - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps)
-
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    # The statistics are those of all the target images, not of the last batch.
     with torch.no_grad():
-        was, now = normalised(source, norm), normalised(target, adapted_norm)
-    assert torch.allclose(was.mean(dim=(0, 2, 3)), now.mean(dim=(0, 2, 3)), atol=1e-4)
-    assert torch.allclose(was.std(dim=(0, 2, 3)), now.std(dim=(0, 2, 3)), rtol=1e-3)
-    # Without a shift there is nothing to adapt.
-    same = tiny_classifier()
-    adapt.adapt_batchnorm(same.backbone, source, source, Placement(torch.device("cpu"), False))
-    unchanged = reference.backbone.state_dict()
-    assert all(torch.allclose(same.backbone.state_dict()[k], unchanged[k], atol=1e-5) for k in unchanged)
+        first = model.backbone.stem[0](torch.cat([images for images, _ in target]))
+    assert torch.allclose(after["backbone.stem.1.running_mean"], first.mean(dim=(0, 2, 3)), atol=1e-5)
 
 
 def test_coral_between_equal_distributions_is_the_identity():
@@ -236,9 +219,9 @@ def test_without_target_labels_the_report_says_adaptation_cannot_be_verified(tin
     assert "cannot be verified" in report and "target test accuracy" not in report
     saved = load_file(Path(params.paths.adapted, "head.safetensors"))
     assert "backbone.stem.1.running_mean" in saved
-    record = json.loads(Path(params.paths.reports, "adapt.json").read_text())["models"]["head"]
-    assert record["adapted"]["source_test"] == record["source_only"]["source_test"]  # per-domain statistics
-    assert "source_test_with_target_statistics" in record["adapted"]
+    assert not torch.equal(
+        saved["head.weight"], load_file(Path(params.paths.head, "head.safetensors"))["weight"]
+    )
 
 
 def test_target_aware_fine_tune_resumes_to_the_same_weights(tiny_params):

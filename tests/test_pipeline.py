@@ -413,6 +413,7 @@ def test_a_train_head_change_reruns_only_what_depends_on_it(workspace):
         "label_issues",
         "finetune",
         "distill",
+        "adapt",
         "evaluate",
         "export",
         "track",
@@ -458,6 +459,29 @@ def test_turning_distill_on_reruns_only_distill_onward_and_registers_the_student
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["dvc", "repro"], root)
     assert "distilled" not in json.loads((root / "reports" / "metrics.json").read_text())
+
+
+def test_adapting_to_a_target_folder_reruns_only_adapt_onward(workspace):
+    """Target images alone change nothing (`adapt.method: none`); with a method, only adapt and what reads
+    it re-run, and the comparison reaches metrics.json, the report and MLflow."""
+    from PIL import ImageOps
+
+    root = workspace["root"]
+    for index, colour in enumerate([(200, 40, 40), (40, 180, 60), (50, 60, 210)]):
+        for n in range(4):
+            picture = ImageOps.invert(noisy_image(colour, 4_400_000 + index * 100 + n))
+            picture.save(root / "data" / "target" / f"{index}-{n}.png")
+    assert ran_stages(run(["dvc", "repro"], root)) == ["adapt"]  # and its outputs are unchanged, so no more
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["adapt"]["method"] = "coral"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run(["dvc", "repro"], root)) == ["adapt", "evaluate", "export", "track"]
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert set(metrics["adapt"]) == {"head_source_only", "head_adapted"}
+    report = (root / "reports" / "report.md").read_text()
+    assert "## Domain adaptation" in report and "cannot be verified" in report  # no target labels
+    latest = mlflow_runs(root)[-1]
+    assert "adapt.head.adapted.domain_accuracy" in latest.data.metrics
 
 
 def test_a_relabel_row_reruns_clean_and_what_it_changes_and_leaves_the_images_alone(workspace):
