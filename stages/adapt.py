@@ -292,12 +292,10 @@ class Network:
     """A Classifier with its preprocessing: logits and embeddings of files."""
 
     def __init__(self, model: Classifier, data, params: Params, placement: Placement) -> None:
-        self.model, self.data, self.params, self.placement = (
-            model.to(placement.device),
-            data,
-            params,
-            placement,
-        )
+        self.model = model.to(placement.device)
+        self.data = data
+        self.params = params
+        self.placement = placement
 
     def outputs(self, paths: list[str], part: str = "logits") -> np.ndarray:
         if not paths:
