@@ -189,42 +189,22 @@ def load_data(
     placement: Placement,
 ) -> TrainingData:
     """Augmented, shuffled training batches (each process takes `batch_size / world` of them) and in-order
-    validation batches through the eval transform."""
-    settings = params.finetune
+    validation batches through the eval transform: the labelled training split alone."""
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
-    background = tuple(params.clean.background)
-    workers = worker_count(settings.num_workers)
-    pin = placement.device.type == "cuda"
     train_rows, train_labels = load_split(manifest, "train", classes)
-    train_set = ManifestImages(
-        train_rows["path"].tolist(),
-        train_labels,
-        data.train_transform(settings.augment),
-        background,
-        data.train_decode_side(settings.augment),
-        *training_copies(layout, train_rows, data, settings.augment, background, rank),
+    return mixed_training_data(
+        params,
+        layout,
+        data,
+        data,
+        train_rows[["path", "sha256"]].assign(target=train_labels),
+        load_split(manifest, "val", classes),
+        rank,
+        world,
+        placement,
+        params.finetune.seed,
+        drop_last=mixing(params.finetune),  # mixup pairs need an even batch
     )
-    val_set = eval_images(*load_split(manifest, "val", classes), data, background, layout.resized_copies)
-    # The shuffle (and each epoch's worker seeds) come from loader_rng, which checkpoints save; workers are
-    # not persistent, so that an epoch's randomness depends on nothing a resumed run could not restore.
-    loader_rng = torch.Generator().manual_seed(settings.seed)
-    sampler = (
-        DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed)
-        if world > 1
-        else None
-    )
-    train_loader = DataLoader(
-        train_set,
-        settings.batch_size // world,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin,
-        generator=loader_rng,
-        drop_last=mixing(settings),  # mixup pairs need an even batch
-    )
-    val_loader = make_loader(val_set, settings.batch_size, workers, pin=pin)
-    return TrainingData(train_loader, loader_rng, sampler, val_loader, torch.tensor(val_set.labels))
 
 
 def mixed_training_data(
@@ -257,6 +237,8 @@ def mixed_training_data(
         *training_copies(layout, train, view, settings.augment, background, rank),
     )
     val_set = eval_images(*val, student_data, background, layout.resized_copies)
+    # The shuffle (and each epoch's worker seeds) come from loader_rng, which checkpoints save; workers are
+    # not persistent, so that an epoch's randomness depends on nothing a resumed run could not restore.
     loader_rng = torch.Generator().manual_seed(seed)
     sampler = (
         DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
