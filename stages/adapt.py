@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -309,7 +310,8 @@ class Network:
 # --- the stage -------------------------------------------------------------------------------------------
 
 
-def adapt(params: Params, on_batch=None) -> None:
+def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) -> None:
+    """`on_batch(epoch, batch)` is called before every step of the target-aware fine-tune (tests interrupt it)."""
     layout = Layout(params.paths)
     settings = params.adapt
     if settings.method == "none":
@@ -461,7 +463,16 @@ def adapt(params: Params, on_batch=None) -> None:
             write_outputs(layout, params, target, models, saved)
 
 
-def target_aware_finetune(params, layout, classes, unlabeled, rank, world, placement, on_batch):
+def target_aware_finetune(
+    params: Params,
+    layout: Layout,
+    classes: list[str],
+    unlabeled: pd.DataFrame,
+    rank: int,
+    world: int,
+    placement: Placement,
+    on_batch: Callable[[int, int], None] | None,
+) -> tuple[Classifier, dict]:
     """finetune's run with the target images in the batches and the unsupervised loss on them."""
     settings = params.finetune
     backbone, model = build_model(params, layout, len(classes), placement)
