@@ -70,6 +70,7 @@ from stages.finetune import (
     phase_strategy,
     trainable_backbone_names,
 )
+from stages.finetune import fingerprint as finetune_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -492,12 +493,9 @@ def target_aware_finetune(
     optimizer, scheduler = make_optimizer(model, backbone, settings, len(data.train_loader))
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
 
-    digest = hashlib.sha256(
-        params.adapt.model_dump_json().encode() + params.finetune.model_dump_json().encode()
-    )
+    # finetune's fingerprint (its params, the backbone, the head, the split) and what adapt adds to it
+    digest = hashlib.sha256((finetune_fingerprint(params, layout) + params.adapt.model_dump_json()).encode())
     digest.update(train.to_csv(index=False).encode())
-    for path in (layout.head_weights, layout.split_manifest):
-        digest.update(path.read_bytes())
     _, best_state = fit(
         model,
         data,
