@@ -13,6 +13,7 @@ from PIL import ImageFilter, ImageOps
 from safetensors.torch import load_file
 from torch import nn
 
+from reprotune import params as params_module
 from reprotune.backbones import load_backbone
 from reprotune.dataconfig import TINY_TEST
 from reprotune.models import Classifier
@@ -32,7 +33,7 @@ from stages import (
     split,
     train_head,
 )
-from tests.conftest import COLOURS, make_class_folder, noisy_image
+from tests.conftest import COLOURS, make_class_folder, noisy_image, tiny_params_raw
 
 UPSTREAM = (
     ingest,
@@ -60,6 +61,25 @@ def with_adapt(params, **changes):
 def shifted(colour, seed):
     """A picture of the class colour as another camera would give it: inverted and blurred."""
     return ImageOps.invert(noisy_image(colour, seed)).filter(ImageFilter.GaussianBlur(1))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny project trained up to adapt, shared by the tests below: each gives adapt its own target
+    folder, and each runs adapt (and evaluate) itself before it reads their outputs."""
+    params = params_module.validate(tiny_params_raw(tmp_path_factory.mktemp("adapt")))
+    make_class_folder(Path(params.paths.raw), per_class=10)
+    run(UPSTREAM, params)
+    return params
+
+
+@pytest.fixture
+def project(trained, tmp_path):
+    """The shared project with an empty target folder of this test's own."""
+    (tmp_path / "target").mkdir()
+    return trained.model_copy(
+        update={"paths": trained.paths.model_copy(update={"target": str(tmp_path / "target")})}
+    )
 
 
 def fill_target(params, unlabeled: int = 4, test: int = 2) -> Path:
@@ -138,10 +158,8 @@ def test_target_aware_loss_is_cross_entropy_on_source_rows_plus_the_target_term(
     )
 
 
-def test_the_target_folder_is_checked_and_overlaps_are_reported(tiny_params):
-    params = with_adapt(tiny_params, method="coral")
-    make_class_folder(Path(params.paths.raw), per_class=10)
-    run(UPSTREAM, params)
+def test_the_target_folder_is_checked_and_overlaps_are_reported(project):
+    params = with_adapt(project, method="coral")
     folder = fill_target(params)
     raw = Path(params.paths.raw)
     shutil.copy(raw / "red" / "001.png", folder / "phone" / "from-source.png")  # a source image, copied
@@ -173,23 +191,22 @@ def digest(folders) -> dict:
     }
 
 
-def test_method_none_changes_no_output(tiny_params):
+def test_method_none_changes_no_output(project):
     """With `adapt.method: none`, target images or not, every output of every stage is the same bytes."""
-    make_class_folder(Path(tiny_params.paths.raw), per_class=10)
-    outputs = [tiny_params.paths.reports, tiny_params.paths.adapted, tiny_params.paths.finetuned]
-    run((*UPSTREAM, adapt, evaluate), tiny_params)
+    assert project.adapt.method == "none"
+    outputs = [project.paths.reports, project.paths.adapted, project.paths.finetuned, project.paths.head]
+    run((adapt, evaluate), project)
     without_target = digest(outputs)
-    fill_target(tiny_params)
-    run((adapt, evaluate), tiny_params)
+    fill_target(project)
+    run((adapt, evaluate), project)
     assert digest(outputs) == without_target
-    assert "adapt" not in json.loads(Path(tiny_params.paths.reports, "metrics.json").read_text())
+    assert "adapt" not in json.loads(Path(project.paths.reports, "metrics.json").read_text())
 
 
+@pytest.mark.e2e  # each method through adapt and evaluate: seconds each, so in the full suite
 @pytest.mark.parametrize("method", ["adabn", "coral", "finetune"])
-def test_each_method_is_measured_against_source_only(tiny_params, method):
-    params = with_adapt(tiny_params, method=method)
-    make_class_folder(Path(params.paths.raw), per_class=10)
-    run(UPSTREAM, params)
+def test_each_method_is_measured_against_source_only(project, method):
+    params = with_adapt(project, method=method)
     fill_target(params)
     run([adapt, evaluate], params)
     record = json.loads(Path(params.paths.reports, "adapt.json").read_text())
@@ -209,10 +226,9 @@ def test_each_method_is_measured_against_source_only(tiny_params, method):
     assert "## Domain adaptation" in report and "never used to train or choose" in report
 
 
-def test_without_target_labels_the_report_says_adaptation_cannot_be_verified(tiny_params):
-    params = with_adapt(tiny_params, method="adabn")
-    make_class_folder(Path(params.paths.raw), per_class=10)
-    run(UPSTREAM, params)
+@pytest.mark.e2e
+def test_without_target_labels_the_report_says_adaptation_cannot_be_verified(project):
+    params = with_adapt(project, method="adabn")
     fill_target(params, test=0)
     run([adapt, evaluate], params)
     report = Path(params.paths.reports, "report.md").read_text()
@@ -224,13 +240,11 @@ def test_without_target_labels_the_report_says_adaptation_cannot_be_verified(tin
     )
 
 
-def test_target_aware_fine_tune_resumes_to_the_same_weights(tiny_params):
-    params = with_adapt(tiny_params, method="finetune")
+def test_target_aware_fine_tune_resumes_to_the_same_weights(project):
+    params = with_adapt(project, method="finetune")
     params = params.model_copy(
         update={"finetune": params.finetune.model_copy(update={"epochs": 3, "patience": 10, "lr": 0.01})}
     )
-    make_class_folder(Path(params.paths.raw), per_class=10)
-    run(UPSTREAM, params)
     fill_target(params)
     adapt.adapt(params)
     reference = load_file(Path(params.paths.adapted, "finetune.safetensors"))

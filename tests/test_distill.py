@@ -245,6 +245,7 @@ def test_a_near_duplicate_of_a_labelled_image_is_dropped(tiny_params):
     assert record["students"]["distilled"]["unlabeled_images"] == 1
 
 
+@pytest.mark.e2e  # two interrupted runs and the stages after distill: seconds, so in the full suite
 def test_interrupted_run_resumes_to_the_same_weights_and_evaluate_reports_the_students(tiny_params):
     params = with_distill(
         tiny_params,
