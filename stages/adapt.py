@@ -6,11 +6,12 @@ passes clean's checks and may not repeat a source image (file, pixels, near dupl
 a target test image (reprotune/extra_images.py); every dropped file is reported.
 
 `adapt.method`, cheapest first, each measured against the source-only models:
-- `adabn` (Li et al. 2016): every BatchNorm's running mean and variance re-estimated on the target images,
-  nothing else changed, for the frozen backbone (the head then reads its target embeddings) and for the
-  fine-tuned network;
+- `adabn` (Li et al. 2016): per-domain BatchNorm statistics, for the frozen backbone with the head and for
+  the fine-tuned network: under statistics re-estimated on the source training images the linear head is
+  refitted (the networks were trained under ImageNet's statistics, which neither domain has), and the same
+  network and head under statistics re-estimated on the target images read the target images;
 - `coral` (Sun et al. 2016): the source training embeddings re-coloured with the target embeddings'
-  covariance (and moved to their mean), and the head trained on them;
+  covariance (and moved to their mean), and the head trained on them; source images go through the same map;
 - `finetune`: finetune's run (the same model, data, optimizer, early stopping on *source* validation, resume,
   DDP) with an unsupervised loss on the unlabelled target images of each batch, `adapt.weight` x minimum class
   confusion (Jin et al. 2020) or entropy (`adapt.target_loss`).
