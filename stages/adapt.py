@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -332,9 +333,11 @@ def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) ->
     classes = read_json(layout.features_meta)["classes"]
     target = target_images(params, layout, classes)
     if len(target["unlabeled"]) < 2:
+        reasons = Counter(d["reason"] for d in target["dropped"])
         raise InputError(
             f"{layout.target}: {len(target['unlabeled'])} usable unlabelled target images; adapt.method "
-            f"{settings.method} needs at least 2 ({len(target['dropped'])} dropped, see the log)"
+            f"{settings.method} needs at least 2 ({len(target['dropped'])} dropped: {dict(reasons)}; a near "
+            "duplicate of a source image is dropped, so target images must be other pictures than data/raw's)"
         )
     with process_group() as (rank, world):
         seed_everything(settings.seed)
