@@ -16,6 +16,7 @@ import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -37,7 +38,7 @@ class Backbone:
 
     model: nn.Module
     num_features: int
-    data: DataConfig
+    data: Any  # DataConfig; a sentence encoder's TextConfig
     layer_groups: list[list[str]]  # parameter names, input side first: what `last_n` unfreezes from the end
     weights: str  # where the weights came from, with their sha256 when read from a file
 
@@ -218,9 +219,16 @@ def _tiny(params: BackboneParams, data: DataConfig) -> Backbone:
     )
 
 
-def load_backbone(params: BackboneParams, keep_classifier: bool = False) -> Backbone:
+def load_backbone(params: BackboneParams, keep_classifier: bool = False, text: bool = False) -> Backbone:
     """Build the backbone named in params with its weights; with keep_classifier the model keeps its
-    pretrained classifier (used to check the weights), otherwise it returns pooled embeddings."""
+    pretrained classifier (used to check the weights), otherwise it returns pooled embeddings. With `text`
+    it is a sentence encoder (reprotune/text_encoders.py)."""
+    if text:
+        from reprotune.text_encoders import load_text_encoder
+
+        backbone = load_text_encoder(params)
+        log.info("text encoder %s, weights: %s, max %d tokens", params.name, backbone.weights, backbone.data.max_length)
+        return backbone
     data = data_config(params.name, params.input_size)
     if params.name == TINY_TEST:
         backbone = _tiny(params, data)

@@ -62,6 +62,26 @@ class Layout:
     def sample(self) -> Path:
         return self.ingested / "sample"
 
+    @property
+    def text_sample(self) -> Path:
+        """The built-in text sample as shipped (read-only)."""
+        return Path(self.paths.text_sample)
+
+    @property
+    def text_sample_copy(self) -> Path:
+        """ingest's copy of it, which the manifest names, when the pipeline runs on it."""
+        return self.ingested / "text_sample"
+
+    @property
+    def modality(self) -> str:
+        """`text` or `image`, as ingest recorded it: a text manifest has a `text` column."""
+        try:
+            with self.ingest_manifest.open(encoding="utf-8") as stream:
+                header = stream.readline().strip().split(",")
+        except FileNotFoundError:
+            return "image"
+        return "text" if "text" in header else "image"
+
     # clean
     @property
     def cleaned(self) -> Path:
@@ -116,6 +136,11 @@ class Layout:
     @property
     def features_meta(self) -> Path:
         return self.features / "features.json"
+
+    @property
+    def label_embeddings(self) -> Path:
+        """Text only: each class name's embedding, in the classes' order (zero-shot)."""
+        return self.features / "labels.safetensors"
 
     # train_head
     @property
@@ -400,6 +425,10 @@ def sha256_of_file(path: Path) -> str:
 
 
 def as_run(params: Params) -> Params:
-    """params as every stage sees them: with the sample's own values (params.yaml `sample:`) while the
-    pipeline runs on the built-in sample, which is while ingest's output holds it."""
-    return params.on_sample() if Layout(params.paths).sample.is_dir() else params
+    """params as every stage sees them: with the text modality's own values (params.yaml `text:`) while the
+    pipeline runs on text, or the image sample's (`sample:`) while it runs on the built-in image sample;
+    both are read from ingest's output."""
+    layout = Layout(params.paths)
+    if layout.modality == "text":
+        return params.on_text()
+    return params.on_sample() if layout.sample.is_dir() else params

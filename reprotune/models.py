@@ -25,11 +25,11 @@ class Classifier(nn.Module):
 
 
 def load_trained_classifier(
-    params: BackboneParams, weights: Path, num_classes: int
+    params: BackboneParams, weights: Path, num_classes: int, text: bool = False
 ) -> tuple[Classifier, Backbone]:
     """The network finetune saved: architecture and preprocessing from the registry, every weight from
     `weights`. Returns it in eval mode, with its Backbone (for the preprocessing)."""
-    backbone = load_backbone(params)
+    backbone = load_backbone(params, text=text)
     model = Classifier(backbone.model, backbone.num_features, num_classes)
     model.load_state_dict(load_file(weights))
     return model.eval(), backbone

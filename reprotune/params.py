@@ -53,9 +53,11 @@ class Paths(Section):
     reports: str
     checkpoints: str
     embedding_cache: str
+    text_sample: str
 
 
 class Ingest(Section):
+    modality: Literal["auto", "image", "text"]
     sample_image_size: Annotated[int, Field(ge=32, le=1024)]
 
 
@@ -73,6 +75,8 @@ class Clean(Section):
     label_conflict: Literal["drop", "majority"]
     min_class_size: Count
     small_class: Literal["drop", "fail"]
+    max_text_length: Annotated[int, Field(ge=1, le=10_000_000)]  # characters
+    long_text: Literal["truncate", "drop"]
 
 
 class Split(Section):
@@ -239,6 +243,29 @@ class SampleFinetune(Section):
     augment: SampleAugment
 
 
+class TextBackbone(Section):
+    name: Annotated[str, Field(min_length=1)]
+    weights: str | None
+    channels_last: bool
+
+
+class TextFinetune(Section):
+    epochs: Epochs
+    batch_size: BatchSize
+    lr: Annotated[float, Field(gt=0, le=10)]
+    backbone_lr_factor: Annotated[float, Field(ge=0, le=100)]
+    warmup_epochs: Annotated[float, Field(ge=0, le=10_000)]
+    weight_decay: Annotated[float, Field(ge=0, le=10)]
+
+
+class Text(Section):
+    """The text modality's own values for a few keys of the sections above (same names, same rules). They
+    replace params.yaml's values while the pipeline runs on text (the manifest says so), and only then."""
+
+    backbone: TextBackbone
+    finetune: TextFinetune
+
+
 class Sample(Section):
     """The built-in sample's own values for a few keys of the sections above (same names, same rules). They
     replace params.yaml's values while the pipeline runs on the sample, and only then: the sample is 8x8
@@ -266,12 +293,23 @@ class Params(Section):
     export: Export
     track: Track
     sample: Sample
+    text: Text
 
     def on_sample(self) -> Params:
         """These params with the sample's own values in place of the keys it sets."""
         return Params.model_validate_json(
             json.dumps(_merge(self.model_dump(mode="json"), self.sample.model_dump(mode="json")))
         )
+
+    def on_text(self) -> Params:
+        """These params with the text modality's own values in place of the keys it sets."""
+        return Params.model_validate_json(
+            json.dumps(_merge(self.model_dump(mode="json"), self.text.model_dump(mode="json")))
+        )
+
+    def text_settings(self) -> dict[str, Any]:
+        """The keys the text section sets, dotted, with its values."""
+        return flatten(self.text.model_dump(mode="json"))
 
     def sample_settings(self) -> dict[str, Any]:
         """The keys the sample sets, dotted, with its values."""

@@ -1,6 +1,11 @@
-"""Label new images with a trained model.
+"""Label new images (or texts) with a trained model.
 
     python -m reprotune.predict <folder or files>... [--model models/export] [--top-k 3] [-o predictions.csv]
+
+A text model (the project's data are texts) is read from `--model models/finetuned`; its inputs are CSV or
+JSON Lines files with a `text` column, or any other file with one text per line; each text gets a row named
+`<file>:<line>`, with the text beside its label. Texts longer than the encoder's max_seq_length tokens are
+read up to it, as in training.
 
 `--model` is an exported model folder (`models/export`: model.onnx beside its model.json card), an `.onnx`
 file with its model.json beside it, a registered MLflow model (`models:/reprotune@candidate`, from the
@@ -83,7 +88,10 @@ def torch_model(path: Path) -> Model:
     params = as_run(params_module.load())  # on the sample, the input size it was trained at
     layout = Layout(params.paths)
     classes = read_json(layout.features_meta)["classes"]
-    model, backbone = load_trained_classifier(params.backbone, path / "model.safetensors", len(classes))
+    text = layout.modality == "text"
+    model, backbone = load_trained_classifier(
+        params.backbone, path / "model.safetensors", len(classes), text=text
+    )
     temperature = read_json(layout.metrics)["finetune"]["test"].get("temperature", 1.0)
 
     @torch.inference_mode()
@@ -191,6 +199,34 @@ def predict_files(
     return rows_for(paths, probabilities, reasons, model.classes, min(top_k, len(model.classes)))
 
 
+def predict_texts(
+    paths: list[Path], model: Model, top_k: int, calibrated: bool, batch_size: int
+) -> list[dict]:
+    """Every text of the files (reprotune/texts.py: read_unlabelled), in order, with its label."""
+    from reprotune.text_encoders import eval_texts, in_row_order
+    from reprotune.texts import read_unlabelled
+
+    found = [row for path in paths for row in read_unlabelled(path)]
+    readable = [index for index, (_, _, reason) in enumerate(found) if not reason]
+    scores = np.zeros((len(found), len(model.classes)))
+    if readable:
+        loader = eval_texts([found[i][1] for i in readable], [0] * len(readable), model.data, batch_size)
+        batches = [torch.from_numpy(model.logits(ids)) for ids, _ in loader]
+        scores[readable] = in_row_order(torch.cat(batches), loader).numpy()
+    probabilities = softmax(scores / (model.temperature if calibrated else 1.0), axis=1)
+    rows = rows_for(
+        [Path(name) for name, _, _ in found],
+        probabilities,
+        [reason for _, _, reason in found],
+        model.classes,
+        min(top_k, len(model.classes)),
+    )
+    for row, (name, text, _) in zip(rows, found, strict=True):
+        row["path"] = name  # `<file>:<line>`, as given
+        row["text"] = text
+    return [{"path": r.pop("path"), "text": r.pop("text"), **r} for r in rows]
+
+
 def write_csv(rows: list[dict], out: Path | None) -> None:
     if not rows:
         return
@@ -212,7 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from reprotune.datasets import worker_count
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files or folders; for a text model, CSV/JSONL files with a text column or files of one "
+        "text per line",
+    )
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help=f"default {DEFAULT_MODEL}")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("-o", "--output", type=Path, help="CSV file (default: standard output)")
@@ -225,14 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError("--top-k and --batch-size must be at least 1")
         model = load_model(options.model)
         paths = files_in(options.inputs)
-        rows = predict_files(
-            paths,
-            model,
-            options.top_k,
-            not options.no_calibration,
-            options.batch_size,
-            worker_count("auto"),
-        )
+        if hasattr(model.data, "tokenize"):  # a text model
+            rows = predict_texts(paths, model, options.top_k, not options.no_calibration, options.batch_size)
+        else:
+            rows = predict_files(
+                paths,
+                model,
+                options.top_k,
+                not options.no_calibration,
+                options.batch_size,
+                worker_count("auto"),
+            )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -243,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(rows, options.output)
     failed = sum(1 for row in rows if row["reason"])
     print(
-        f"{len(rows) - failed} of {len(rows)} files labelled with {model.source}"
+        f"{len(rows) - failed} of {len(rows)} {'texts' if rows and 'text' in rows[0] else 'files'} labelled "
+        f"with {model.source}"
         + (f"; {failed} could not be read (see the reason column)" if failed else ""),
         file=sys.stderr,
     )

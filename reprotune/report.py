@@ -60,6 +60,12 @@ def split_origin(splits: dict) -> str:
 
 def describe_baseline(baseline: dict) -> str:
     chosen = baseline["chosen"]
+    if chosen["model"] == "tfidf_logistic_regression":
+        return (
+            f"logistic regression (C = {chosen['C']:g}) on TF-IDF of word unigrams and bigrams "
+            f"({baseline['features']} terms from the training texts), the best on val of "
+            f"{len(baseline['candidates'])} candidates"
+        )
     model = (
         f"an RBF SVM (C = {chosen['C']:g}, gamma = {chosen['gamma']:g} / {baseline['features']} features)"
         if chosen["model"] == "rbf_svm"
@@ -75,6 +81,24 @@ def describe_baseline(baseline: dict) -> str:
         f"{model} on the raw pixels ({baseline['image_size']}x{baseline['image_size']}, standardised), the best "
         f"on val of {len(baseline['candidates'])} candidates{capped}"
     )
+
+
+def mistakes_section(mistakes: dict) -> list[str]:
+    """The most confident mistakes on test, as texts (a picture gallery for images is under Plots)."""
+    lines = ["## Most confident mistakes (test)", ""]
+    names = {"head": "Head-only", "finetune": "Fine-tuned"}
+    for model, rows in mistakes.items():
+        lines += [f"{names.get(model, model)}:", ""]
+        if not rows:
+            lines += ["No mistakes.", ""]
+            continue
+        lines += ["| text | true | predicted | confidence |", "|---|---|---|---|"]
+        for text, true, predicted, confidence in rows:
+            shown = " ".join(text.split()).replace("|", "\\|")
+            shown = shown if len(shown) <= 160 else shown[:157] + "..."
+            lines.append(f"| {shown} | {true} | {predicted} | {confidence:.0%} |")
+        lines.append("")
+    return lines
 
 
 def transfer_verdict(metrics: dict) -> str:
@@ -264,32 +288,61 @@ def render(
     latency: dict,
     adapted: dict,
     sample: Sample | None,
+    text_mistakes: dict | None = None,
 ) -> str:
-    """The report; `sample` is params' sample section when the run is on the built-in sample, else None."""
-    source = "the built-in sample (scikit-learn digits)" if sample else f"`{params.paths.raw}`"
+    """The report; `sample` is params' sample section when the run is on the built-in sample, else None;
+    `text_mistakes` each transfer model's most confident mistakes when the data are texts."""
+    text = features.get("modality") == "text"
+    on_text_sample = text and all(
+        p.startswith(f"{params.paths.ingested}/text_sample/") for p in features["paths"]["test"]
+    )
+    source = (
+        "the built-in text sample (Banking77)"
+        if on_text_sample
+        else "the built-in sample (scikit-learn digits)"
+        if sample
+        else f"`{params.paths.raw}`"
+    )
     settings = params.finetune
     kinds = Counter(group["kind"] for group in cleaning["duplicate_groups"])
+    items = "texts" if text else "images"
+    duplicates = (
+        f"- Duplicate groups, each kept inside one split{straddling(splits)}: {kinds['exact']} of identical texts, "
+        f"{kinds['near']} of texts equal after normalising case, whitespace and punctuation (of exact copies "
+        f"under one label only the first is kept). Such pairs across splits: "
+        f"{splits['leakage']['near_duplicate_pairs_across_splits']} (listed in `split.json`)."
+        if text
+        else f"- Duplicate groups, each kept inside one split{straddling(splits)}: {kinds['exact']} of identical images, "
+        f"{kinds['near']} of "
+        f"near-identical ones (resized, recompressed, cropped or framed copies: hashes within "
+        f"{params.clean.near_duplicate_distance} bits of 256). Near-duplicate pairs across splits: "
+        f"{splits['leakage']['near_duplicate_pairs_across_splits']}; similar pairs across splits (within "
+        f"{splits['leakage']['checked_distance']} bits, not grouped; listed in `split.json`): "
+        f"{splits['leakage']['similar_pairs_across_splits']}."
+    )
+    preprocessing = (
+        f"- Tokenizer `{features['text_config']['tokenizer']}` of the encoder, at most "
+        f"{features['text_config']['max_length']} tokens per text; pooling and normalisation from the encoder's "
+        "own configuration."
+        if text
+        else f"- Input {features['data_config']['input_size']} px, {features['data_config']['interpolation']} "
+        f"resize, mean {list(features['data_config']['mean'])}, std {list(features['data_config']['std'])}."
+    )
     lines = [
         "# reprotune run report",
         "",
         "## Data",
         "",
-        f"- Scanned {cleaning['scanned']} files from {source}: kept "
+        f"- Scanned {cleaning['scanned']} {'rows' if text else 'files'} from {source}: kept "
         f"{cleaning['kept']}, dropped {cleaning['dropped']}"
         + (
             f" ({', '.join(f'{k}: {v}' for k, v in cleaning['dropped_by_reason'].items())})."
             if cleaning["dropped"]
             else "."
         ),
-        f"- Duplicate groups, each kept inside one split{straddling(splits)}: {kinds['exact']} of identical images, "
-        f"{kinds['near']} of "
-        f"near-identical ones (resized, recompressed, cropped or framed copies: hashes within "
-        f"{params.clean.near_duplicate_distance} bits of 256). Near-duplicate pairs across splits: "
-        f"{splits['leakage']['near_duplicate_pairs_across_splits']}; similar pairs across splits (within "
-        f"{splits['leakage']['checked_distance']} bits, not grouped; listed in `split.json`): "
-        f"{splits['leakage']['similar_pairs_across_splits']}.",
+        duplicates,
         f"- Splits: {split_origin(splits)}",
-        f"- {len(features['classes'])} classes. Images per split: "
+        f"- {len(features['classes'])} classes. {items.capitalize()} per split: "
         + ", ".join(f"{split} {sum(counts.values())}" for split, counts in splits["counts"].items())
         + ". Details: `cleaning.md`, `cleaning.json`, `split.json`.",
         "",
@@ -308,8 +361,7 @@ def render(
             else []
         ),
         f"- Backbone `{features['backbone']}`, weights: {features['weights']}.",
-        f"- Input {features['data_config']['input_size']} px, {features['data_config']['interpolation']} "
-        f"resize, mean {list(features['data_config']['mean'])}, std {list(features['data_config']['std'])}.",
+        preprocessing,
         f"- Baseline (no transfer): {describe_baseline(baseline)}.",
         f"- Head-only: logistic regression on frozen embeddings, C = {params.train_head.C}.",
         f"- Fine-tuned: strategy `{settings.strategy}`"
@@ -335,7 +387,13 @@ def render(
         "",
         f"Test accuracy: baseline {metrics['baseline']['test']['accuracy']:.4f}, head "
         f"{metrics['head']['test']['accuracy']:.4f}, fine-tuned {metrics['finetune']['test']['accuracy']:.4f}. "
-        + transfer_verdict(metrics),
+        + transfer_verdict(metrics)
+        + (
+            f" With no labelled example at all, zero-shot (the nearest class name by cosine) scores "
+            f"{metrics['zeroshot']['test']['accuracy']:.4f}."
+            if "zeroshot" in metrics
+            else ""
+        ),
         "",
         "## Would more labels help?",
         "",
@@ -362,11 +420,17 @@ def render(
             for name, row in per_class["finetune"]["classes"].items()
         ],
         "",
+        *(mistakes_section(text_mistakes) if text_mistakes is not None else []),
         "## Exported models",
         "",
-        "The fine-tuned network as ONNX (float32 and int8) against torch on the test split: accuracy with its "
-        "interval, macro-F1, agreement, size, in [`export.md`](export.md), which the export stage writes after "
-        "this report.",
+        (
+            "Text models are not exported to ONNX (`export.md` says so); `python -m reprotune.predict --model "
+            "models/finetuned` labels new texts with the fine-tuned network."
+            if text
+            else "The fine-tuned network as ONNX (float32 and int8) against torch on the test split: accuracy "
+            "with its interval, macro-F1, agreement, size, in [`export.md`](export.md), which the export stage "
+            "writes after this report."
+        ),
         "",
         "## Plots",
         "",

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from reprotune import params as params_module
 from reprotune.errors import InputError
-from reprotune.layout import as_run
+from reprotune.layout import Layout, as_run
 from reprotune.params import Params, ParamsError
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,14 @@ def run(work: Callable[[Params], None]) -> None:
             print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     running = as_run(params)
-    if running is not params:  # ingest used the built-in sample: its own values apply
-        log.info("built-in sample: %s (params.yaml's sample section)", running.sample_settings())
+    if running is not params:  # text, or the built-in image sample: their own values apply
+        text = Layout(params.paths).modality == "text"
+        log.info(
+            "%s: %s (params.yaml's %s section)",
+            "text" if text else "built-in sample",
+            running.text_settings() if text else running.sample_settings(),
+            "text" if text else "sample",
+        )
     params = running
     try:
         work(params)

@@ -11,6 +11,9 @@ out), and scored on val. The SVMs get their kernel precomputed with BLAS, once p
 images with probabilities (for the SVM, Platt scaling on cross-validated decision values). Test is never
 looked at here.
 
+For texts the classic no-transfer model is the baseline: TF-IDF of word unigrams and bigrams (sublinear term
+frequency, fitted on the training texts) with logistic regression for each `baseline.C`, the best on val.
+
 Writes `scores.safetensors` (log-probabilities on val and test, which evaluate scores like the other models'
 logits) and `baseline.json` (the choice and every candidate's val accuracy).
 """
@@ -143,7 +146,7 @@ def choose(
 
 def log_probabilities(model, x: np.ndarray, num_classes: int) -> np.ndarray:
     """Log-probabilities over every class (a class the model never saw gets log 0 = -inf's stand-in)."""
-    probabilities = np.full((len(x), num_classes), 1e-12)
+    probabilities = np.full((x.shape[0], num_classes), 1e-12)
     if hasattr(model, "predict_proba"):
         seen = model.predict_proba(x)
     else:  # an SVM that could not be calibrated (see with_probabilities)
@@ -154,11 +157,49 @@ def log_probabilities(model, x: np.ndarray, num_classes: int) -> np.ndarray:
     return np.log(probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def text_features(manifest: pd.DataFrame) -> tuple[dict, int]:
+    """TF-IDF of each split's texts, the vocabulary and weights fitted on train; and the vocabulary's size."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32)
+    texts = {split: manifest.loc[manifest["split"] == split, "text"].tolist() for split in ("train", *SCORED_SPLITS)}
+    x = {"train": vectorizer.fit_transform(texts["train"])}
+    x |= {split: vectorizer.transform(texts[split]) for split in SCORED_SPLITS}
+    return x, len(vectorizer.vocabulary_)
+
+
+def text_baseline(params: Params, layout: Layout, manifest: pd.DataFrame, classes: list[str]) -> dict:
+    """The TF-IDF + logistic regression baseline: its scores on val and test and its summary."""
+    x, vocabulary = text_features(manifest)
+    index = {name: i for i, name in enumerate(classes)}
+    y = {split: manifest.loc[manifest["split"] == split, "label"].map(index).to_numpy() for split in x}
+    tried = []
+    for C in params.baseline.C:
+        model = fit_quietly(LogisticRegression(C=C, max_iter=2000), x["train"], y["train"])
+        tried.append({"model": "tfidf_logistic_regression", "C": C, "val_accuracy": round(float(np.mean(model.predict(x["val"]) == y["val"])), 6)})
+    best = max(tried, key=lambda c: c["val_accuracy"])
+    model = fit_quietly(LogisticRegression(C=best["C"], max_iter=2000), x["train"], y["train"])
+    scores = {split: log_probabilities(model, x[split], len(classes)) for split in SCORED_SPLITS}
+    summary = {
+        "chosen": {k: v for k, v in best.items() if k != "val_accuracy"},
+        "features": vocabulary,
+        "training_images_used": len(y["train"]),
+        "training_images": len(y["train"]),
+        "val_accuracy": round(float(np.mean(scores["val"].argmax(axis=1) == y["val"])), 6),
+        "candidates": tried,
+    }
+    return scores, summary
+
+
 def baseline(params: Params) -> None:
     settings = params.baseline
     layout = Layout(params.paths)
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     classes = sorted(manifest["label"].unique())  # as featurize numbers them, and in its row order below
+    if layout.modality == "text":
+        scores, found = text_baseline(params, layout, manifest, classes)
+        write_baseline(layout, manifest, classes, scores, found)
+        return
     x, y = {}, {}
     for split in ("train", *SCORED_SPLITS):
         rows = manifest[manifest["split"] == split]
@@ -176,11 +217,7 @@ def baseline(params: Params) -> None:
         with_probabilities(build(best), y["train"][subset]), inputs["train"], y["train"][subset]
     )
     scores = {split: log_probabilities(model, inputs[split], len(classes)) for split in SCORED_SPLITS}
-    summary = {
-        "classes": classes,
-        "paths": {
-            split: manifest.loc[manifest["split"] == split, "path"].tolist() for split in SCORED_SPLITS
-        },
+    found = {
         "chosen": best,
         "image_size": settings.image_size,
         "features": x["train"].shape[1],
@@ -189,6 +226,20 @@ def baseline(params: Params) -> None:
         "val_accuracy": round(float(np.mean(scores["val"].argmax(axis=1) == y["val"])), 6),
         "candidates": tried,
     }
+    write_baseline(layout, manifest, classes, scores, found)
+
+
+def write_baseline(
+    layout: Layout, manifest: pd.DataFrame, classes: list[str], scores: dict[str, np.ndarray], found: dict
+) -> None:
+    summary = {
+        "classes": classes,
+        "paths": {
+            split: manifest.loc[manifest["split"] == split, "path"].tolist() for split in SCORED_SPLITS
+        },
+        **found,
+    }
+    best, tried = summary["chosen"], summary["candidates"]
     with atomic_output(layout.baseline) as staging:
         staging.mkdir()
         save_file({s: torch.from_numpy(v) for s, v in scores.items()}, staging / layout.baseline_scores.name)

@@ -12,6 +12,13 @@ duplicate group, which the split stage keeps inside one split. `kept + dropped =
 Label fixes come from `paths.relabel` (data/relabel.csv, yours to edit: `path,label` rows, label a class or
 `drop`), applied before duplicates and conflicts are resolved, and listed in the report; the image files
 themselves are never touched. With no rows in it, nothing in the outputs mentions it.
+
+Texts (the manifest has a `text` column) pass their own rules, in `clean_texts`: rows ingest could not read
+(undecodable bytes, malformed rows, with file and line), no label, empty or whitespace-only text, text over
+`clean.max_text_length` characters (cut to it, an altered row, or dropped, by `clean.long_text`). Texts
+equal after normalisation (case, whitespace, punctuation: reprotune/texts.py) form one duplicate group, kept
+in one split; the same text under two labels follows `clean.label_conflict`, and of exact copies under one
+label the first is kept and the others dropped (a repeated row adds weight, not information).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from reprotune.figures import save
 from reprotune.layout import Layout, atomic_output, write_json, write_text
 from reprotune.params import Clean, Params
 from reprotune.resized import CopyPackWriter, encode_copy
+from reprotune.texts import normalised, text_sha256
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,8 @@ KEPT_COLUMNS = [
     "group",
 ]
 
+
+TEXT_KEPT_COLUMNS = ["path", "label", "given_split", "sha256", "text", "group"]
 
 RELABEL_COLUMNS = ["path", "label"]
 DROP = "drop"
@@ -190,6 +200,9 @@ def enforce_class_size(kept: pd.DataFrame, rules: Clean) -> tuple[pd.DataFrame, 
 
 def clean(params: Params) -> None:
     layout = Layout(params.paths)
+    if layout.modality == "text":
+        clean_texts(params, layout)
+        return
     with atomic_output(layout.cleaned) as staging:
         staging.mkdir()
         with CopyPackWriter(staging / layout.resized_copies.name) as copies:
@@ -261,14 +274,94 @@ def inspect_all(params: Params, layout: Layout, copies: CopyPackWriter) -> tuple
     kept, small = enforce_class_size(kept, rules)
     dropped += conflicts + small
     kept = kept.assign(group=pd.factorize(kept["group"])[0])  # renumber 0.. after the drops
+    require_two_classes(layout, kept, dropped, "images")
+    return kept, cleaning_report(manifest, kept, dropped, altered, relabelled)
 
+
+def require_two_classes(layout: Layout, kept: pd.DataFrame, dropped: list[dict], what: str) -> None:
     classes = sorted(kept["label"].unique())
     if len(classes) < 2:
         raise InputError(
-            f"{layout.raw}: {len(kept)} usable images in {len(classes)} class(es) after cleaning; at least 2 "
-            f"classes are needed ({len(dropped)} files dropped; reasons: {dict(Counter(d['reason'] for d in dropped))})"
+            f"{layout.raw}: {len(kept)} usable {what} in {len(classes)} class(es) after cleaning; at least 2 "
+            f"classes are needed ({len(dropped)} dropped; reasons: {dict(Counter(d['reason'] for d in dropped))})"
         )
-    return kept, cleaning_report(manifest, kept, dropped, altered, relabelled)
+
+
+def check_text(text: str, rules: Clean) -> tuple[str | None, dict | None]:
+    """The text as kept (None: dropped) and the reason it was dropped or altered, if it was."""
+    if not text.strip():
+        return None, {"reason": "empty_text", "detail": "empty or whitespace only"}
+    if len(text) > rules.max_text_length:
+        detail = f"{len(text)} characters > clean.max_text_length={rules.max_text_length}"
+        if rules.long_text == "drop":
+            return None, {"reason": "too_long", "detail": detail + "; clean.long_text=drop"}
+        return text[: rules.max_text_length], {"reason": "truncated", "detail": detail + "; cut to it"}
+    return text, None
+
+
+def drop_exact_copies(kept: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Of rows with the same text and label, the first stays; the others are dropped, naming it."""
+    first = kept.groupby(["sha256", "label"], sort=False)["path"].transform("first")
+    copies = first != kept["path"]
+    dropped = [
+        {"path": path, "reason": "duplicate", "detail": f"the same text and label as {original}"}
+        for path, original in zip(kept.loc[copies, "path"], first[copies], strict=True)
+    ]
+    return kept[~copies], dropped
+
+
+def clean_texts(params: Params, layout: Layout) -> None:
+    rules = params.clean
+    manifest = layout.read_manifest(layout.ingest_manifest)
+    relabels = read_relabels(layout.relabel, manifest)
+    dropped: list[dict] = []
+    altered: list[dict] = []
+    relabelled: list[dict] = []
+    rows: list[dict] = []
+    for row in manifest.itertuples(index=False):
+        if row.issue:
+            dropped.append({"path": row.path, "reason": row.issue, "detail": row.detail})
+            continue
+        label = relabels.get(row.path, row.label)
+        if label == DROP:
+            dropped.append({"path": row.path, "reason": "relabel_drop", "detail": f"{layout.relabel}"})
+            continue
+        if not label:
+            dropped.append({"path": row.path, "reason": "missing_label", "detail": "the label is empty"})
+            continue
+        text, note = check_text(row.text, rules)
+        if note:
+            (dropped if text is None else altered).append({"path": row.path, **note})
+        if text is None:
+            continue
+        if label != row.label:
+            relabelled.append({"path": row.path, "from": row.label, "to": label})
+        rows.append(
+            {
+                "path": row.path,
+                "label": label,
+                "given_split": row.given_split,
+                "sha256": row.sha256 if text == row.text else text_sha256(text),
+                "text": text,
+                "group": normalised(text),
+            }
+        )
+    kept = pd.DataFrame(rows, columns=TEXT_KEPT_COLUMNS)
+    kept["group"] = pd.factorize(kept["group"])[0]
+    kept, conflicts = resolve_conflicts(kept, rules.label_conflict)
+    kept, copies = drop_exact_copies(kept)
+    kept, small = enforce_class_size(kept, rules)
+    dropped += conflicts + copies + small
+    kept = kept.assign(group=pd.factorize(kept["group"])[0])
+    require_two_classes(layout, kept, dropped, "texts")
+    report = cleaning_report(manifest, kept, dropped, altered, relabelled, content="sha256")
+    with atomic_output(layout.cleaned) as staging:
+        staging.mkdir()
+        kept[TEXT_KEPT_COLUMNS].to_csv(staging / layout.clean_manifest.name, index=False)
+    write_json(layout.cleaning_report, report)
+    class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
+    write_text(layout.cleaning_summary, summary(report, layout.class_balance.name))
+    log.info("kept %d of %d rows (%s)", report["kept"], report["scanned"], report["dropped_by_reason"] or "none dropped")
 
 
 def cleaning_report(
@@ -277,7 +370,9 @@ def cleaning_report(
     dropped: list[dict],
     altered: list[dict],
     relabelled: list[dict],
+    content: str = "pixels_sha256",
 ) -> dict:
+    """`content` is the column equal between exact copies (decoded pixels; a text's sha256)."""
     groups = [members for _, members in kept.groupby("group") if len(members) > 1]
     report = {
         "scanned": len(manifest),
@@ -289,7 +384,7 @@ def cleaning_report(
         "classes_after": dict(sorted(Counter(kept["label"]).items())),
         "duplicate_groups": [
             {
-                "kind": "exact" if members["pixels_sha256"].nunique() == 1 else "near",
+                "kind": "exact" if members[content].nunique() == 1 else "near",
                 "paths": sorted(members["path"]),
             }
             for members in groups

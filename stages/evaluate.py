@@ -6,7 +6,9 @@
 - `reports/per_class.json`: per-class precision/recall/F1/support and the confusion matrix on test.
 - `reports/predictions.csv`: one row per test image: every model's prediction and class probabilities.
 
-With distill enabled, its students (distilled, label-only) are scored the same way after the three.
+With distill enabled, its students (distilled, label-only) are scored the same way after the three. On text,
+zero-shot classification (`zeroshot`: the nearest class name by cosine, reprotune/text_encoders.py) is
+scored beside them, and the most confident mistakes are shown as texts.
 - `reports/plots/*.png` and `reports/report.md`.
 """
 
@@ -40,6 +42,8 @@ from reprotune.models import load_trained_classifier
 from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params
 from reprotune.report import render
+from reprotune.text_encoders import eval_texts, in_row_order
+from reprotune.zero_shot import zero_shot_logits
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,8 @@ def network_logits(
     """A trained network's logits on val and test: the fine-tuned network, or one of distill's students."""
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     device = pick_device(params.finetune.device, "finetune.device")
-    model, backbone = load_trained_classifier(network, weights, len(classes))
+    text = layout.modality == "text"
+    model, backbone = load_trained_classifier(network, weights, len(classes), text=text)
     model.to(device)
     if network.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -83,13 +88,26 @@ def network_logits(
         rows = manifest[manifest["split"] == split]
         if rows["path"].tolist() != paths[split]:
             raise InputError(f"{layout.split_manifest} and {layout.features_meta} disagree; run dvc repro")
+        bf16 = device.type == "cuda"  # as finetune validated it
+        if text:
+            loader = eval_texts(rows["text"].tolist(), [0] * len(rows), backbone.data, params.featurize.batch_size)
+            logits[split] = in_row_order(predict(model, loader, device, False, bf16), loader).numpy()
+            continue
         dataset = eval_images(
             rows, [0] * len(rows), backbone.data, tuple(params.clean.background), layout.resized_copies
         )
         loader = make_loader(dataset, params.featurize.batch_size, worker_count(params.featurize.num_workers))
-        bf16 = device.type == "cuda"  # as finetune validated it
         logits[split] = predict(model, loader, device, network.channels_last, bf16).numpy()
     return logits
+
+
+def zero_shot(layout: Layout) -> dict[str, np.ndarray]:
+    """Zero-shot logits per split, from featurize's embeddings of the texts and of the class names."""
+    labels = load_file(layout.label_embeddings)["embeddings"]
+    return {
+        split: zero_shot_logits(load_file(layout.features_file(split))["embeddings"], labels).numpy()
+        for split in EVALUATED_SPLITS
+    }
 
 
 def adapt_metrics(adapted: dict) -> dict:
@@ -157,7 +175,20 @@ def most_confident_mistakes(frame: pd.DataFrame, model: str, count: int) -> list
     )
 
 
-def draw(layout: Layout, params: Params, frame, labels, probabilities, per_class, metrics, classes) -> None:
+def text_mistakes(frame: pd.DataFrame, count: int) -> dict[str, list[tuple[str, str, str, float]]]:
+    """For the report on text: each transfer model's most confident mistakes as (text, true, predicted,
+    confidence)."""
+    texts = frame.set_index("path")["text"]
+    return {
+        model: [(texts[path], *rest) for path, *rest in most_confident_mistakes(frame, model, count)]
+        for model in TRANSFER_MODELS
+    }
+
+
+def draw(
+    layout: Layout, params: Params, frame, labels, probabilities, per_class, metrics, classes, texts=None
+) -> None:
+    """`texts` (path -> text): a text dataset, whose mistakes are shown as texts."""
     background = tuple(params.clean.background)
     bins = params.evaluate.calibration_bins
     for model in TRANSFER_MODELS:  # the baseline is in the tables, calibration and per-class plots
@@ -170,12 +201,12 @@ def draw(layout: Layout, params: Params, frame, labels, probabilities, per_class
         plots.precision_recall(
             labels, probabilities[model], classes, f"{model} (test)", layout.plots / f"pr_{model}.png"
         )
-        plots.mistakes_gallery(
-            most_confident_mistakes(frame, model, params.evaluate.gallery_size),
-            background,
-            f"{model}: most confident mistakes (test)",
-            layout.plots / f"mistakes_{model}.png",
-        )
+        mistakes = most_confident_mistakes(frame, model, params.evaluate.gallery_size)
+        title, where = f"{model}: most confident mistakes (test)", layout.plots / f"mistakes_{model}.png"
+        if texts is not None:
+            plots.mistakes_cards(mistakes, texts, title, where)
+        else:
+            plots.mistakes_gallery(mistakes, background, title, where)
     plots.reliability_diagram(
         {model: reliability(probabilities[model], labels, bins) for model in probabilities},
         {model: metrics[model]["test"]["ece"] for model in probabilities},
@@ -201,6 +232,9 @@ def evaluate(params: Params) -> None:
         "head": {split: head_logits(layout, split) for split in EVALUATED_SPLITS},
         "finetune": network_logits(params, layout, params.backbone, layout.finetuned_weights, paths, classes),
     }
+    text = layout.modality == "text"
+    if text:
+        logits["zeroshot"] = zero_shot(layout)
     distilled = read_json(layout.distill_meta)
     if distilled["enabled"]:
         student = BackboneParams(**distilled["student"]["registry"])
@@ -215,9 +249,12 @@ def evaluate(params: Params) -> None:
         for model in logits
     }
     frame = predictions_frame(paths["test"], labels["test"], probabilities, classes)
+    texts = layout.read_manifest(layout.split_manifest).set_index("path")["text"] if text else None
+    if text:  # the text beside its path, so that predictions.csv reads on its own
+        frame.insert(1, "text", texts.loc[frame["path"]].to_numpy())
     with atomic_output(layout.predictions) as temporary:
         frame.to_csv(temporary, index=False)
-    draw(layout, params, frame, labels["test"], probabilities, per_class, metrics, classes)
+    draw(layout, params, frame, labels["test"], probabilities, per_class, metrics, classes, texts)
     adapted = read_json(layout.adapt_report)
     write_json(layout.per_class, per_class)
     # adapt's figures join metrics.json only when it ran, so that `adapt.method: none` changes no byte here
@@ -239,6 +276,7 @@ def evaluate(params: Params) -> None:
         read_json(layout.latency),
         adapted,
         params.sample if all(p.startswith(layout.sample.as_posix()) for p in paths["test"]) else None,
+        text_mistakes(frame, params.evaluate.gallery_size) if text else None,
     )
     write_text(layout.report, report)
     for model in metrics:

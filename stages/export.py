@@ -246,8 +246,23 @@ def export_network(
     }
 
 
+TEXT_NOT_EXPORTED = (
+    "Text models are not exported: the ONNX export covers image networks (a sentence encoder would need its "
+    "tokenizer beside the graph). Label new texts with the fine-tuned network: "
+    "`python -m reprotune.predict --model models/finetuned <file.csv | file.txt>`.\n"
+)
+
+
 def export(params: Params) -> None:
     layout = Layout(params.paths)
+    if layout.modality == "text":
+        with atomic_output(layout.exported) as staging:
+            staging.mkdir()
+            (staging / "README.md").write_text(TEXT_NOT_EXPORTED, encoding="utf-8")
+        write_json(layout.export_report, {"onnx_exported": False})
+        write_text(layout.export_summary, "# Export\n\n" + TEXT_NOT_EXPORTED)
+        log.info("%s", TEXT_NOT_EXPORTED.strip())
+        return
     classes = read_json(layout.features_meta)["classes"]
     metrics = read_json(layout.metrics)
     distilled = read_json(layout.distill_meta)

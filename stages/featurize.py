@@ -9,6 +9,11 @@ backbone; adding one image to a large dataset embeds one image. The split files 
 cache, so memory does not grow with the number of images, and are byte-identical with or without the cache.
 Images are read from clean's resized copies where they have one (reprotune/resized.py), so no image file is
 decoded here twice over.
+
+Texts (reprotune/text_encoders.py) go the same way: the cache key is the text's sha256 (taken at clean)
+under the encoder's recipe. Each class name is embedded too (`labels.safetensors`), for zero-shot
+classification: the nearest class name by cosine, with no labelled example (learning_curve's k = 0,
+evaluate's `zeroshot`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 import pandas as pd
 import PIL
 import torch
+from safetensors.torch import save_file
 
 from reprotune import resized, stage
 from reprotune.backbones import Backbone, load_backbone
@@ -31,6 +37,8 @@ from reprotune.inference import outputs
 from reprotune.layout import SPLITS, Layout, atomic_output
 from reprotune.params import Params
 from reprotune.tensorfiles import tensor_file
+from reprotune.text_encoders import eval_texts, loader_order
+from reprotune.zero_shot import label_prompts
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +118,75 @@ def write_split(
             out.write(cache.rows(digests[start : start + ASSEMBLE_ROWS]))
 
 
+def text_recipe(params: Params, backbone: Backbone, device: torch.device) -> dict:
+    """A text embedding's cache key besides the text itself."""
+    import sentence_transformers
+    import transformers
+
+    return {
+        "version": RECIPE_VERSION,
+        "modality": "text",
+        "backbone": params.backbone.name,
+        "weights": backbone.weights,
+        "text_config": backbone.data.describe(),
+        "batch_size": params.featurize.batch_size,
+        "precision": params.featurize.precision,
+        "device": device.type,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+    }
+
+
+def embed_texts(
+    texts: list[str], params: Params, backbone: Backbone, device: torch.device, desc: str | None = None
+) -> tuple[torch.Tensor, list[int]]:
+    """Embeddings of `texts` in the loader's (length-bucketed) order, and that order."""
+    settings = params.featurize
+    loader = eval_texts(texts, [0] * len(texts), backbone.data, settings.batch_size)
+    model = prepare(backbone, device, channels_last=False)
+    batches = outputs(
+        model, loader, device, False, bf16=settings.precision == "bfloat16", pad_to=settings.batch_size, desc=desc
+    )
+    return torch.cat(list(batches)), loader_order(loader)
+
+
+def fill_text_cache(
+    cache: EmbeddingCache, manifest: pd.DataFrame, params: Params, backbone: Backbone, device: torch.device
+) -> int:
+    """As fill_cache, for texts: the texts whose sha256 the cache lacks, each once."""
+    missing = manifest[~manifest["digest"].map(cache.__contains__)].drop_duplicates("digest")
+    if missing.empty:
+        return 0
+    embeddings, order = embed_texts(missing["text"].tolist(), params, backbone, device, desc="featurize")
+    digests = missing["digest"].to_numpy()[order]
+    with cache.new_shard(len(missing), backbone.num_features) as shard:
+        shard.write(np.frombuffer(b"".join(digests), np.uint8).reshape(len(missing), -1))
+        shard.write(embeddings.numpy())
+    return len(missing)
+
+
 def featurize(params: Params) -> None:
     layout = Layout(params.paths)
+    text = layout.modality == "text"
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     classes = sorted(manifest["label"].unique())
     index = {label: i for i, label in enumerate(classes)}
-    backbone = load_backbone(params.backbone)
+    backbone = load_backbone(params.backbone, text=text)
     device = pick_device(params.featurize.device, "featurize.device")
-    cache = EmbeddingCache(layout.embedding_cache, recipe(params, backbone, device))
-    manifest["digest"] = [bytes.fromhex(h) for h in manifest["sha256"]]  # of each file, taken at ingest
-    embedded = fill_cache(cache, manifest, params, backbone, device, layout.resized_copies)
-    log.info("embedded %d images, %d from the cache %s", embedded, len(manifest) - embedded, cache.folder)
+    manifest["digest"] = [bytes.fromhex(h) for h in manifest["sha256"]]  # of each file (text), from ingest
+    if text:
+        cache = EmbeddingCache(layout.embedding_cache, text_recipe(params, backbone, device))
+        embedded = fill_text_cache(cache, manifest, params, backbone, device)
+    else:
+        cache = EmbeddingCache(layout.embedding_cache, recipe(params, backbone, device))
+        embedded = fill_cache(cache, manifest, params, backbone, device, layout.resized_copies)
+    log.info("embedded %d, %d from the cache %s", embedded, len(manifest) - embedded, cache.folder)
     meta = {
         "backbone": params.backbone.name,
         "weights": backbone.weights,
-        "data_config": backbone.data.__dict__,
+        **({"modality": "text", "text_config": backbone.data.describe()} if text else {}),
+        **({} if text else {"data_config": backbone.data.__dict__}),
         "channels_last": params.backbone.channels_last,
         "precision": params.featurize.precision,
         "num_features": backbone.num_features,
@@ -133,6 +195,13 @@ def featurize(params: Params) -> None:
     }
     with atomic_output(layout.features) as staging:
         staging.mkdir()
+        if text:
+            prompts = label_prompts(classes)
+            embeddings, order = embed_texts(prompts, params, backbone, device)
+            restored = torch.empty_like(embeddings)
+            restored[torch.tensor(order)] = embeddings
+            save_file({"embeddings": restored.contiguous()}, staging / layout.label_embeddings.name)
+            meta["label_prompts"] = prompts
         for split in SPLITS:
             rows = manifest[manifest["split"] == split]
             labels = [index[label] for label in rows["label"]]

@@ -12,6 +12,10 @@ Every epoch crops from the same pictures, so each training image larger than the
 once per run, before the first epoch, and kept resized to that side (reprotune/resized.py); the epochs then
 decode those small JPEGs. Validation reads clean's eval-sized copies.
 
+Texts (the manifest says so) train the same way through the same loop: the sentence encoder and the head,
+on shuffled token-id batches padded to their longest text (reprotune/text_encoders.py); augmentation,
+mixup and BatchNorm settings do not apply to them.
+
 Resumable: after every epoch the full training state (weights, optimizer, scheduler, RNG states, best model
 so far) goes to `paths.checkpoints`; a run that is interrupted resumes there on the next `dvc repro`, as long
 as nothing it depends on changed, and ends with the same weights as an uninterrupted run.
@@ -55,6 +59,14 @@ from reprotune.layout import Layout, atomic_output, read_json
 from reprotune.models import Classifier
 from reprotune.params import Augment, Finetune, Params
 from reprotune.seeding import seed_everything
+from reprotune.text_encoders import (
+    LengthGroupedBatches,
+    TextConfig,
+    TokenizedTexts,
+    eval_texts,
+    loader_order,
+    padder,
+)
 from reprotune.training import (
     Placement,
     Schedule,
@@ -83,8 +95,12 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
         device = local_device(pick_device(settings.device, "finetune.device"))
         placement = Placement(device, params.backbone.channels_last)
         classes = read_json(layout.features_meta)["classes"]
-        backbone, model = build_model(params, layout, len(classes), placement)
-        data = load_data(params, layout, backbone.data, classes, rank, world, placement)
+        text = layout.modality == "text"
+        backbone, model = build_model(params, layout, len(classes), placement, text)
+        if text:
+            data = text_training_data(params, layout, backbone.data, classes, rank, world, placement)
+        else:
+            data = load_data(params, layout, backbone.data, classes, rank, world, placement)
         optimizer, scheduler = make_optimizer(model, backbone, settings, len(data.train_loader))
         progress, best_state = fit(
             model,
@@ -159,10 +175,10 @@ def parameter_groups(
 
 
 def build_model(
-    params: Params, layout: Layout, num_classes: int, placement: Placement
+    params: Params, layout: Layout, num_classes: int, placement: Placement, text: bool = False
 ) -> tuple[Backbone, Classifier]:
     """The pretrained backbone with a linear head, the head from train_head's probe (LP-FT) or fresh."""
-    backbone = load_backbone(params.backbone)
+    backbone = load_backbone(params.backbone, text=text)
     model = Classifier(backbone.model, backbone.num_features, num_classes)
     if params.finetune.head_init == "probe":
         model.head.load_state_dict(load_file(layout.head_weights))  # LP-FT: start from the linear probe
@@ -204,6 +220,43 @@ def load_data(
         placement,
         params.finetune.seed,
         drop_last=mixing(params.finetune),  # mixup pairs need an even batch
+    )
+
+
+def text_training_data(
+    params: Params,
+    layout: Layout,
+    data: TextConfig,
+    classes: list[str],
+    rank: int,
+    world: int,
+    placement: Placement,
+) -> TrainingData:
+    """Shuffled training batches of token ids, padded to their longest text: grouped by length in one
+    process (text_encoders.LengthGroupedBatches), plain DistributedSampler shards of batch_size / world
+    with torchrun. In-order (length-bucketed) validation batches, with their labels in that order."""
+    if mixing(params.finetune):
+        raise InputError("params.yaml: finetune.augment.mixup and cutmix mix images; set them to 0 for text")
+    settings = params.finetune
+    manifest = layout.read_manifest(layout.split_manifest, {"label": str})
+    train_rows, train_labels = load_split(manifest, "train", classes)
+    val_rows, val_labels = load_split(manifest, "val", classes)
+    train_set = TokenizedTexts(data.tokenize(train_rows["text"].tolist()), train_labels)
+    loader_rng = torch.Generator().manual_seed(settings.seed)
+    collate, pin = padder(data.pad_id), placement.device.type == "cuda"
+    if world > 1:
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed)
+        train_loader = DataLoader(
+            train_set, settings.batch_size // world, sampler=sampler, collate_fn=collate, pin_memory=pin
+        )
+    else:
+        sampler = None
+        batches = LengthGroupedBatches([len(ids) for ids in train_set.ids], settings.batch_size, loader_rng)
+        train_loader = DataLoader(train_set, batch_sampler=batches, collate_fn=collate, pin_memory=pin)
+    val_loader = eval_texts(val_rows["text"].tolist(), val_labels, data, settings.batch_size)
+    order = loader_order(val_loader)
+    return TrainingData(
+        train_loader, loader_rng, sampler, val_loader, torch.tensor([val_labels[i] for i in order])
     )
 
 
@@ -384,7 +437,9 @@ def write_outputs(
 def remove_run_files(layout: Layout, data: TrainingData) -> None:
     """The run finished: its resume point is spent, and its training copies were made for it alone."""
     shutil.rmtree(layout.checkpoint, ignore_errors=True)
-    data.train_loader.dataset.copies.path.unlink(missing_ok=True)
+    copies = getattr(data.train_loader.dataset, "copies", None)  # texts have none
+    if copies is not None:
+        copies.path.unlink(missing_ok=True)
 
 
 def main() -> None:

@@ -1,9 +1,13 @@
-"""ingest: list every source image in a manifest (path, label, given split, bytes, sha256).
+"""ingest: list every source image, or every labelled text, in a manifest (path, label, given split, bytes,
+sha256).
 
-The source is `paths.raw` laid out as <class>/<image> or <split>/<class>/<image>. When it holds no files,
-the built-in sample (scikit-learn's digits, upscaled to PNG photos) is written under `paths.ingested`
-instead, never into the raw folder. Files this stage cannot use get an `issue` code; the clean stage
-reports them with everything else it drops.
+The source is `paths.raw`: images laid out as <class>/<image> or <split>/<class>/<image>, or texts in CSV or
+JSON Lines files directly inside it (reprotune/texts.py). Which of the two it holds is the modality
+(`ingest.modality: auto` finds it; holding both is an error); a text manifest has a `text` column, and every
+later stage takes the modality from that. When the folder holds no files, a built-in sample is used instead,
+copied under `paths.ingested`, never into the raw folder: scikit-learn's digits upscaled to PNG photos, or
+with `ingest.modality: text` Banking77 (`paths.text_sample`). Files and rows this stage cannot use get an
+`issue` code; the clean stage reports them with everything else it drops.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from reprotune.errors import InputError
 from reprotune.files import is_hidden, list_files
 from reprotune.layout import Layout, atomic_output, sha256_of_file
 from reprotune.params import Params
+from reprotune.texts import is_text_file, read_text_file, text_sha256
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["path", "label", "given_split", "bytes", "sha256", "issue"]
+TEXT_MANIFEST_COLUMNS = [*MANIFEST_COLUMNS, "text", "detail"]
 # Folder names accepted as a given split, and the split each one means.
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -67,13 +73,74 @@ def write_sample(folder: Path, side: int) -> None:
         grey.resize((side, side), Image.Resampling.BICUBIC).save(target, optimize=False)
 
 
+def modality(root: Path, files: list[Path], setting: str) -> str:
+    """`image` or `text`: as set, or (auto) from what the folder holds."""
+    if setting != "auto":
+        return setting
+    texts = [f for f in files if is_text_file(f) and f.parent == root]
+    foldered = [f for f in files if f.parent != root]
+    if texts and foldered:
+        raise InputError(
+            f"{root}: holds both text data files ({texts[0].name}, ...) and image folders "
+            f"({foldered[0].relative_to(root).parts[0]}/, ...); keep one modality in it, or set "
+            "ingest.modality to image or text (the files of the other kind are then reported as unusable)"
+        )
+    return "text" if texts else "image"
+
+
+def scan_texts(root: Path, files: list[Path]) -> pd.DataFrame:
+    """One row per record of every text data file directly in `root`; any other file is one unusable row."""
+    rows = []
+    for path in files:
+        if not (is_text_file(path) and path.parent == root and path.is_file()):
+            issue = "not_a_text_file" if path.parent == root else "wrong_depth"
+            rows.append({"path": path.as_posix(), "issue": issue, "detail": "text data files are CSV or "
+                         "JSON Lines files directly inside the data folder"})
+            continue
+        for row in read_text_file(path):
+            given = row.pop("split")
+            encoded = row["text"].encode("utf-8") if not row["issue"] else b""
+            rows.append(row | {"given_split": given, "bytes": len(encoded),
+                               "sha256": text_sha256(row["text"]) if not row["issue"] else ""})
+    frame = pd.DataFrame(rows, columns=TEXT_MANIFEST_COLUMNS)
+    frame = frame.fillna({"label": "", "given_split": "", "bytes": 0, "sha256": "", "text": ""})
+    return frame.astype({"bytes": int})
+
+
+def write_text_sample(source: Path, folder: Path) -> None:
+    """The text sample's data files, copied as they are (its LICENSE stays beside the original)."""
+    if not source.is_dir() or not any(is_text_file(f) for f in source.iterdir()):
+        raise InputError(
+            f"params.yaml: paths.text_sample: {source} holds no CSV or JSONL file; it ships with the "
+            "project (data/samples/banking77): restore it from git"
+        )
+    folder.mkdir()
+    for path in sorted(source.iterdir()):
+        if path.is_file() and is_text_file(path):
+            (folder / path.name).write_bytes(path.read_bytes())
+
+
 def ingest(params: Params) -> None:
     layout = Layout(params.paths)
     if not layout.raw.is_dir():
         raise InputError(f"{layout.raw}: folder not found; create it (it may stay empty for the sample)")
     with atomic_output(layout.ingested) as staging:
         staging.mkdir()
-        if list_files(layout.raw):
+        files = list_files(layout.raw)
+        kind = modality(layout.raw, files, params.ingest.modality) if files else params.ingest.modality
+        if files and kind == "text":
+            manifest = scan_texts(layout.raw, files)
+            log.info("read %d rows (text) from %s", len(manifest), layout.raw)
+        elif kind == "text":
+            log.info("%s holds no files: using the built-in text sample (%s)", layout.raw, layout.text_sample)
+            staged = staging / layout.text_sample_copy.name
+            write_text_sample(layout.text_sample, staged)
+            manifest = scan_texts(staged, list_files(staged))
+            # Name rows by where the copy will live once the folder is in place.
+            manifest["path"] = [
+                (layout.text_sample_copy / Path(p).relative_to(staged)).as_posix() for p in manifest["path"]
+            ]
+        elif files:
             manifest = scan(layout.raw)
             log.info("scanned %d files under %s", len(manifest), layout.raw)
         else:

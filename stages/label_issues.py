@@ -25,7 +25,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from reprotune import stage
 from reprotune.errors import InputError
-from reprotune.figures import gallery
+from reprotune.figures import gallery, text_cards
 from reprotune.layout import SPLITS, Layout, atomic_output, read_json
 from reprotune.params import Params
 from reprotune.probe import fit_linear_head, probabilities
@@ -113,23 +113,29 @@ def label_issues(params: Params) -> None:
     probs = out_of_fold_probabilities(embeddings, labels, rows["group"].to_numpy(), params, len(classes))
     indices = ranked_issues(labels, probs, params.label_issues.filter_by)
     frame = issues_frame(indices, rows, labels, probs, classes)
+    text = layout.modality == "text"
+    if text:  # the text itself, so that the file can be read (and relabel.csv written) without looking it up
+        texts = layout.read_manifest(layout.split_manifest).set_index("path")["text"]
+        frame["text"] = texts.loc[frame["path"]].to_numpy()
     with atomic_output(layout.label_issues) as temporary:
         frame.to_csv(temporary, index=False)
     top = frame.head(params.label_issues.gallery_size)
-    gallery(
-        [
-            (
-                row.path,
-                f"{row.split}: given {row.given_label}\nsuggested {row.suggested_label} ({row.score:.0%} for given)",
-            )
-            for row in top.itertuples()
-        ],
-        tuple(params.clean.background),
+    captions = [
+        (
+            row.text if text else row.path,
+            f"{row.split}: given {row.given_label}\nsuggested {row.suggested_label} ({row.score:.0%} for given)",
+        )
+        for row in top.itertuples()
+    ]
+    title = (
         f"probable label errors: the {len(top)} most suspicious of {len(frame)} flagged"
         if len(frame)
-        else "no probable label errors found",
-        layout.label_issues_gallery,
+        else "no probable label errors found"
     )
+    if text:
+        text_cards(captions, title, layout.label_issues_gallery)
+    else:
+        gallery(captions, tuple(params.clean.background), title, layout.label_issues_gallery)
     log.info(
         "%d of %d images flagged as probable label errors (%s)",
         len(frame),

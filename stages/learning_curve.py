@@ -7,6 +7,9 @@ class with fewer than k training images uses all it has (named per point, and ma
 head train_head fits, so its interval is the point itself. Everything runs on the cached embeddings:
 seconds, not a single forward pass.
 
+For texts the curve starts at k = 0: zero-shot classification, each text given the class whose name's
+embedding is nearest by cosine (featurize embeds the names), which needs no labelled example at all.
+
 Writes `learning_curve.json` (points and a reading of them), `learning_curve.csv` (for `dvc plots`) and
 `learning_curve.png` in reports/.
 """
@@ -18,6 +21,7 @@ import logging
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from safetensors.torch import load_file
 from scipy import stats
 
@@ -26,6 +30,7 @@ from reprotune.figures import save
 from reprotune.layout import Layout, atomic_output, read_json, write_json
 from reprotune.params import Params
 from reprotune.probe import accuracy, fit_linear_head
+from reprotune.zero_shot import zero_shot_logits
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +104,21 @@ def point(k: int | None, images: int, scores: dict, per_class: np.ndarray, class
     return entry
 
 
+def zero_shot_point(layout: Layout, data: dict, num_classes: int, classes: list[str]) -> dict:
+    """k = 0: the nearest class name by cosine (text only), scored like the other points."""
+    label_embeddings = load_file(layout.label_embeddings)["embeddings"]
+    scores = {
+        split: [float(np.mean(zero_shot_logits(torch.from_numpy(x), label_embeddings).argmax(1).numpy() == y))]
+        for split, (x, y) in ((s, data[s]) for s in SCORED_SPLITS)
+    }
+    return point(0, 0, scores, np.zeros(num_classes), classes)
+
+
 def reading(points: list[dict]) -> dict:
     """What the test curve says: where it first comes within one point of all the data, and what the last
-    step (from the largest k to all the images) gained."""
+    step (from the largest k to all the images) gained; and what zero-shot (k = 0) scored, when it ran."""
+    zero = [p for p in points if p["labels_per_class"] == 0]
+    points = [p for p in points if p["labels_per_class"] != 0]
     every = points[-1]["test"]["mean"]
     enough = next(p for p in points if p["test"]["mean"] >= every - WITHIN)
     result = {
@@ -116,6 +133,8 @@ def reading(points: list[dict]) -> dict:
             "last_step_to_mean_labels_per_class": points[-1]["mean_labels_per_class"],
             "last_step_gain": round(every - before["test"]["mean"], 6),
         }
+    if zero:
+        result["zero_shot_test_accuracy"] = zero[0]["test"]["mean"]
     return result
 
 
@@ -132,6 +151,11 @@ def sentence(summary: dict) -> str:
         f"The head's test accuracy comes within one point of all the data ({read['all_data_test_accuracy']:.4f}) "
         f"{where}."
     )
+    if "zero_shot_test_accuracy" in read:
+        text += (
+            f" With no label at all, zero-shot (the nearest class name by cosine) scores "
+            f"{read['zero_shot_test_accuracy']:.4f} on test."
+        )
     if "last_step_gain" in read:
         gain = read["last_step_gain"] * 100
         text += (
@@ -167,9 +191,15 @@ def table(points: list[dict]) -> pd.DataFrame:
 
 
 def draw(points: list[dict], path) -> None:
-    """Accuracy against labels per class on a log axis, 95% intervals shaded; "all" at the mean per class."""
+    """Accuracy against labels per class on a log axis, 95% intervals shaded; "all" at the mean per class;
+    zero-shot (k = 0, which a log axis cannot place) as dashed lines."""
+    zero = [p for p in points if p["labels_per_class"] == 0]
+    points = [p for p in points if p["labels_per_class"] != 0]
     frame = table(points)
     figure, ax = plt.subplots(figsize=(7, 4.5))
+    for p in zero:
+        for split, colour in zip(SCORED_SPLITS, ("tab:orange", "tab:blue"), strict=True):
+            ax.axhline(p[split]["mean"], color=colour, linestyle="--", linewidth=1, label=f"{split}, zero-shot (k = 0)")
     for split, colour in zip(SCORED_SPLITS, ("tab:orange", "tab:blue"), strict=True):
         ax.plot(
             frame["labels_per_class"], frame[f"{split}_mean"], "o-", color=colour, label=f"{split} (mean)"
@@ -217,6 +247,8 @@ def learning_curve(params: Params) -> None:
         tensors = load_file(layout.features_file(split))
         data[split] = (tensors["embeddings"].numpy(), tensors["labels"].numpy())
     points = curve(data, params, len(classes), classes)
+    if layout.modality == "text":
+        points.insert(0, zero_shot_point(layout, data, len(classes), classes))
     summary = {"draws": params.learning_curve.draws, "points": points, "reading": reading(points)}
     summary["sentence"] = sentence(summary)
     with atomic_output(layout.learning_curve_table) as temporary:

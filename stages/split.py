@@ -1,4 +1,4 @@
-"""split: assign every kept image to train, val or test.
+"""split: assign every kept image (or text) to train, val or test.
 
 Stratified by label and seeded; a duplicate group is the unit that is assigned, so identical and
 near-identical images never straddle splits. Split folders given in the raw data win: their images stay in
@@ -89,6 +89,26 @@ def leakage(kept: pd.DataFrame, hashes: np.ndarray, grouping_distance: int | Non
     }
 
 
+def text_leakage(kept: pd.DataFrame) -> dict:
+    """Pairs of texts in one duplicate group (equal after normalisation) but in different splits: only given
+    splits can put them apart. There is no looser detector for texts, so nothing is `similar`."""
+    pairs = []
+    for _, members in kept.groupby("group", sort=True):
+        if members["split"].nunique() < 2:
+            continue
+        rows = list(members[["path", "split"]].itertuples(index=False))
+        pairs += [(a, b) for i, a in enumerate(rows) for b in rows[i + 1 :] if a.split != b.split]
+    return {
+        "grouping": "texts equal after normalising case, whitespace and punctuation",
+        "grouping_distance": None,
+        "checked_distance": None,
+        "near_duplicate_pairs_across_splits": len(pairs),
+        "similar_pairs_across_splits": 0,
+        "examples": [{"paths": [a.path, b.path], "splits": [a.split, b.split]} for a, b in pairs[:20]],
+        "similar_examples": [],
+    }
+
+
 def carve(kept: pd.DataFrame, pool: pd.Series, fractions: dict[str, float], seed: int) -> dict[str, int]:
     """Assign the `pool` rows (given or implied train) to train and the splits in `fractions`, stratified by
     label with duplicate groups whole; return how many images went to each carved split."""
@@ -166,8 +186,11 @@ def split(params: Params) -> None:
     for name, missing_classes in report["classes_missing_from"].items():
         if missing_classes:
             log.warning("too few images for the %s split in classes: %s", name, ", ".join(missing_classes))
-    report["leakage"] = leakage(
-        kept, load_hashes(layout.duplicate_hashes), params.clean.near_duplicate_distance
+    text = layout.modality == "text"
+    report["leakage"] = (
+        text_leakage(kept)
+        if text
+        else leakage(kept, load_hashes(layout.duplicate_hashes), params.clean.near_duplicate_distance)
     )
     if report["leakage"]["near_duplicate_pairs_across_splits"]:
         log.warning("near-duplicate pairs across splits: %s", report["leakage"]["examples"][:3])
@@ -180,7 +203,7 @@ def split(params: Params) -> None:
         )
     with atomic_output(layout.splits) as staging:
         staging.mkdir()
-        kept[["path", "label", "split", "group", "sha256", "resized"]].to_csv(
+        kept[["path", "label", "split", "group", "sha256", "text" if text else "resized"]].to_csv(
             staging / layout.split_manifest.name, index=False
         )
     write_json(layout.split_report, report)

@@ -235,13 +235,14 @@ def record(params: Params) -> None:
     short, long = param_values(params)
     with mlflow.start_run(tags={"host": socket.gethostname(), "pid": str(os.getpid())}) as run:
         mlflow.log_params(short)
+        text = layout.modality == "text"
         kept = layout.read_manifest(layout.clean_manifest)[["path", "label", "sha256"]]
         mlflow.log_input(
             mlflow.data.from_pandas(
                 kept,
                 source=params.paths.raw,
                 targets="label",
-                name="cleaned images",
+                name="cleaned texts" if text else "cleaned images",
                 digest=outputs.get(f"dvc.clean.{params.paths.cleaned}", data_hash)[:36],
             ),
             context="training",
@@ -255,6 +256,7 @@ def record(params: Params) -> None:
             | {
                 "data_sha256": data_hash,
                 "backbone": params.backbone.name,
+                "modality": layout.modality,
                 "backbone_weights": read_json(layout.features_meta)["weights"],
             }
         )
@@ -289,7 +291,9 @@ def record(params: Params) -> None:
         mlflow.log_artifacts(str(layout.head), "models/head")
         mlflow.log_artifacts(str(layout.finetuned), "models/finetuned")
         mlflow.log_artifacts(str(layout.exported), "models/export")
-        version = log_model(params, layout, layout.exported, "model", params.track.model_name)
+        # The served model runs the exported ONNX file, which text models do not have (export.md says why);
+        # their fine-tuned weights are logged above as files.
+        version = None if text else log_model(params, layout, layout.exported, "model", params.track.model_name)
         if read_json(layout.adapt_report)["method"] != "none":
             mlflow.log_artifact(str(layout.adapt_report), "reports")
             mlflow.log_artifacts(str(layout.adapted), "models/adapted")

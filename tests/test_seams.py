@@ -181,8 +181,8 @@ class ParamsReads(ast.NodeVisitor):
             self.read(key)  # the outermost key of a chain; an enclosing chain would have stopped here
             return
         base = self.key_of(node.value)
-        if base == () and node.attr == "on_sample":
-            return  # it only puts the sample's values in place: what is then read is counted as read
+        if base == () and node.attr in ("on_sample", "on_text"):
+            return  # they only put the sample's or text's values in place: what is then read is counted as read
         if base is not None:
             self.read(base)  # a method or attribute that is no field (model_dump, ...): the whole section
             return
@@ -195,13 +195,16 @@ class ParamsReads(ast.NodeVisitor):
 
 
 def params_read(files: set[Path]) -> set[Key]:
-    """What the code reads, plus the `sample.*` key of each key it reads that the sample sets: on the
-    built-in sample, stage.run puts that value in its place (Params.on_sample)."""
+    """What the code reads, plus the `sample.*` (`text.*`) key of each key it reads that the sample (the
+    text section) sets: on the built-in sample (on text), stage.run puts that value in its place
+    (Params.on_sample, Params.on_text)."""
     reader = ParamsReads()
     for file in files:
         reader.visit(ast.parse(file.read_text(), str(file)))
-    sample_keys = {key for key in leaves(Params) if key[0] == "sample"}
-    return reader.reads | {("sample", *key) for key in reader.reads if ("sample", *key) in sample_keys}
+    replaced = {key for key in leaves(Params) if key[0] in ("sample", "text")}
+    return reader.reads | {
+        (section, *key) for key in reader.reads for section in ("sample", "text") if (section, *key) in replaced
+    }
 
 
 def declared_params(stage: dict) -> set[Key]:
