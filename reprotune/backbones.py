@@ -227,7 +227,12 @@ def load_backbone(params: BackboneParams, keep_classifier: bool = False, text: b
         from reprotune.text_encoders import load_text_encoder
 
         backbone = load_text_encoder(params)
-        log.info("text encoder %s, weights: %s, max %d tokens", params.name, backbone.weights, backbone.data.max_length)
+        log.info(
+            "text encoder %s, weights: %s, max %d tokens",
+            params.name,
+            backbone.weights,
+            backbone.data.max_length,
+        )
         return backbone
     data = data_config(params.name, params.input_size)
     if params.name == TINY_TEST:

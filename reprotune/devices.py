@@ -18,4 +18,6 @@ def pick_device(setting: str, key: str) -> torch.device:
 
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last and images.ndim == 4 else images
+    return (
+        images.contiguous(memory_format=torch.channels_last) if channels_last and images.ndim == 4 else images
+    )

@@ -119,9 +119,7 @@ def mistakes_gallery(
     gallery(captions, background, title if mistakes else f"{title}: no mistakes", path)
 
 
-def mistakes_cards(
-    mistakes: list[tuple[str, str, str, float]], texts, title: str, path: Path
-) -> None:
+def mistakes_cards(mistakes: list[tuple[str, str, str, float]], texts, title: str, path: Path) -> None:
     """Texts of (path, true, predicted, confidence), most confident first; `texts` maps a path to its text."""
     captions = [
         (texts[row_path], f"true {true}\npredicted {predicted} ({confidence:.0%})")

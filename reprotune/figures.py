@@ -50,8 +50,17 @@ def text_cards(items: list[tuple[str, str]], title: str, path: Path, columns: in
     for ax, (text, caption) in zip(axes.flat, items, strict=False):
         lines = textwrap.wrap(" ".join(text.split()), 44) or [""]
         shown = "\n".join(lines[:5]) + ("\n..." if len(lines) > 5 else "")
-        ax.text(0.0, 1.0, shown, va="top", ha="left", fontsize=8, wrap=False, family="monospace",
-                bbox={"boxstyle": "round", "facecolor": "whitesmoke", "edgecolor": "lightgrey"})
+        ax.text(
+            0.0,
+            1.0,
+            shown,
+            va="top",
+            ha="left",
+            fontsize=8,
+            wrap=False,
+            family="monospace",
+            bbox={"boxstyle": "round", "facecolor": "whitesmoke", "edgecolor": "lightgrey"},
+        )
         ax.set_title(caption, fontsize=8, loc="left")
     figure.suptitle(title, fontsize=10)
     save(figure, path)

@@ -288,8 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = sum(1 for row in rows if row["reason"])
     print(
         f"{len(rows) - failed} of {len(rows)} {'texts' if rows and 'text' in rows[0] else 'files'} labelled "
-        f"with {model.source}"
-        + (f"; {failed} could not be read (see the reason column)" if failed else ""),
+        f"with {model.source}" + (f"; {failed} could not be read (see the reason column)" if failed else ""),
         file=sys.stderr,
     )
     return 0

@@ -127,7 +127,9 @@ def load_text_encoder(params: Any) -> Any:
         ) from error
     tokenizer = modules.tokenizer
     if tokenizer.pad_token_id is None:
-        raise InputError(f"params.yaml: text.backbone.name: {params.name!r} has no padding token; pick another")
+        raise InputError(
+            f"params.yaml: text.backbone.name: {params.name!r} has no padding token; pick another"
+        )
     data = TextConfig(tokenizer, int(modules.max_seq_length), int(tokenizer.pad_token_id))
     model = SentenceEncoder(modules, data.pad_id)
     weights = _file_weights(model.encoder, Path(params.weights)) if params.weights else described
@@ -209,7 +211,11 @@ def eval_texts(texts: Sequence[str], labels: Sequence[int], data: TextConfig, ba
     batches: list[list[int]] = []
     for index in order:
         last = batches[-1] if batches else None
-        if last and len(last) < batch_size and bucket_length(len(ids[last[0]])) == bucket_length(len(ids[index])):
+        if (
+            last
+            and len(last) < batch_size
+            and bucket_length(len(ids[last[0]])) == bucket_length(len(ids[index]))
+        ):
             last.append(index)
         else:
             batches.append([index])

@@ -39,15 +39,28 @@ def text_sha256(text: str) -> str:
 
 def normalised(text: str) -> str:
     """The form two texts that differ only in case, whitespace or punctuation share: NFKC, case-folded,
-    punctuation and symbols removed, whitespace runs collapsed."""
+    punctuation and symbols removed (`where's` = `wheres`), whitespace runs collapsed to one space."""
     folded = unicodedata.normalize("NFKC", text).casefold()
-    kept = "".join(" " if unicodedata.category(c)[0] in "PSZ" else c for c in folded)
+    kept = "".join(
+        " "
+        if unicodedata.category(c)[0] == "Z" or c.isspace()
+        else ""
+        if unicodedata.category(c)[0] in "PS"
+        else c
+        for c in folded
+    )
     return " ".join(kept.split())
 
 
 def _row(path: Path, line: int, text: str, label: str, split: str, issue: str = "", detail: str = "") -> dict:
-    return {"path": f"{path.as_posix()}:{line}", "text": text, "label": label, "split": split, "issue": issue,
-            "detail": detail}
+    return {
+        "path": f"{path.as_posix()}:{line}",
+        "text": text,
+        "label": label,
+        "split": split,
+        "issue": issue,
+        "detail": detail,
+    }
 
 
 def _check_row(path: Path, line: int, values: dict[str, str], name_split: str) -> dict:
@@ -59,7 +72,12 @@ def _check_row(path: Path, line: int, values: dict[str, str], name_split: str) -
         given = values[SPLIT_COLUMN].strip().lower()
         if given not in SPLIT_NAMES:
             return _row(
-                path, line, "", "", "", "unknown_split",
+                path,
+                line,
+                "",
+                "",
+                "",
+                "unknown_split",
                 f"{path} line {line}: split {values[SPLIT_COLUMN]!r} is not one of {', '.join(SPLIT_NAMES)}",
             )
         split = SPLIT_NAMES[given]
@@ -110,8 +128,15 @@ def read_csv_rows(path: Path, name_split: str) -> list[dict]:
             break  # the csv module cannot find the next record after this
         if record and len(record) != len(header):
             rows.append(
-                _row(path, start, "", "", "", "malformed_row",
-                     f"{path} line {start}: {len(record)} fields, the header has {len(header)}")
+                _row(
+                    path,
+                    start,
+                    "",
+                    "",
+                    "",
+                    "malformed_row",
+                    f"{path} line {start}: {len(record)} fields, the header has {len(header)}",
+                )
             )
         elif record:  # a blank line is no record
             values = {key: record[position] for key, position in columns.items()}
@@ -126,21 +151,34 @@ def read_jsonl_rows(path: Path, name_split: str) -> list[dict]:
         if not raw.strip():
             continue
         if _UNDECODABLE.search(raw):
-            rows.append(_row(path, line, "", "", "", "undecodable", f"{path} line {line}: bytes that are not UTF-8"))
+            rows.append(
+                _row(path, line, "", "", "", "undecodable", f"{path} line {line}: bytes that are not UTF-8")
+            )
             continue
         try:
             record = json.loads(raw)
         except json.JSONDecodeError as error:
-            rows.append(_row(path, line, "", "", "", "malformed_row", f"{path} line {line}: not JSON ({error})"))
+            rows.append(
+                _row(path, line, "", "", "", "malformed_row", f"{path} line {line}: not JSON ({error})")
+            )
             continue
         if not isinstance(record, dict):
-            rows.append(_row(path, line, "", "", "", "malformed_row", f"{path} line {line}: not a JSON object"))
+            rows.append(
+                _row(path, line, "", "", "", "malformed_row", f"{path} line {line}: not a JSON object")
+            )
             continue
         keys = {str(k).strip().lower(): k for k in record}
         if TEXT_COLUMN not in keys or LABEL_COLUMN not in keys:
             rows.append(
-                _row(path, line, "", "", "", "malformed_row",
-                     f"{path} line {line}: needs the keys {TEXT_COLUMN!r} and {LABEL_COLUMN!r}")
+                _row(
+                    path,
+                    line,
+                    "",
+                    "",
+                    "",
+                    "malformed_row",
+                    f"{path} line {line}: needs the keys {TEXT_COLUMN!r} and {LABEL_COLUMN!r}",
+                )
             )
             continue
         values = {
@@ -178,7 +216,7 @@ def read_unlabelled(path: Path) -> list[tuple[str, str, str]]:
             for record in reader:
                 if record:
                     value = record[column] if column < len(record) else ""
-                    rows.append((f"{path}:{start}", value, _text_reason(value)))
+                    rows.append((f"{path}:{start}", _readable(value), _text_reason(value)))
                 start = reader.line_num + 1
             return rows
         for line, raw in enumerate(_decoded(path).splitlines(), start=1):
@@ -190,13 +228,18 @@ def read_unlabelled(path: Path) -> list[tuple[str, str, str]]:
             except (json.JSONDecodeError, AttributeError, StopIteration):
                 rows.append((f"{path}:{line}", "", f"not a JSON object with a {TEXT_COLUMN!r} key"))
                 continue
-            rows.append((f"{path}:{line}", value, _text_reason(value)))
+            rows.append((f"{path}:{line}", _readable(value), _text_reason(value)))
         return rows
     return [
-        (f"{path}:{line}", raw, _text_reason(raw))
+        (f"{path}:{line}", _readable(raw), _text_reason(raw))
         for line, raw in enumerate(_decoded(path).splitlines(), start=1)
         if raw.strip()
     ]
+
+
+def _readable(text: str) -> str:
+    """The text with any byte that is not UTF-8 shown as U+FFFD, so that it can be written out."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _text_reason(text: str) -> str:

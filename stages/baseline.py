@@ -162,7 +162,10 @@ def text_features(manifest: pd.DataFrame) -> tuple[dict, int]:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32)
-    texts = {split: manifest.loc[manifest["split"] == split, "text"].tolist() for split in ("train", *SCORED_SPLITS)}
+    texts = {
+        split: manifest.loc[manifest["split"] == split, "text"].tolist()
+        for split in ("train", *SCORED_SPLITS)
+    }
     x = {"train": vectorizer.fit_transform(texts["train"])}
     x |= {split: vectorizer.transform(texts[split]) for split in SCORED_SPLITS}
     return x, len(vectorizer.vocabulary_)
@@ -176,7 +179,13 @@ def text_baseline(params: Params, layout: Layout, manifest: pd.DataFrame, classe
     tried = []
     for C in params.baseline.C:
         model = fit_quietly(LogisticRegression(C=C, max_iter=2000), x["train"], y["train"])
-        tried.append({"model": "tfidf_logistic_regression", "C": C, "val_accuracy": round(float(np.mean(model.predict(x["val"]) == y["val"])), 6)})
+        tried.append(
+            {
+                "model": "tfidf_logistic_regression",
+                "C": C,
+                "val_accuracy": round(float(np.mean(model.predict(x["val"]) == y["val"])), 6),
+            }
+        )
     best = max(tried, key=lambda c: c["val_accuracy"])
     model = fit_quietly(LogisticRegression(C=best["C"], max_iter=2000), x["train"], y["train"])
     scores = {split: log_probabilities(model, x[split], len(classes)) for split in SCORED_SPLITS}

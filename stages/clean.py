@@ -361,7 +361,12 @@ def clean_texts(params: Params, layout: Layout) -> None:
     write_json(layout.cleaning_report, report)
     class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
     write_text(layout.cleaning_summary, summary(report, layout.class_balance.name))
-    log.info("kept %d of %d rows (%s)", report["kept"], report["scanned"], report["dropped_by_reason"] or "none dropped")
+    log.info(
+        "kept %d of %d rows (%s)",
+        report["kept"],
+        report["scanned"],
+        report["dropped_by_reason"] or "none dropped",
+    )
 
 
 def cleaning_report(

@@ -90,7 +90,9 @@ def network_logits(
             raise InputError(f"{layout.split_manifest} and {layout.features_meta} disagree; run dvc repro")
         bf16 = device.type == "cuda"  # as finetune validated it
         if text:
-            loader = eval_texts(rows["text"].tolist(), [0] * len(rows), backbone.data, params.featurize.batch_size)
+            loader = eval_texts(
+                rows["text"].tolist(), [0] * len(rows), backbone.data, params.featurize.batch_size
+            )
             logits[split] = in_row_order(predict(model, loader, device, False, bf16), loader).numpy()
             continue
         dataset = eval_images(

@@ -146,7 +146,13 @@ def embed_texts(
     loader = eval_texts(texts, [0] * len(texts), backbone.data, settings.batch_size)
     model = prepare(backbone, device, channels_last=False)
     batches = outputs(
-        model, loader, device, False, bf16=settings.precision == "bfloat16", pad_to=settings.batch_size, desc=desc
+        model,
+        loader,
+        device,
+        False,
+        bf16=settings.precision == "bfloat16",
+        pad_to=settings.batch_size,
+        desc=desc,
     )
     return torch.cat(list(batches)), loader_order(loader)
 

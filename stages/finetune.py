@@ -245,7 +245,9 @@ def text_training_data(
     loader_rng = torch.Generator().manual_seed(settings.seed)
     collate, pin = padder(data.pad_id), placement.device.type == "cuda"
     if world > 1:
-        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed)
+        sampler = DistributedSampler(
+            train_set, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed
+        )
         train_loader = DataLoader(
             train_set, settings.batch_size // world, sampler=sampler, collate_fn=collate, pin_memory=pin
         )

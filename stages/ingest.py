@@ -94,14 +94,25 @@ def scan_texts(root: Path, files: list[Path]) -> pd.DataFrame:
     for path in files:
         if not (is_text_file(path) and path.parent == root and path.is_file()):
             issue = "not_a_text_file" if path.parent == root else "wrong_depth"
-            rows.append({"path": path.as_posix(), "issue": issue, "detail": "text data files are CSV or "
-                         "JSON Lines files directly inside the data folder"})
+            rows.append(
+                {
+                    "path": path.as_posix(),
+                    "issue": issue,
+                    "detail": "text data files are CSV or JSON Lines files directly inside the data folder",
+                }
+            )
             continue
         for row in read_text_file(path):
             given = row.pop("split")
             encoded = row["text"].encode("utf-8") if not row["issue"] else b""
-            rows.append(row | {"given_split": given, "bytes": len(encoded),
-                               "sha256": text_sha256(row["text"]) if not row["issue"] else ""})
+            rows.append(
+                row
+                | {
+                    "given_split": given,
+                    "bytes": len(encoded),
+                    "sha256": text_sha256(row["text"]) if not row["issue"] else "",
+                }
+            )
     frame = pd.DataFrame(rows, columns=TEXT_MANIFEST_COLUMNS)
     frame = frame.fillna({"label": "", "given_split": "", "bytes": 0, "sha256": "", "text": ""})
     return frame.astype({"bytes": int})

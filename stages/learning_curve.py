@@ -108,7 +108,9 @@ def zero_shot_point(layout: Layout, data: dict, num_classes: int, classes: list[
     """k = 0: the nearest class name by cosine (text only), scored like the other points."""
     label_embeddings = load_file(layout.label_embeddings)["embeddings"]
     scores = {
-        split: [float(np.mean(zero_shot_logits(torch.from_numpy(x), label_embeddings).argmax(1).numpy() == y))]
+        split: [
+            float(np.mean(zero_shot_logits(torch.from_numpy(x), label_embeddings).argmax(1).numpy() == y))
+        ]
         for split, (x, y) in ((s, data[s]) for s in SCORED_SPLITS)
     }
     return point(0, 0, scores, np.zeros(num_classes), classes)
@@ -199,7 +201,13 @@ def draw(points: list[dict], path) -> None:
     figure, ax = plt.subplots(figsize=(7, 4.5))
     for p in zero:
         for split, colour in zip(SCORED_SPLITS, ("tab:orange", "tab:blue"), strict=True):
-            ax.axhline(p[split]["mean"], color=colour, linestyle="--", linewidth=1, label=f"{split}, zero-shot (k = 0)")
+            ax.axhline(
+                p[split]["mean"],
+                color=colour,
+                linestyle="--",
+                linewidth=1,
+                label=f"{split}, zero-shot (k = 0)",
+            )
     for split, colour in zip(SCORED_SPLITS, ("tab:orange", "tab:blue"), strict=True):
         ax.plot(
             frame["labels_per_class"], frame[f"{split}_mean"], "o-", color=colour, label=f"{split} (mean)"

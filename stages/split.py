@@ -138,7 +138,10 @@ def split(params: Params) -> None:
     given = kept["given_split"] != ""
     if given.any() and not given.all():
         raise InputError(
-            f"{layout.raw}: some images are in split folders and some are not; use one layout for all"
+            f"{layout.raw}: some rows come from split files (train, val, test) or a split column and some do "
+            "not; give every row a split, or none"
+            if layout.modality == "text"
+            else f"{layout.raw}: some images are in split folders and some are not; use one layout for all"
         )
     given_splits = [name for name in SPLITS if (kept["given_split"] == name).any()]
     if given_splits and "train" not in given_splits:

@@ -293,7 +293,9 @@ def record(params: Params) -> None:
         mlflow.log_artifacts(str(layout.exported), "models/export")
         # The served model runs the exported ONNX file, which text models do not have (export.md says why);
         # their fine-tuned weights are logged above as files.
-        version = None if text else log_model(params, layout, layout.exported, "model", params.track.model_name)
+        version = (
+            None if text else log_model(params, layout, layout.exported, "model", params.track.model_name)
+        )
         if read_json(layout.adapt_report)["method"] != "none":
             mlflow.log_artifact(str(layout.adapt_report), "reports")
             mlflow.log_artifacts(str(layout.adapted), "models/adapted")

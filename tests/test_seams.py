@@ -203,7 +203,10 @@ def params_read(files: set[Path]) -> set[Key]:
         reader.visit(ast.parse(file.read_text(), str(file)))
     replaced = {key for key in leaves(Params) if key[0] in ("sample", "text")}
     return reader.reads | {
-        (section, *key) for key in reader.reads for section in ("sample", "text") if (section, *key) in replaced
+        (section, *key)
+        for key in reader.reads
+        for section in ("sample", "text")
+        if (section, *key) in replaced
     }
 
 
