@@ -37,17 +37,16 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+APOSTROPHES = "'\u2019\u02bc`\u00b4"
+
+
 def normalised(text: str) -> str:
     """The form two texts that differ only in case, whitespace or punctuation share: NFKC, case-folded,
-    punctuation and symbols removed (`where's` = `wheres`), whitespace runs collapsed to one space."""
+    apostrophes removed (`where's` = `wheres`), other punctuation and symbols read as spaces (`top-up` =
+    `top up`), whitespace runs collapsed to one space."""
     folded = unicodedata.normalize("NFKC", text).casefold()
     kept = "".join(
-        " "
-        if unicodedata.category(c)[0] == "Z" or c.isspace()
-        else ""
-        if unicodedata.category(c)[0] in "PS"
-        else c
-        for c in folded
+        "" if c in APOSTROPHES else " " if unicodedata.category(c)[0] in "PSZ" else c for c in folded
     )
     return " ".join(kept.split())
 

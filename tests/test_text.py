@@ -96,6 +96,7 @@ def test_normalised_ignores_case_whitespace_and_punctuation():
     assert (
         normalised("  Where's my CARD?!  ") == normalised("wheres my card") != normalised("where is my card")
     )
+    assert normalised("fees for top-ups?") == normalised("Fees for top ups")
 
 
 def test_a_folder_with_texts_and_images_is_refused(tmp_path: Path, tiny_encoder: Path):
