@@ -46,11 +46,11 @@ def straddling(splits: dict) -> str:
     return f" except {count} that given split folders put apart" if count else ""
 
 
-def split_origin(splits: dict) -> str:
+def split_origin(splits: dict, items: str = "images") -> str:
     """Which splits came from the data's split folders and which were carved, from what and how much."""
     given = ", ".join(f"{name}/" for name in splits["given"])
     carved = "; ".join(
-        f"{name} carved from {entry['from']} ({entry['fraction']:.0%} of each class, {entry['images']} images)"
+        f"{name} carved from {entry['from']} ({entry['fraction']:.0%} of each class, {entry['images']} {items})"
         for name, entry in splits["carved"].items()
     )
     if not given:
@@ -122,11 +122,20 @@ def transfer_verdict(metrics: dict) -> str:
 
 
 def issues_section(issues: pd.DataFrame, total: int, relabel: str) -> list[str]:
+    items = "texts" if "text" in issues.columns else "images"
     if issues.empty:
-        return [f"Cross-validated confident learning flagged none of the {total} kept images.", ""]
+        return [f"Cross-validated confident learning flagged none of the {total} kept {items}.", ""]
     by_split = ", ".join(f"{split} {count}" for split, count in issues["split"].value_counts().items())
+    text = "text" in issues.columns
+
+    def shown(row) -> str:
+        if not text:
+            return f"`{row.path}`"
+        words = " ".join(row.text.split()).replace("|", "\\|")
+        return f"`{row.path}`: {words if len(words) <= 100 else words[:97] + '...'}"
+
     lines = [
-        f"Cross-validated confident learning (cleanlab) flags {len(issues)} of {total} kept images ({by_split}) "
+        f"Cross-validated confident learning (cleanlab) flags {len(issues)} of {total} kept {items} ({by_split}) "
         "whose given label the out-of-fold probabilities contradict; all are listed in `label_issues.csv`, most "
         f"suspicious first. Look before you act: to fix one, add its path and the right label (or `drop`) to "
         f"`{relabel}` and run `dvc repro`; clean applies it and says so in `cleaning.md`.",
@@ -134,7 +143,7 @@ def issues_section(issues: pd.DataFrame, total: int, relabel: str) -> list[str]:
         "| rank | path | split | given | suggested | p(given) |",
         "|---|---|---|---|---|---|",
         *[
-            f"| {row.rank} | `{row.path}` | {row.split} | {row.given_label} | {row.suggested_label} | {float(row.score):.3f} |"
+            f"| {row.rank} | {shown(row)} | {row.split} | {row.given_label} | {row.suggested_label} | {float(row.score):.3f} |"
             for row in issues.head(10).itertuples()
         ],
         "",
@@ -341,7 +350,7 @@ def render(
             else "."
         ),
         duplicates,
-        f"- Splits: {split_origin(splits)}",
+        f"- Splits: {split_origin(splits, items)}",
         f"- {len(features['classes'])} classes. {items.capitalize()} per split: "
         + ", ".join(f"{split} {sum(counts.values())}" for split, counts in splits["counts"].items())
         + ". Details: `cleaning.md`, `cleaning.json`, `split.json`.",
@@ -373,7 +382,7 @@ def render(
         "## Metrics",
         "",
         f"Accuracy is followed by its 95% bootstrap interval [`accuracy_ci_low`, `accuracy_ci_high`] "
-        f"({params.evaluate.bootstrap_resamples} resamples of the images). `ece` is the "
+        f"({params.evaluate.bootstrap_resamples} resamples of the {items}). `ece` is the "
         f"expected calibration error over {params.evaluate.calibration_bins} bins"
         + (
             "; `ece_temperature_scaled` uses a temperature fitted on val."

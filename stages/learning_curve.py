@@ -239,7 +239,7 @@ def draw(points: list[dict], path) -> None:
             color="grey",
         )
     ax.set(
-        xlabel="labelled training images per class (log scale)",
+        xlabel="labelled training examples per class (log scale)",
         ylabel="accuracy",
         title=f"learning curve of the head ({points[0]['draws']} draws per point, 95% intervals)",
     )

@@ -282,3 +282,73 @@ def test_distillation_is_refused_on_text(tmp_path: Path, tiny_encoder: Path):
     params = params.model_copy(update={"distill": params.distill.model_copy(update={"enabled": True})})
     with pytest.raises(InputError, match="distill.enabled"):
         run(params, "distill")
+
+
+def test_text_layer_groups_run_from_the_embeddings_to_the_last_layer(tmp_path: Path, tiny_encoder: Path):
+    from reprotune.backbones import load_backbone
+    from stages.finetune import trainable_backbone_names
+
+    backbone = load_backbone(text_params(tmp_path, tiny_encoder).on_text().backbone, text=True)
+    groups = backbone.layer_groups
+    assert len(groups) == 3  # the embeddings, then the tiny BERT's two layers
+    assert all(".embeddings." in name for name in groups[0])
+    assert all(".layer.1." in name for name in groups[-1])
+    assert not any(".pooler." in name for group in groups for name in group)  # never run: never trained
+    assert trainable_backbone_names(backbone, "last_n", 1) == set(groups[-1])
+    ids = torch.tensor(backbone.data.tokenize(["my card lost"]))
+    assert backbone.model(ids).shape == (1, backbone.num_features)
+
+
+@pytest.mark.e2e
+def test_torchrun_two_cpu_processes_fine_tune_the_text_model(tmp_path: Path, tiny_encoder: Path):
+    """The text fine-tune data-parallel on CPU (gloo), through the same loop: one process writes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    params = trained_text_project(tmp_path, tiny_encoder)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + ["-m", "stages.finetune"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: a hang kills torchrun's workers too
+    )
+    try:
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, stderr[-3000:]
+    summary = json.loads((Path(params.paths.finetuned) / "finetune.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs_run"] == 2
+    assert load_file(Path(params.paths.finetuned) / "model.safetensors")["head.weight"].shape == (3, 16)
+
+
+def test_a_text_embeds_to_the_same_bytes_alone_and_in_any_batch(tmp_path: Path, tiny_encoder: Path):
+    """featurize's batches (sorted by length, padded to a multiple of 16 tokens) against each text alone."""
+    from reprotune.backbones import load_backbone
+    from reprotune.text_encoders import eval_texts, in_row_order
+    from stages.featurize import embed_texts
+
+    params = text_params(tmp_path, tiny_encoder).on_text()
+    backbone = load_backbone(params.backbone, text=True)
+    texts = [text for text, _ in labelled_texts(8)] + ["my card " * 9, "pin"]
+    embedded, order = embed_texts(texts, params, backbone, torch.device("cpu"))
+    batched = torch.empty_like(embedded)
+    batched[torch.tensor(order)] = embedded
+    for index, text in enumerate(texts):
+        loader = eval_texts([text], [0], backbone.data, 1)
+        with torch.inference_mode():
+            alone = in_row_order(torch.cat([backbone.model(ids) for ids, _ in loader]), loader)
+        assert torch.equal(alone[0], batched[index]), text
