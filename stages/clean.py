@@ -210,9 +210,7 @@ def clean(params: Params) -> None:
             kept["resized"] = copies.finish(kept["resized"].tolist())
         save_hashes(staging / layout.duplicate_hashes.name, stacked_hashes(kept))  # row i: manifest row i
         kept[KEPT_COLUMNS].to_csv(staging / layout.clean_manifest.name, index=False)
-    write_json(layout.cleaning_report, report)
-    class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
-    write_text(layout.cleaning_summary, summary(report, layout.class_balance.name))
+    write_reports(layout, report, "files", "images")
     log.info(
         "kept %d of %d files (%s); %d resized copies",
         report["kept"],
@@ -220,6 +218,14 @@ def clean(params: Params) -> None:
         report["dropped_by_reason"] or "none dropped",
         int((kept["resized"] >= 0).sum()),
     )
+
+
+def write_reports(layout: Layout, report: dict, scanned: str, items: str) -> None:
+    """cleaning.json, the class-balance plot and cleaning.md; `scanned` names what was scanned (files,
+    rows) and `items` what was kept (images, texts)."""
+    write_json(layout.cleaning_report, report)
+    class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
+    write_text(layout.cleaning_summary, summary(report, layout.class_balance.name, scanned, items))
 
 
 def inspect_all(params: Params, layout: Layout, copies: CopyPackWriter) -> tuple[pd.DataFrame, dict]:
@@ -358,9 +364,7 @@ def clean_texts(params: Params, layout: Layout) -> None:
     with atomic_output(layout.cleaned) as staging:
         staging.mkdir()
         kept[TEXT_KEPT_COLUMNS].to_csv(staging / layout.clean_manifest.name, index=False)
-    write_json(layout.cleaning_report, report)
-    class_balance(report["classes_before"], report["classes_after"], layout.class_balance)
-    write_text(layout.cleaning_summary, summary(report, layout.class_balance.name))
+    write_reports(layout, report, "rows", "texts")
     log.info(
         "kept %d of %d rows (%s)",
         report["kept"],
@@ -419,27 +423,27 @@ def class_balance(before: dict[str, int], after: dict[str, int], path: Path) -> 
     save(figure, path)
 
 
-def summary(report: dict, plot_name: str) -> str:
+def summary(report: dict, plot_name: str, scanned: str = "files", items: str = "images") -> str:
     kinds = Counter(group["kind"] for group in report["duplicate_groups"])
     lines = [
         "# Cleaning summary",
         "",
-        f"Scanned **{report['scanned']}** files: kept **{report['kept']}**, dropped **{report['dropped']}**.",
+        f"Scanned **{report['scanned']}** {scanned}: kept **{report['kept']}**, dropped **{report['dropped']}**.",
         "",
-        "| dropped because | files |",
+        f"| dropped because | {scanned} |",
         "|---|---|",
         *[f"| {reason} | {count} |" for reason, count in report["dropped_by_reason"].items()],
         "",
-        "| kept, altered | files |",
+        f"| kept, altered | {scanned} |",
         "|---|---|",
         *[f"| {reason} | {count} |" for reason, count in report["altered_by_reason"].items()],
         "",
-        f"Duplicate groups (kept together in one split): {kinds['exact']} of identical images, "
+        f"Duplicate groups (kept together in one split): {kinds['exact']} of identical {items}, "
         f"{kinds['near']} of near-identical ones.",
         "",
         *(
             [
-                f"Relabelled by your relabel file: {len(report['relabelled_files'])} images (listed in `cleaning.json`).",
+                f"Relabelled by your relabel file: {len(report['relabelled_files'])} {items} (listed in `cleaning.json`).",
                 "",
             ]
             if report.get("relabelled_files")
@@ -454,7 +458,7 @@ def summary(report: dict, plot_name: str) -> str:
             for label in sorted(set(report["classes_before"]) | set(report["classes_after"]))
         ],
         "",
-        "Every dropped and altered file, with its reason, is listed in `cleaning.json`.",
+        f"Every dropped and altered {scanned.removesuffix('s')}, with its reason, is listed in `cleaning.json`.",
         "",
     ]
     return "\n".join(lines)

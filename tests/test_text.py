@@ -302,34 +302,13 @@ def test_text_layer_groups_run_from_the_embeddings_to_the_last_layer(tmp_path: P
 @pytest.mark.e2e
 def test_torchrun_two_cpu_processes_fine_tune_the_text_model(tmp_path: Path, tiny_encoder: Path):
     """The text fine-tune data-parallel on CPU (gloo), through the same loop: one process writes."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     import yaml
 
-    from tests.conftest import ROOT
+    from tests.test_finetune import finish, torchrun
 
     params = trained_text_project(tmp_path, tiny_encoder)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "stages.finetune"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: a hang kills torchrun's workers too
-    )
-    try:
-        _, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == 0, stderr[-3000:]
+    finish([torchrun(["--standalone", "--nproc_per_node", "2"], tmp_path)])
     summary = json.loads((Path(params.paths.finetuned) / "finetune.json").read_text())
     assert summary["processes"] == 2 and summary["epochs_run"] == 2
     assert load_file(Path(params.paths.finetuned) / "model.safetensors")["head.weight"].shape == (3, 16)

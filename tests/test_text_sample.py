@@ -7,24 +7,15 @@ import csv
 import io
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PIPELINE_STAGES, child_env, copy_project
+from tests.conftest import PIPELINE_STAGES, copy_project
+from tests.test_pipeline import run
 
 pytestmark = pytest.mark.e2e
-
-
-def run(args: list[str], cwd: Path) -> str:
-    env = child_env(
-        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t"
-    )
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout + done.stderr
 
 
 def test_the_text_sample_end_to_end(tmp_path: Path):
