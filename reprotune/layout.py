@@ -138,6 +138,11 @@ class Layout:
         return self.features / "features.json"
 
     @property
+    def label_descriptions(self) -> Path:
+        """Yours to edit (text only): label,description rows that zero-shot embeds instead of class names."""
+        return Path(self.paths.label_descriptions)
+
+    @property
     def label_embeddings(self) -> Path:
         """Text only: each class name's embedding, in the classes' order (zero-shot)."""
         return self.features / "labels.safetensors"

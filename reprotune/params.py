@@ -54,6 +54,7 @@ class Paths(Section):
     checkpoints: str
     embedding_cache: str
     text_sample: str
+    label_descriptions: str
 
 
 class Ingest(Section):

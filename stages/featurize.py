@@ -38,7 +38,7 @@ from reprotune.layout import SPLITS, Layout, atomic_output
 from reprotune.params import Params
 from reprotune.tensorfiles import tensor_file
 from reprotune.text_encoders import eval_texts, loader_order
-from reprotune.zero_shot import label_prompts
+from reprotune.zero_shot import label_prompts, read_descriptions
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def featurize(params: Params) -> None:
     with atomic_output(layout.features) as staging:
         staging.mkdir()
         if text:
-            prompts = label_prompts(classes)
+            prompts = label_prompts(classes, read_descriptions(layout.label_descriptions, classes))
             embeddings, order = embed_texts(prompts, params, backbone, device)
             restored = torch.empty_like(embeddings)
             restored[torch.tensor(order)] = embeddings

@@ -331,3 +331,31 @@ def test_a_text_embeds_to_the_same_bytes_alone_and_in_any_batch(tmp_path: Path, 
         with torch.inference_mode():
             alone = in_row_order(torch.cat([backbone.model(ids) for ids, _ in loader]), loader)
         assert torch.equal(alone[0], batched[index]), text
+
+
+def test_label_descriptions_replace_class_names_for_zero_shot(tmp_path: Path, tiny_encoder: Path):
+    from reprotune.zero_shot import read_descriptions
+
+    path = write_csv(
+        tmp_path / "descriptions.csv",
+        [("card", "a lost or blocked card"), ("money", " ")],
+        header=("label", "description"),
+    )
+    assert read_descriptions(path, ["account", "card", "money"]) == {"card": "a lost or blocked card"}
+    assert label_prompts(["card", "money"], {"card": "a lost or blocked card"}) == [
+        "a lost or blocked card",
+        "money",
+    ]
+    write_csv(path, [("cards", "x"), ("card", "y"), ("card", "z")], header=("label", "description"))
+    with pytest.raises(
+        InputError, match=r"line 2: 'cards' is not a class(.|\n)*'card' is described more than once"
+    ):
+        read_descriptions(path, ["card", "money"])
+    params = text_params(tmp_path, tiny_encoder)
+    write_csv(Path(params.paths.raw) / "data.csv", labelled_texts(6))
+    write_csv(
+        Path(params.paths.label_descriptions), [("card", "my card lost")], header=("label", "description")
+    )
+    params = run(params, "ingest", "clean", "split", "featurize")
+    meta = json.loads((Path(params.paths.features) / "features.json").read_text())
+    assert meta["label_prompts"] == ["account", "my card lost", "money"]
