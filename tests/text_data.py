@@ -41,7 +41,7 @@ def make_tiny_encoder(folder: Path) -> Path:
     BertModel(config).save_pretrained(raw)
     torch.random.set_rng_state(state)
     transformer = models.Transformer(str(raw), max_seq_length=32)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
     return folder
 
