@@ -86,8 +86,8 @@ def read_relabels(path: Path, manifest: pd.DataFrame) -> dict[str, str]:
     for line, (image, label) in enumerate(frame.itertuples(index=False), start=2):
         if image not in known:
             problems.append(
-                f"{path} line {line}: {image!r} is not an image of {len(known)} ingested; write the path as "
-                "reports/label_issues.csv and data/ingested/manifest.csv give it"
+                f"{path} line {line}: {image!r} is not one of the {len(known)} ingested images or text rows; "
+                "write it as reports/label_issues.csv and data/ingested/manifest.csv give it"
             )
         elif label != DROP and label not in classes:
             shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")

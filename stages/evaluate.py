@@ -7,7 +7,7 @@
 - `reports/predictions.csv`: one row per test image: every model's prediction and class probabilities.
 
 With distill enabled, its students (distilled, label-only) are scored the same way after the three. On text,
-zero-shot classification (`zeroshot`: the nearest class name by cosine, reprotune/text_encoders.py) is
+zero-shot classification (`zeroshot`: the nearest class name by cosine, reprotune/zero_shot.py) is
 scored beside them, and the most confident mistakes are shown as texts.
 - `reports/plots/*.png` and `reports/report.md`.
 """

@@ -200,7 +200,10 @@ def test_an_empty_relabel_file_changes_no_output_byte(tiny_params):
     ("rows", "message"),
     [
         ("path,label\n{red},purple\n", "label 'purple' is neither a class (blue, green, red) nor `drop`"),
-        ("path,label\nred/000.png,blue\n", "'red/000.png' is not an image of 9 ingested; write the path as"),
+        (
+            "path,label\nred/000.png,blue\n",
+            "'red/000.png' is not one of the 9 ingested images or text rows; write it as",
+        ),
         ("path,label\n{red},blue\n{red},drop\n", "is listed more than once"),
         ("file,new\n{red},blue\n", "the columns must be exactly path,label (got file,new)"),
     ],
