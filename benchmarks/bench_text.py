@@ -58,11 +58,11 @@ def main() -> None:
         bare.encode(texts, batch_size=batch, convert_to_tensor=True, show_progress_bar=False)
         return len(texts) / (time.perf_counter() - start)
 
-    batched, order = embed_texts(texts[:256], params, backbone, device)
+    batched = embed_texts(texts[:256], params, backbone, device)
     alone = []
     with torch.inference_mode():  # each text on its own: a batch of 1, padded to the next multiple of 16
-        for index in order:
-            tokens = backbone.data.tokenize([texts[index]])[0]
+        for text in texts[:256]:
+            tokens = backbone.data.tokenize([text])[0]
             ids = torch.zeros((1, padded_length(len(tokens), BUCKET)), dtype=torch.long)
             ids[0, : len(tokens)] = torch.tensor(tokens)
             alone.append(backbone.model(ids)[0])

@@ -171,7 +171,7 @@ def text_features(manifest: pd.DataFrame) -> tuple[dict, int]:
     return x, len(vectorizer.vocabulary_)
 
 
-def text_baseline(params: Params, layout: Layout, manifest: pd.DataFrame, classes: list[str]) -> dict:
+def text_baseline(params: Params, manifest: pd.DataFrame, classes: list[str]) -> tuple[dict, dict]:
     """The TF-IDF + logistic regression baseline: its scores on val and test and its summary."""
     x, vocabulary = text_features(manifest)
     index = {name: i for i, name in enumerate(classes)}
@@ -206,7 +206,7 @@ def baseline(params: Params) -> None:
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     classes = sorted(manifest["label"].unique())  # as featurize numbers them, and in its row order below
     if layout.modality == "text":
-        scores, found = text_baseline(params, layout, manifest, classes)
+        scores, found = text_baseline(params, manifest, classes)
         write_baseline(layout, manifest, classes, scores, found)
         return
     x, y = {}, {}

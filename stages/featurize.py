@@ -37,7 +37,7 @@ from reprotune.inference import outputs
 from reprotune.layout import SPLITS, Layout, atomic_output
 from reprotune.params import Params
 from reprotune.tensorfiles import tensor_file
-from reprotune.text_encoders import eval_texts, loader_order
+from reprotune.text_encoders import eval_texts, in_row_order
 from reprotune.zero_shot import label_prompts, read_descriptions
 
 log = logging.getLogger(__name__)
@@ -140,21 +140,14 @@ def text_recipe(params: Params, backbone: Backbone, device: torch.device) -> dic
 
 def embed_texts(
     texts: list[str], params: Params, backbone: Backbone, device: torch.device, desc: str | None = None
-) -> tuple[torch.Tensor, list[int]]:
-    """Embeddings of `texts` in the loader's (length-sorted) order, and that order. No row padding: on
-    text, the batch's shape does not change an embedding (reprotune/text_encoders.py)."""
+) -> torch.Tensor:
+    """Embeddings of `texts`, in their order. No row padding: on text, the batch's shape does not change an
+    embedding (reprotune/text_encoders.py)."""
     settings = params.featurize
     loader = eval_texts(texts, [0] * len(texts), backbone.data, settings.batch_size)
     model = prepare(backbone, device, channels_last=False)
-    batches = outputs(
-        model,
-        loader,
-        device,
-        False,
-        bf16=settings.precision == "bfloat16",
-        desc=desc,
-    )
-    return torch.cat(list(batches)), loader_order(loader)
+    batches = outputs(model, loader, device, False, bf16=settings.precision == "bfloat16", desc=desc)
+    return in_row_order(torch.cat(list(batches)), loader)
 
 
 def fill_text_cache(
@@ -164,8 +157,8 @@ def fill_text_cache(
     missing = manifest[~manifest["digest"].map(cache.__contains__)].drop_duplicates("digest")
     if missing.empty:
         return 0
-    embeddings, order = embed_texts(missing["text"].tolist(), params, backbone, device, desc="featurize")
-    digests = missing["digest"].to_numpy()[order]
+    embeddings = embed_texts(missing["text"].tolist(), params, backbone, device, desc="featurize")
+    digests = missing["digest"].tolist()
     with cache.new_shard(len(missing), backbone.num_features) as shard:
         shard.write(np.frombuffer(b"".join(digests), np.uint8).reshape(len(missing), -1))
         shard.write(embeddings.numpy())
@@ -203,10 +196,8 @@ def featurize(params: Params) -> None:
         staging.mkdir()
         if text:
             prompts = label_prompts(classes, read_descriptions(layout.label_descriptions, classes))
-            embeddings, order = embed_texts(prompts, params, backbone, device)
-            restored = torch.empty_like(embeddings)
-            restored[torch.tensor(order)] = embeddings
-            save_file({"embeddings": restored.contiguous()}, staging / layout.label_embeddings.name)
+            embeddings = embed_texts(prompts, params, backbone, device)
+            save_file({"embeddings": embeddings.contiguous()}, staging / layout.label_embeddings.name)
             meta["label_prompts"] = prompts
         for split in SPLITS:
             rows = manifest[manifest["split"] == split]
