@@ -39,6 +39,7 @@ def pixels(labels: np.ndarray, classes: int, seed: int = 0) -> np.ndarray:
 
 def main() -> None:
     from reprotune import params as params_module
+    from reprotune.resolve import for_data
     from stages.baseline import (
         build,
         choose,
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--classes", type=int, default=10)
     options = parser.parse_args()
-    params = params_module.load()
+    params = for_data(params_module.load())
     x, clean_labels = embeddings(options.rows, options.classes)
     rng = np.random.default_rng(1)
     flipped = rng.choice(options.rows, options.rows // 20, replace=False)

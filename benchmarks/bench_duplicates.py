@@ -117,9 +117,10 @@ def main() -> None:
     from reprotune.dataconfig import data_config
     from reprotune.duplicates import near_pairs
     from reprotune.images import to_rgb, upright
+    from reprotune.resolve import for_data
     from stages import clean
 
-    params = params_module.load()
+    params = for_data(params_module.load())
     rules = params.clean.model_copy(update={"min_side": 1, "max_aspect_ratio": 100.0})
     data = data_config(params.backbone.name, params.backbone.input_size)
 

@@ -51,9 +51,10 @@ def main() -> None:
 
     from reprotune import params as params_module
     from reprotune import predict
-    from reprotune.layout import Layout, as_run, read_json
+    from reprotune.layout import Layout, read_json
     from reprotune.models import load_trained_classifier
     from reprotune.onnx_models import OnnxClassifier
+    from reprotune.stage import as_run
 
     params = as_run(params_module.load())  # the size the model was trained and exported at
     layout = Layout(params.paths)

@@ -48,11 +48,12 @@ def photo_folder(raw: Path, per_size: int, sizes: list[str], classes: int = 4, s
 def bench_params(workdir: Path, raw: Path):
     """params.yaml with every path under `workdir` and `raw` as the data folder."""
     from reprotune import params as params_module
+    from reprotune.resolve import for_data
 
     settings = yaml.safe_load(Path("params.yaml").read_text())
     settings["paths"] = {key: str(workdir / value) for key, value in settings["paths"].items()}
     settings["paths"]["raw"] = str(raw)
-    return params_module.validate(settings)
+    return for_data(params_module.validate(settings))
 
 
 def prepared(workdir: Path, raw: Path):

@@ -35,11 +35,13 @@ def main() -> None:
 
     from reprotune import params as params_module
     from reprotune.backbones import load_backbone
+    from reprotune.data_kind import TEXT
     from reprotune.models import Classifier
+    from reprotune.resolve import for_data
     from reprotune.text_encoders import BUCKET, LengthGroupedBatches, TokenizedTexts, padded_length, padder
     from stages.featurize import embed_texts
 
-    params = params_module.load().on_text()
+    params = for_data(params_module.load(), TEXT, sample=True)
     texts = pd.read_csv(f"{params.paths.text_sample}/train.csv", dtype=str, keep_default_na=False)[
         "text"
     ].tolist()[: options.texts]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reprotune.errors import InputError
-from reprotune.params import Params, Paths
+from reprotune.params import Paths
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,14 +73,16 @@ class Layout:
         return self.ingested / "text_sample"
 
     @property
+    def data_kind(self) -> Path:
+        """What the data are (images or texts, a built-in sample or not): ingest decides it, once."""
+        return self.ingested / "data_kind.json"
+
+    @property
     def modality(self) -> str:
-        """`text` or `image`, as ingest recorded it: a text manifest has a `text` column."""
-        try:
-            with self.ingest_manifest.open(encoding="utf-8") as stream:
-                header = stream.readline().strip().split(",")
-        except FileNotFoundError:
-            return "image"
-        return "text" if "text" in header else "image"
+        """`image` or `text`, as ingest recorded it."""
+        from reprotune import data_kind
+
+        return data_kind.read(self.data_kind).modality
 
     # clean
     @property
@@ -427,13 +429,3 @@ def sha256_of_file(path: Path) -> str:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def as_run(params: Params) -> Params:
-    """params as every stage sees them: with the text modality's own values (params.yaml `text:`) while the
-    pipeline runs on text, or the image sample's (`sample:`) while it runs on the built-in image sample;
-    both are read from ingest's output."""
-    layout = Layout(params.paths)
-    if layout.modality == "text":
-        return params.on_text()
-    return params.on_sample() if layout.sample.is_dir() else params

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -24,7 +32,10 @@ BatchSize = Annotated[int, Field(gt=0, le=65_536)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy's and torch's seed range
 Side = Annotated[int, Field(gt=0, le=65_535)]  # the largest JPEG side
 Fraction = Annotated[float, Field(ge=0, lt=1)]
-Workers = Literal["auto"] | Annotated[int, Field(ge=0, le=256)]
+Auto = Literal[
+    "auto"
+]  # resolved by reprotune/resolve.py from the data ingest found (the rule is beside the key)
+Workers = Auto | Annotated[int, Field(ge=0, le=256)]
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
 
 
@@ -63,21 +74,24 @@ class Ingest(Section):
 
 
 class Clean(Section):
-    formats: Annotated[list[ImageFormat], Field(min_length=1)]
-    min_side: Side
-    max_aspect_ratio: Annotated[float, Field(ge=1, le=65_535)]
-    max_pixels: Annotated[int, Field(gt=0, le=65_535**2)]
-    background: tuple[
-        Annotated[int, Field(ge=0, le=255)],
-        Annotated[int, Field(ge=0, le=255)],
-        Annotated[int, Field(ge=0, le=255)],
-    ]
-    near_duplicate_distance: Annotated[int, Field(ge=0, le=128)] | None  # bits of 256
+    formats: Auto | Annotated[list[ImageFormat], Field(min_length=1)]
+    min_side: Auto | Side
+    max_aspect_ratio: Auto | Annotated[float, Field(ge=1, le=65_535)]
+    max_pixels: Auto | Annotated[int, Field(gt=0, le=65_535**2)]
+    background: (
+        Auto
+        | tuple[
+            Annotated[int, Field(ge=0, le=255)],
+            Annotated[int, Field(ge=0, le=255)],
+            Annotated[int, Field(ge=0, le=255)],
+        ]
+    )
+    near_duplicate_distance: Auto | Annotated[int, Field(ge=0, le=128)] | None  # bits of 256
     label_conflict: Literal["drop", "majority"]
     min_class_size: Count
     small_class: Literal["drop", "fail"]
-    max_text_length: Annotated[int, Field(ge=1, le=10_000_000)]  # characters
-    long_text: Literal["truncate", "drop"]
+    max_text_length: Auto | Annotated[int, Field(ge=1, le=10_000_000)]  # characters
+    long_text: Auto | Literal["truncate", "drop"]
 
 
 class Split(Section):
@@ -100,10 +114,10 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 class Backbone(Section):
-    name: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]  # `auto` too
     weights: str | None
-    input_size: InputSize
-    channels_last: bool
+    input_size: Auto | InputSize
+    channels_last: Auto | bool
 
 
 class Featurize(Section):
@@ -119,26 +133,26 @@ class TrainHead(Section):
 
 
 class Augment(Section):
-    scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]]
-    hflip: Probability
-    color_jitter: Annotated[float, Field(ge=0, le=1)]
+    scale: Auto | tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]]
+    hflip: Auto | Probability
+    color_jitter: Auto | Annotated[float, Field(ge=0, le=1)]
     auto_augment: Annotated[str, Field(pattern=r"^(rand-|augmix-|trivialaugment|original|v0)")] | None
     mixup: Annotated[float, Field(ge=0, le=100)]  # Beta(alpha, alpha)
     cutmix: Annotated[float, Field(ge=0, le=100)]
 
     @field_validator("scale")
     @classmethod
-    def _ordered(cls, scale: tuple[float, float]) -> tuple[float, float]:
-        if scale[0] > scale[1]:
-            raise ValueError(f"scale must be [low, high] with low <= high (got {list(scale)})")
+    def _ordered(cls, scale: str | tuple[float, float]) -> str | tuple[float, float]:
+        if scale != "auto" and scale[0] > scale[1]:
+            raise ValueError("scale must be [low, high] with low <= high")
         return scale
 
 
 class Baseline(Section):
-    image_size: Annotated[int, Field(ge=4, le=128)]
+    image_size: Auto | Annotated[int, Field(ge=4, le=128)]
     C: Annotated[list[Annotated[float, Field(gt=0, le=1e6)]], Field(min_length=1)]
-    gamma: Annotated[list[Annotated[float, Field(gt=0, le=1e3)]], Field(min_length=1)]
-    max_train_images: Annotated[int, Field(ge=10, le=1_000_000)]
+    gamma: Auto | Annotated[list[Annotated[float, Field(gt=0, le=1e3)]], Field(min_length=1)]
+    max_train_images: Auto | Annotated[int, Field(ge=10, le=1_000_000)]
     seed: Seed
 
 
@@ -163,18 +177,18 @@ class Finetune(Section):
     unfreeze_last_n: Annotated[int, Field(gt=0, le=1000)]
     gradual_frozen_epochs: Annotated[int, Field(ge=0, le=10_000)]
     head_init: Literal["probe", "scratch"]
-    epochs: Epochs
+    epochs: Auto | Epochs
     batch_size: BatchSize
     optimizer: Literal["adamw", "sgd"]
     momentum: Annotated[float, Field(ge=0, lt=1)]
     lr: Annotated[float, Field(gt=0, le=10)]
-    backbone_lr_factor: Annotated[float, Field(ge=0, le=100)]
+    backbone_lr_factor: Auto | Annotated[float, Field(ge=0, le=100)]
     layer_decay: Annotated[float, Field(gt=0, le=1)] | None
     weight_decay: Annotated[float, Field(ge=0, le=10)]
-    warmup_epochs: Annotated[float, Field(ge=0, le=10_000)]
+    warmup_epochs: Auto | Annotated[float, Field(ge=0, le=10_000)]
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
     patience: Epochs
-    freeze_bn_stats: bool
+    freeze_bn_stats: Auto | bool
     augment: Augment
     num_workers: Workers
     compile: bool
@@ -232,50 +246,6 @@ class Track(Section):
     alias: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")]
 
 
-class SampleBackbone(Section):
-    input_size: InputSize
-
-
-class SampleAugment(Section):
-    hflip: Probability
-
-
-class SampleFinetune(Section):
-    augment: SampleAugment
-
-
-class TextBackbone(Section):
-    name: Annotated[str, Field(min_length=1)]
-    weights: str | None
-    channels_last: bool
-
-
-class TextFinetune(Section):
-    epochs: Epochs
-    batch_size: BatchSize
-    lr: Annotated[float, Field(gt=0, le=10)]
-    backbone_lr_factor: Annotated[float, Field(ge=0, le=100)]
-    warmup_epochs: Annotated[float, Field(ge=0, le=10_000)]
-    weight_decay: Annotated[float, Field(ge=0, le=10)]
-
-
-class Text(Section):
-    """The text modality's own values for a few keys of the sections above (same names, same rules). They
-    replace params.yaml's values while the pipeline runs on text (the manifest says so), and only then."""
-
-    backbone: TextBackbone
-    finetune: TextFinetune
-
-
-class Sample(Section):
-    """The built-in sample's own values for a few keys of the sections above (same names, same rules). They
-    replace params.yaml's values while the pipeline runs on the sample, and only then: the sample is 8x8
-    digits upscaled, which want what would hurt photos (mirrored digits are other digits)."""
-
-    backbone: SampleBackbone
-    finetune: SampleFinetune
-
-
 class Params(Section):
     paths: Paths
     ingest: Ingest
@@ -293,35 +263,8 @@ class Params(Section):
     evaluate: Evaluate
     export: Export
     track: Track
-    sample: Sample
-    text: Text
-
-    def on_sample(self) -> Params:
-        """These params with the sample's own values in place of the keys it sets."""
-        return Params.model_validate_json(
-            json.dumps(_merge(self.model_dump(mode="json"), self.sample.model_dump(mode="json")))
-        )
-
-    def on_text(self) -> Params:
-        """These params with the text modality's own values in place of the keys it sets."""
-        return Params.model_validate_json(
-            json.dumps(_merge(self.model_dump(mode="json"), self.text.model_dump(mode="json")))
-        )
-
-    def text_settings(self) -> dict[str, Any]:
-        """The keys the text section sets, dotted, with its values."""
-        return flatten(self.text.model_dump(mode="json"))
-
-    def sample_settings(self) -> dict[str, Any]:
-        """The keys the sample sets, dotted, with its values."""
-        return flatten(self.sample.model_dump(mode="json"))
-
-
-def _merge(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(tree)
-    for key, value in overrides.items():
-        merged[key] = _merge(tree[key], value) if isinstance(value, dict) else value
-    return merged
+    # What reprotune/resolve.py decided for each auto-able key (key -> Choice); None before resolution.
+    _as_run: dict[str, Any] | None = PrivateAttr(default=None)
 
 
 class _Yaml12FloatLoader(yaml.SafeLoader):
@@ -343,14 +286,46 @@ class ParamsError(Exception):
         super().__init__("\n".join(problems))
 
 
-def _describe(error: dict[str, Any], source: Path) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        return f"{source}: {key}: unknown key (check the spelling against the schema in reprotune/params.py)"
-    if error["type"] == "missing":
-        return f"{source}: {key}: missing; it must be set"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{source}: {key}: {message} (got {error['input']!r})"
+def _key_of(location: tuple) -> str:
+    """The dotted params key an error is about: its location's leading field names (pydantic appends the
+    union member that failed, e.g. `literal['auto']` or `constrained-int`, and list indices)."""
+    model: Any = Params
+    parts = []
+    for part in location:
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(part, str) or fields is None or part not in fields:
+            break
+        parts.append(part)
+        annotation = fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return ".".join(parts) or "(top level)"
+
+
+def _describe(errors: list[dict[str, Any]], source: Path) -> list[str]:
+    """One line per key: a value that may also be `auto` fails twice (not `auto`, and not valid as a value);
+    the line gives the second reason and says that auto is allowed."""
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for error in errors:
+        by_key.setdefault(_key_of(error["loc"]), []).append(error)
+    lines = []
+    for key, found in by_key.items():
+        first = found[0]
+        if first["type"] == "extra_forbidden":
+            key = ".".join(map(str, first["loc"]))
+            lines.append(
+                f"{source}: {key}: unknown key (check the spelling against the schema in reprotune/params.py)"
+            )
+            continue
+        if first["type"] == "missing" and len(first["loc"]) == key.count(".") + 1:
+            lines.append(f"{source}: {key}: missing; it must be set")
+            continue
+        autos = [e for e in found if e["type"] == "literal_error" and "literal['auto']" in map(str, e["loc"])]
+        rest = [e for e in found if e not in autos] or found
+        message = "; ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in rest))
+        if autos and rest is not found:
+            message += " (or auto)"
+        lines.append(f"{source}: {key}: {message} (got {rest[0]['input']!r})")
+    return lines
 
 
 def validate(raw: Any, source: Path = PARAMS_FILE) -> Params:
@@ -360,7 +335,7 @@ def validate(raw: Any, source: Path = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate_json(json.dumps(raw))
     except ValidationError as error:
-        raise ParamsError([_describe(e, source) for e in error.errors()]) from None
+        raise ParamsError(_describe(error.errors(), source)) from None
 
 
 def load(path: Path = PARAMS_FILE) -> Params:

@@ -82,10 +82,11 @@ def onnx_model(path: Path) -> Model:
 
 def torch_model(path: Path) -> Model:
     from reprotune import params as params_module
-    from reprotune.layout import Layout, as_run, read_json
+    from reprotune.layout import Layout, read_json
     from reprotune.models import load_trained_classifier
+    from reprotune.stage import as_run
 
-    params = as_run(params_module.load())  # on the sample, the input size it was trained at
+    params = as_run(params_module.load())  # every auto as the pipeline resolved it (the sample's input size)
     layout = Layout(params.paths)
     classes = read_json(layout.features_meta)["classes"]
     text = layout.modality == "text"

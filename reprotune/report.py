@@ -6,7 +6,9 @@ from collections import Counter
 
 import pandas as pd
 
-from reprotune.params import Params, Sample, flatten
+from reprotune.data_kind import TEXT, DataKind
+from reprotune.params import Params
+from reprotune.resolve import decisions
 
 PLOTS = [
     ("Confusion matrices", ["confusion_head.png", "confusion_finetune.png"]),
@@ -282,6 +284,36 @@ def adaptation_section(adapted: dict) -> list[str]:
     return lines + ["", "Per-class F1 on the target test set: `adapt.json`." if labelled else "", ""]
 
 
+def params_as_run(params: Params) -> list[str]:
+    """The recipe's keys as they ran: the value, and for an `auto` the rule that chose it
+    (reprotune/resolve.py). Only keys evaluate declares, so that the table is never stale."""
+    values = {
+        "backbone.name": params.backbone.name,
+        "backbone.weights": params.backbone.weights,
+        "backbone.input_size": params.backbone.input_size,
+        "backbone.channels_last": params.backbone.channels_last,
+        "train_head.C": params.train_head.C,
+        "finetune.strategy": params.finetune.strategy,
+        "finetune.epochs": params.finetune.epochs,
+        "finetune.lr": params.finetune.lr,
+        "finetune.backbone_lr_factor": params.finetune.backbone_lr_factor,
+        "finetune.warmup_epochs": params.finetune.warmup_epochs,
+        "finetune.batch_size": params.finetune.batch_size,
+        "finetune.augment.hflip": params.finetune.augment.hflip,
+        "clean.near_duplicate_distance": params.clean.near_duplicate_distance,
+    }
+    decided = decisions(params)
+    lines = ["## Params as run", "", "| key | value | from |", "|---|---|---|"]
+    for key, value in values.items():
+        choice = decided.get(key)
+        if choice is not None and not choice.used:
+            continue  # does not apply to these data (and params.yaml leaves it auto)
+        source = f"auto: {choice.why}" if choice is not None and choice.written == "auto" else "params.yaml"
+        shown = "the backbone's own" if key == "backbone.input_size" and value is None else f"`{value}`"
+        lines.append(f"| `{key}` | {shown} | {source} |")
+    return lines + ["", "Every key as run: the MLflow run's params.", ""]
+
+
 def render(
     params: Params,
     metrics: dict,
@@ -296,20 +328,17 @@ def render(
     distilled: dict,
     latency: dict,
     adapted: dict,
-    sample: Sample | None,
+    kind: DataKind,
     text_mistakes: dict | None = None,
 ) -> str:
-    """The report; `sample` is params' sample section when the run is on the built-in sample, else None;
-    `text_mistakes` each transfer model's most confident mistakes when the data are texts."""
-    text = features.get("modality") == "text"
-    on_text_sample = text and all(
-        p.startswith(f"{params.paths.ingested}/text_sample/") for p in features["paths"]["test"]
-    )
+    """The report on data of `kind`; `text_mistakes` each transfer model's most confident mistakes when the
+    data are texts."""
+    text = kind.modality == TEXT
     source = (
         "the built-in text sample (Banking77)"
-        if on_text_sample
+        if kind.sample and text
         else "the built-in sample (scikit-learn digits)"
-        if sample
+        if kind.sample
         else f"`{params.paths.raw}`"
     )
     settings = params.finetune
@@ -357,18 +386,6 @@ def render(
         "",
         "## Model",
         "",
-        *(
-            [
-                "- On the built-in sample, these values from params.yaml's `sample` section were used in place of "
-                "the keys of the same name: "
-                + ", ".join(
-                    f"`{key}` = {value}" for key, value in flatten(sample.model_dump(mode="json")).items()
-                )
-                + "."
-            ]
-            if sample
-            else []
-        ),
         f"- Backbone `{features['backbone']}`, weights: {features['weights']}.",
         preprocessing,
         f"- Baseline (no transfer): {describe_baseline(baseline)}.",
@@ -379,6 +396,7 @@ def render(
         f" (backbone x{settings.backbone_lr_factor}), batch {settings.batch_size}; best validation epoch "
         f"{finetuned['best_epoch']} (0 = the probe's head unchanged).",
         "",
+        *params_as_run(params),
         "## Metrics",
         "",
         f"Accuracy is followed by its 95% bootstrap interval [`accuracy_ci_low`, `accuracy_ci_high`] "

@@ -7,10 +7,12 @@ import signal
 import sys
 from collections.abc import Callable
 
+from reprotune import data_kind
 from reprotune import params as params_module
 from reprotune.errors import InputError
-from reprotune.layout import Layout, as_run
+from reprotune.layout import Layout
 from reprotune.params import Params, ParamsError
+from reprotune.resolve import log_choices, resolve
 
 log = logging.getLogger(__name__)
 
@@ -19,30 +21,41 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def run(work: Callable[[Params], None]) -> None:
-    """Validate params.yaml, then run `work`. Exit 2 on bad params, 1 on bad input, with no traceback."""
+def _refuse(error: ParamsError) -> None:
+    for problem in error.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    sys.exit(2)
+
+
+def as_run(params: Params) -> Params:
+    """params with every `auto` resolved for the data ingest recorded (reprotune/resolve.py)."""
+    kind = data_kind.read(Layout(params.paths).data_kind)
+    resolved = resolve(params, kind)
+    log_choices(resolved, kind)
+    return resolved
+
+
+def run(work: Callable[[Params], None], resolved: bool = True) -> None:
+    """Validate params.yaml, resolve its `auto`s for the data ingest found (`resolved=False`: ingest, which
+    finds it, resolves them itself), then run `work`. Exit 2 on bad params, 1 on bad input, with no
+    traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C: temporary outputs are removed and an MLflow run in
     # progress ends as FAILED instead of staying RUNNING.
     signal.signal(signal.SIGTERM, _terminate)
     try:
         params = params_module.load()
+        if resolved:
+            params = as_run(params)
     except ParamsError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    running = as_run(params)
-    if running is not params:  # text, or the built-in image sample: their own values apply
-        text = Layout(params.paths).modality == "text"
-        log.info(
-            "%s: %s (params.yaml's %s section)",
-            "text" if text else "built-in sample",
-            running.text_settings() if text else running.sample_settings(),
-            "text" if text else "sample",
-        )
-    params = running
+        _refuse(error)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     try:
         work(params)
+    except ParamsError as error:
+        _refuse(error)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -326,11 +326,6 @@ def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) ->
             )
         write_json(layout.adapt_report, {"method": "none"})
         return
-    if layout.modality == "text":
-        raise InputError(
-            f"params.yaml: adapt.method: {settings.method} adapts image networks to target images; the data "
-            "are texts (set adapt.method: none)"
-        )
     if settings.method == "finetune" and mixing(params.finetune):
         raise InputError(
             "params.yaml: adapt.method finetune does not mix images: set finetune.augment.mixup and cutmix to 0"

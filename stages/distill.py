@@ -312,11 +312,6 @@ def distill(params: Params, on_batch: Callable[[int, int], None] | None = None, 
         log.info("distill.enabled is false: nothing to train")
         write_disabled(layout)
         return
-    if layout.modality == "text":
-        raise InputError(
-            "params.yaml: distill.enabled: distillation is built for image networks; the data are texts "
-            "(set distill.enabled: false)"
-        )
     with process_group() as (rank, world):
         if params.finetune.batch_size % world:
             raise InputError(

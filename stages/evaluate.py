@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import load_file
 from scipy.special import softmax
 
+from reprotune import data_kind, stage
 from reprotune import evaluation_plots as plots
-from reprotune import stage
+from reprotune.data_kind import TEXT
 from reprotune.datasets import eval_images, make_loader, worker_count
 from reprotune.devices import pick_device
 from reprotune.errors import InputError
@@ -234,7 +235,8 @@ def evaluate(params: Params) -> None:
         "head": {split: head_logits(layout, split) for split in EVALUATED_SPLITS},
         "finetune": network_logits(params, layout, params.backbone, layout.finetuned_weights, paths, classes),
     }
-    text = layout.modality == "text"
+    kind = data_kind.read(layout.data_kind)
+    text = kind.modality == TEXT
     if text:
         logits["zeroshot"] = zero_shot(layout)
     distilled = read_json(layout.distill_meta)
@@ -277,7 +279,7 @@ def evaluate(params: Params) -> None:
         distilled,
         read_json(layout.latency),
         adapted,
-        params.sample if all(p.startswith(layout.sample.as_posix()) for p in paths["test"]) else None,
+        kind,
         text_mistakes(frame, params.evaluate.gallery_size) if text else None,
     )
     write_text(layout.report, report)

@@ -3,8 +3,9 @@ sha256).
 
 The source is `paths.raw`: images laid out as <class>/<image> or <split>/<class>/<image>, or texts in CSV or
 JSON Lines files directly inside it (reprotune/texts.py). Which of the two it holds is the modality
-(`ingest.modality: auto` finds it; holding both is an error); a text manifest has a `text` column, and every
-later stage takes the modality from that. When the folder holds no files, a built-in sample is used instead,
+(`ingest.modality: auto` finds it; holding both is an error). It is decided here, once, and recorded with
+whether the data are a built-in sample (data_kind.json, reprotune/data_kind.py): every later stage reads
+that record, and params.yaml's `auto`s are resolved from it (reprotune/resolve.py). When the folder holds no files, a built-in sample is used instead,
 copied under `paths.ingested`, never into the raw folder: scikit-learn's digits upscaled to PNG photos, or
 with `ingest.modality: text` Banking77 (`paths.text_sample`). Files and rows this stage cannot use get an
 `issue` code; the clean stage reports them with everything else it drops.
@@ -19,11 +20,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from reprotune import stage
+from reprotune import data_kind, stage
+from reprotune.data_kind import IMAGE, TEXT, DataKind
 from reprotune.errors import InputError
 from reprotune.files import is_hidden, list_files
 from reprotune.layout import Layout, atomic_output, sha256_of_file
 from reprotune.params import Params
+from reprotune.resolve import resolve
 from reprotune.texts import is_text_file, read_text_file, text_sha256
 
 log = logging.getLogger(__name__)
@@ -135,14 +138,17 @@ def ingest(params: Params) -> None:
     layout = Layout(params.paths)
     if not layout.raw.is_dir():
         raise InputError(f"{layout.raw}: folder not found; create it (it may stay empty for the sample)")
+    files = list_files(layout.raw)
+    found = modality(layout.raw, files, params.ingest.modality) if files else params.ingest.modality
+    kind = DataKind(TEXT if found == TEXT else IMAGE, sample=not files)
+    resolve(params, kind)  # refuses, before anything is written, a key that cannot apply to these data
     with atomic_output(layout.ingested) as staging:
         staging.mkdir()
-        files = list_files(layout.raw)
-        kind = modality(layout.raw, files, params.ingest.modality) if files else params.ingest.modality
-        if files and kind == "text":
+        data_kind.write(staging / layout.data_kind.name, kind)
+        if files and kind.modality == TEXT:
             manifest = scan_texts(layout.raw, files)
             log.info("read %d rows (text) from %s", len(manifest), layout.raw)
-        elif kind == "text":
+        elif kind.modality == TEXT:
             log.info("%s holds no files: using the built-in text sample (%s)", layout.raw, layout.text_sample)
             staged = staging / layout.text_sample_copy.name
             write_text_sample(layout.text_sample, staged)
@@ -173,7 +179,7 @@ def ingest(params: Params) -> None:
 
 
 def main() -> None:
-    stage.run(ingest)
+    stage.run(ingest, resolved=False)
 
 
 if __name__ == "__main__":

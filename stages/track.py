@@ -21,6 +21,7 @@ from reprotune import stage
 from reprotune.errors import InputError
 from reprotune.layout import SPLITS, Layout, process_alive, read_json, sha256_of_file, write_json
 from reprotune.params import Params, flatten
+from reprotune.resolve import decisions
 from reprotune.tracking import (
     experiment_lineage,
     git_lineage,
@@ -36,9 +37,15 @@ MLFLOW_PARAM_LIMIT = 6000  # characters MLflow accepts in one param value
 
 
 def param_values(params: Params) -> tuple[dict[str, str], dict[str, str]]:
-    """(params short enough for MLflow, the rest), all as strings."""
+    """(params as run, short enough for MLflow, the rest), all as strings: every `auto` as the value it
+    became, and a key that does not apply to these data as `not used`."""
+    decided = decisions(params)
     flat = {
-        key: json.dumps(value) if isinstance(value, list | dict) else str(value)
+        key: "not used"
+        if key in decided and not decided[key].used
+        else json.dumps(value)
+        if isinstance(value, list | dict)
+        else str(value)
         for key, value in flatten(params.model_dump(mode="json")).items()
     }
     short = {k: v for k, v in flat.items() if len(v) <= MLFLOW_PARAM_LIMIT}
@@ -257,6 +264,10 @@ def record(params: Params) -> None:
                 "data_sha256": data_hash,
                 "backbone": params.backbone.name,
                 "modality": layout.modality,
+                # which params were `auto` in params.yaml (their values above are what auto became)
+                "params_auto": ",".join(
+                    k for k, c in decisions(params).items() if c.used and c.written == "auto"
+                ),
                 "backbone_weights": read_json(layout.features_meta)["weights"],
             }
         )

@@ -46,8 +46,9 @@ def real_params_raw() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def tiny_params_raw(base: Path | None = None) -> dict:
-    """The repository's params.yaml, shrunk: tiny test backbone, one epoch, paths under `base`."""
+def tiny_params_raw(base: Path | None = None, images: bool = True) -> dict:
+    """The repository's params.yaml, shrunk: tiny test backbone, one epoch, paths under `base`; with
+    `images`, every `auto` written out as on an image folder."""
     raw = copy.deepcopy(real_params_raw())
     raw["backbone"].update(name="reprotune-tiny-test", input_size=32)
     raw["finetune"].update(epochs=1, batch_size=8)
@@ -55,7 +56,16 @@ def tiny_params_raw(base: Path | None = None) -> dict:
     raw["split"].update(val_fraction=0.2, test_fraction=0.2)
     if base is not None:
         raw["paths"] = {key: str(base / value) for key, value in raw["paths"].items()}
-    return raw
+    return as_image_folder(raw) if images else raw
+
+
+def as_image_folder(raw: dict) -> dict:
+    """`raw` with every `auto` written out as it resolves on a user's image folder (what the tiny image
+    folders of these tests are), so that stage functions called directly get the values stage.run would
+    give them."""
+    from reprotune.resolve import for_data
+
+    return for_data(params_module.validate(raw)).model_dump(mode="json")
 
 
 @pytest.fixture

@@ -12,10 +12,11 @@ from PIL import Image, ImageOps
 from reprotune import params as params_module
 from reprotune.dataconfig import data_config
 from reprotune.duplicates import HASHES, WORDS, frame, near_pairs
+from reprotune.resolve import for_data
 from stages import clean
 from tests.conftest import ROOT, photo_like
 
-PARAMS = params_module.load(ROOT / "params.yaml")  # the shipped default distance, not a test's own
+PARAMS = for_data(params_module.load(ROOT / "params.yaml"))  # the shipped default distance, not a test's own
 RULES = PARAMS.clean.model_copy(update={"min_side": 1})
 DATA = data_config("reprotune-tiny-test", 32)
 

@@ -7,6 +7,8 @@ import pytest
 from scipy.special import softmax
 
 from reprotune import evaluation_plots as plots
+from reprotune import params as params_module
+from reprotune.data_kind import IMAGE, DataKind
 from reprotune.metrics import (
     bootstrap_interval,
     expected_calibration_error,
@@ -16,8 +18,9 @@ from reprotune.metrics import (
     summary_metrics,
 )
 from reprotune.report import render
+from reprotune.resolve import resolve
 from stages.evaluate import most_confident_mistakes, predictions_frame
-from tests.conftest import noisy_image
+from tests.conftest import noisy_image, tiny_params_raw
 
 
 def confident_logits(predicted: np.ndarray, classes: int, margin: float = 20.0) -> np.ndarray:
@@ -215,7 +218,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         {},
         {"method": "none"},
     )
-    text = render(*arguments, None)
+    text = render(*arguments, DataKind(IMAGE, sample=False))
     assert "## Distillation" not in text and "## Domain adaptation" not in text  # both are off
     keys = {k for model in metrics.values() for split in model.values() for k in split}
     assert all(f"`{k}`" in text for k in keys), keys
@@ -232,7 +235,11 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     assert f"The fine-tuned network is {abs(gap):.1f} points {'above' if gap > 0 else 'below'}" in verdict
     assert "from 4 labelled images per class" in text and "![learning curve](learning_curve.png)" in text
     assert "flags 1 of 9 kept images (train 1)" in text and f"| 1 | `{paths[0]}` | train |" in text
-    assert "On the built-in sample" not in text and f"from `{tiny_params.paths.raw}`" in text
-    on_sample = render(*arguments, tiny_params.sample)
+    assert f"from `{tiny_params.paths.raw}`" in text
+    assert f"| `finetune.lr` | `{tiny_params.finetune.lr}` | params.yaml |" in text  # the params as run
+    # on the sample, with the shipped params: each auto key says what it became and why
+    shipped = params_module.validate(tiny_params_raw(tmp_path, images=False))
+    on_sample = render(resolve(shipped, DataKind(IMAGE, sample=True)), *arguments[1:], DataKind(IMAGE, True))
     assert "from the built-in sample (scikit-learn digits)" in on_sample
-    assert "`backbone.input_size` = 128, `finetune.augment.hflip` = 0.0" in on_sample
+    assert "| `finetune.augment.hflip` | `0.0` | auto: photos: 0.5; 0 on the sample" in on_sample
+    assert "| `backbone.input_size` | `32` | params.yaml |" in on_sample  # tiny params set it

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from reprotune import params as params_module
+from reprotune.resolve import for_data
 from stages.label_issues import COLUMNS, issues_frame, out_of_fold_probabilities, ranked_issues
 from tests.conftest import ROOT
 
@@ -114,7 +115,7 @@ def test_on_the_sample_with_5_percent_of_training_labels_flipped():
     if found is None:
         pytest.skip("needs the built-in sample's embeddings: run `dvc repro` on the sample first")
     x, y, split, group = found
-    params = params_module.load(ROOT / "params.yaml").on_sample()
+    params = for_data(params_module.load(ROOT / "params.yaml"), sample=True)
     rng = np.random.default_rng(0)
     train = np.flatnonzero(split == "train")
     flipped = rng.choice(train, int(round(0.05 * len(train))), replace=False)

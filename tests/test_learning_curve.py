@@ -77,6 +77,7 @@ def test_the_reading_finds_where_the_curve_is_within_a_point_and_the_last_step()
 def test_the_stage_writes_json_csv_and_plot(tiny_params):
     from safetensors.numpy import save_file
 
+    from reprotune import data_kind
     from reprotune.layout import Layout
     from stages.learning_curve import learning_curve
 
@@ -86,6 +87,8 @@ def test_the_stage_writes_json_csv_and_plot(tiny_params):
         x, y = blobs([12, 12], seed)
         save_file({"embeddings": x, "labels": y.astype(np.int64)}, layout.features_file(split))
     layout.features_meta.write_text(json.dumps({"classes": ["a", "b"]}))
+    layout.ingested.mkdir(parents=True)
+    data_kind.write(layout.data_kind, data_kind.DataKind(data_kind.IMAGE, sample=False))  # as ingest would
     learning_curve(tiny_params)
     summary = json.loads(layout.learning_curve.read_text())
     assert [p["labels_per_class"] for p in summary["points"]] == [1, 2, 4, 8, "all"]

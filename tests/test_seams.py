@@ -132,8 +132,7 @@ class ParamsReads(ast.NodeVisitor):
     A function argument annotated `Params` is the root. From it, `x.a.b` reads key a.b; a local name bound to
     a section (`settings = params.finetune`) stands for that section. A section used as a whole anywhere
     else (passed to a function, put in a tuple, dumped) counts as reading every key under it, since what
-    receives it may read any of them; a method on the root (`params.model_dump()`) reads everything, except
-    `params.on_sample()`, which only puts the sample's values in place (see params_read). Passing
+    receives it may read any of them; a method on the root (`params.model_dump()`) reads everything. Passing
     the root itself on is not a read: the project functions that receive it annotate it `Params` and are
     analysed too.
     """
@@ -181,8 +180,6 @@ class ParamsReads(ast.NodeVisitor):
             self.read(key)  # the outermost key of a chain; an enclosing chain would have stopped here
             return
         base = self.key_of(node.value)
-        if base == () and node.attr in ("on_sample", "on_text"):
-            return  # they only put the sample's or text's values in place: what is then read is counted as read
         if base is not None:
             self.read(base)  # a method or attribute that is no field (model_dump, ...): the whole section
             return
@@ -194,20 +191,18 @@ class ParamsReads(ast.NodeVisitor):
             self.read(key)
 
 
+# reprotune/resolve.py reads every key only to put a value in place of `auto`, and a key's resolved value
+# depends on that key alone (tests/test_resolve.py proves it): what a stage then reads is counted where it
+# reads it, so the resolver itself counts as reading nothing.
+RESOLVER = ROOT / "reprotune" / "resolve.py"
+
+
 def params_read(files: set[Path]) -> set[Key]:
-    """What the code reads, plus the `sample.*` (`text.*`) key of each key it reads that the sample (the
-    text section) sets: on the built-in sample (on text), stage.run puts that value in its place
-    (Params.on_sample, Params.on_text)."""
+    """What the code reads (the resolver aside)."""
     reader = ParamsReads()
-    for file in files:
+    for file in files - {RESOLVER}:
         reader.visit(ast.parse(file.read_text(), str(file)))
-    replaced = {key for key in leaves(Params) if key[0] in ("sample", "text")}
-    return reader.reads | {
-        (section, *key)
-        for key in reader.reads
-        for section in ("sample", "text")
-        if (section, *key) in replaced
-    }
+    return reader.reads
 
 
 def declared_params(stage: dict) -> set[Key]:
@@ -248,8 +243,6 @@ def stage(params: Params, other):
     check(backbone)                                # an alias used whole
 def track(params: Params):
     params.model_dump()                            # everything
-def run(params: Params):
-    params.on_sample()                             # the sample's values in place: nothing read yet
 """
     reader = ParamsReads()
     tree = ast.parse(code)
@@ -262,15 +255,12 @@ def run(params: Params):
     reader = ParamsReads()
     reader.visit(tree.body[1])
     assert reader.reads == leaves(Params)
-    reader = ParamsReads()
-    reader.visit(tree.body[2])
-    assert reader.reads == set()
 
 
-def test_a_key_the_sample_sets_brings_its_sample_key():
-    reads = params_read({ROOT / "stages" / "clean.py"})
-    assert ("backbone", "input_size") in reads and ("sample", "backbone", "input_size") in reads
-    assert ("sample", "finetune", "augment", "hflip") not in reads  # clean never reads hflip
+def test_every_stage_resolves_through_the_one_resolver():
+    """The exemption above covers one module, which every stage reaches through stage.py."""
+    for name in STAGES:
+        assert RESOLVER in transitive_imports(ROOT / "stages" / f"{name}.py"), name
 
 
 def test_the_schema_walk_knows_sections_from_values():

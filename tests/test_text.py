@@ -12,9 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from reprotune import params as params_module
+from reprotune.data_kind import TEXT
 from reprotune.errors import InputError
-from reprotune.layout import Layout, as_run
-from reprotune.params import Params
+from reprotune.layout import Layout
+from reprotune.params import Params, ParamsError
+from reprotune.resolve import for_data
+from reprotune.stage import as_run
 from reprotune.texts import normalised, read_text_file
 from reprotune.zero_shot import label_prompts, zero_shot_logits
 from tests.conftest import make_class_folder, tiny_params_raw
@@ -27,17 +30,17 @@ def tiny_encoder(tmp_path_factory) -> Path:
 
 
 def text_params(base: Path, encoder: Path, **clean: object) -> Params:
-    raw = tiny_params_raw(base)
-    raw["text"]["backbone"]["name"] = str(encoder)
-    raw["text"]["finetune"].update(epochs=2, batch_size=8, lr=0.01, backbone_lr_factor=0.1)
+    raw = tiny_params_raw(base, images=False)
+    raw["backbone"].update(name=str(encoder), input_size="auto")
+    raw["finetune"].update(epochs=2, batch_size=8, lr=0.01, backbone_lr_factor=0.1)
     raw["clean"].update(clean)
     return params_module.validate(raw)
 
 
 def run(params: Params, *names: str) -> Params:
     """Run stages in-process as `dvc repro` would, each with the params stage.run would give it."""
-    for name in names:
-        getattr(importlib.import_module(f"stages.{name}"), name)(as_run(params))
+    for name in names:  # ingest decides the data kind the others resolve by (stage.run)
+        getattr(importlib.import_module(f"stages.{name}"), name)(params if name == "ingest" else as_run(params))
     return as_run(params)
 
 
@@ -280,7 +283,7 @@ def test_text_stages_score_zero_shot_and_predict_labels_texts(
 def test_distillation_is_refused_on_text(tmp_path: Path, tiny_encoder: Path):
     params = trained_text_project(tmp_path, tiny_encoder)
     params = params.model_copy(update={"distill": params.distill.model_copy(update={"enabled": True})})
-    with pytest.raises(InputError, match="distill.enabled"):
+    with pytest.raises(ParamsError, match="distill.enabled"):
         run(params, "distill")
 
 
@@ -288,7 +291,7 @@ def test_text_layer_groups_run_from_the_embeddings_to_the_last_layer(tmp_path: P
     from reprotune.backbones import load_backbone
     from stages.finetune import trainable_backbone_names
 
-    backbone = load_backbone(text_params(tmp_path, tiny_encoder).on_text().backbone, text=True)
+    backbone = load_backbone(for_data(text_params(tmp_path, tiny_encoder), TEXT).backbone, text=True)
     groups = backbone.layer_groups
     assert len(groups) == 3  # the embeddings, then the tiny BERT's two layers
     assert all(".embeddings." in name for name in groups[0])
@@ -320,7 +323,7 @@ def test_a_text_embeds_to_the_same_bytes_alone_and_in_any_batch(tmp_path: Path, 
     from reprotune.text_encoders import eval_texts, in_row_order
     from stages.featurize import embed_texts
 
-    params = text_params(tmp_path, tiny_encoder).on_text()
+    params = for_data(text_params(tmp_path, tiny_encoder), TEXT)
     backbone = load_backbone(params.backbone, text=True)
     texts = [text for text, _ in labelled_texts(8)] + ["my card " * 9, "pin"]
     batched = embed_texts(texts, params, backbone, torch.device("cpu"))
