@@ -119,7 +119,9 @@ def choices(params: Params, kind: DataKind) -> dict[str, Choice]:
     flat = flatten(params.model_dump(mode="json"))
     problems, found = [], {}
     data = "texts" if kind.modality == TEXT else "images"
-    earlier = decisions(params)  # params resolved already: a key still at its resolved value was written as then
+    earlier = decisions(
+        params
+    )  # params resolved already: a key still at its resolved value was written as then
     for key, rule in RULES.items():
         written = flat[key]
         if key in earlier and earlier[key].value == written:

@@ -395,7 +395,9 @@ def fingerprint(params: Params, layout: Layout) -> str:
     """What the training depends on: a checkpoint made under anything else is not resumed."""
     digest = hashlib.sha256()
     for part in (params.finetune, params.backbone, params.clean.background):
-        digest.update(json.dumps(part.model_dump(mode="json") if hasattr(part, "model_dump") else part).encode())
+        digest.update(
+            json.dumps(part.model_dump(mode="json") if hasattr(part, "model_dump") else part).encode()
+        )
     for path in (layout.head_weights, layout.split_manifest):
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -40,7 +40,9 @@ def text_params(base: Path, encoder: Path, **clean: object) -> Params:
 def run(params: Params, *names: str) -> Params:
     """Run stages in-process as `dvc repro` would, each with the params stage.run would give it."""
     for name in names:  # ingest decides the data kind the others resolve by (stage.run)
-        getattr(importlib.import_module(f"stages.{name}"), name)(params if name == "ingest" else as_run(params))
+        getattr(importlib.import_module(f"stages.{name}"), name)(
+            params if name == "ingest" else as_run(params)
+        )
     return as_run(params)
 
 
