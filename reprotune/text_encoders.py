@@ -120,7 +120,7 @@ def load_text_encoder(params: Any) -> Any:
     """params: the `backbone` section (name, weights). Returns a reprotune.backbones.Backbone."""
     from sentence_transformers import SentenceTransformer
 
-    from reprotune.backbones import Backbone, _file_weights
+    from reprotune.pretrained import Backbone, file_weights
 
     source, local, described = _source(params.name)
     if local:
@@ -141,7 +141,7 @@ def load_text_encoder(params: Any) -> Any:
         )
     data = TextConfig(tokenizer, int(modules.max_seq_length), int(tokenizer.pad_token_id))
     model = SentenceEncoder(modules, data.pad_id)
-    weights = _file_weights(model.encoder, Path(params.weights)) if params.weights else described
+    weights = file_weights(model.encoder, Path(params.weights)) if params.weights else described
     return Backbone(
         model=model.eval(),
         num_features=int(modules.get_embedding_dimension()),

@@ -53,6 +53,18 @@ from reprotune.distributed import local_device, process_group
 from reprotune.errors import InputError
 from reprotune.extra_images import Known, check_images
 from reprotune.files import list_files
+from reprotune.finetuning import (
+    UNLABELED,
+    build_model,
+    freeze,
+    load_split,
+    make_optimizer,
+    mixing,
+    phase_strategy,
+    trainable_backbone_names,
+)
+from reprotune.finetuning import fingerprint as finetune_fingerprint
+from reprotune.image_training_data import mixed_training_data
 from reprotune.inference import predict
 from reprotune.layout import Layout, atomic_output, read_json, write_json
 from reprotune.metrics import per_class_metrics, summary_metrics
@@ -61,18 +73,6 @@ from reprotune.params import Params
 from reprotune.probe import fit_linear_head
 from reprotune.seeding import seed_everything
 from reprotune.training import Placement, Schedule, fit
-from stages.finetune import (
-    UNLABELED,
-    build_model,
-    freeze,
-    load_split,
-    make_optimizer,
-    mixed_training_data,
-    mixing,
-    phase_strategy,
-    trainable_backbone_names,
-)
-from stages.finetune import fingerprint as finetune_fingerprint
 
 log = logging.getLogger(__name__)
 

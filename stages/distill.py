@@ -53,6 +53,8 @@ from reprotune.distributed import local_device, process_group
 from reprotune.errors import InputError
 from reprotune.extra_images import Known, check_images
 from reprotune.files import list_files
+from reprotune.finetuning import UNLABELED, load_split, make_optimizer
+from reprotune.image_training_data import mixed_training_data
 from reprotune.inference import predict
 from reprotune.layout import STUDENTS, Layout, atomic_output, read_json, write_json
 from reprotune.models import Classifier, load_trained_classifier
@@ -61,7 +63,6 @@ from reprotune.params import Params
 from reprotune.probe import fit_linear_head
 from reprotune.seeding import seed_everything
 from reprotune.training import Placement, Schedule, fit
-from stages.finetune import UNLABELED, load_split, make_optimizer, mixed_training_data
 
 log = logging.getLogger(__name__)
 

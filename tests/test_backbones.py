@@ -6,7 +6,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from reprotune.backbones import load_backbone, load_matching
+from reprotune.backbones import load_backbone
+from reprotune.pretrained import load_matching
 from reprotune.dataconfig import TINY_TEST
 from reprotune.errors import InputError
 from reprotune.params import Backbone as BackboneParams

@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from scipy.special import log_softmax, softmax
 
+from reprotune import finetuning
 from reprotune.dataconfig import DataConfig
 from stages import (
     adapt,
@@ -32,7 +33,7 @@ from stages import (
 )
 from tests.conftest import ROOT, make_class_folder, noisy_image
 
-UNLABELED = finetune.UNLABELED
+UNLABELED = finetuning.UNLABELED
 
 
 def reference_loss(student, teacher, labels, alpha, temperature, smoothing=0.0):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reprotune import training
+from reprotune import finetuning, image_training_data, training
 from reprotune.backbones import load_backbone
 from reprotune.dataconfig import TINY_TEST
 from reprotune.models import Classifier
@@ -29,7 +29,7 @@ def tiny_classifier():
 @pytest.mark.parametrize(("strategy", "groups"), [("frozen", 0), ("last_n", 2), ("full", 4)])
 def test_strategy_selects_layer_groups(strategy, groups):
     backbone, _ = tiny_classifier()
-    names = finetune.trainable_backbone_names(backbone, strategy, last_n=2)
+    names = finetuning.trainable_backbone_names(backbone, strategy, last_n=2)
     assert names == {
         n for group in backbone.layer_groups[len(backbone.layer_groups) - groups :] for n in group
     }
@@ -37,7 +37,7 @@ def test_strategy_selects_layer_groups(strategy, groups):
 
 def test_gradual_unfreezes_after_its_frozen_epochs(tiny_params):
     settings = tiny_params.finetune.model_copy(update={"strategy": "gradual", "gradual_frozen_epochs": 2})
-    assert [finetune.phase_strategy(settings, e) for e in (1, 2, 3, 4)] == [
+    assert [finetuning.phase_strategy(settings, e) for e in (1, 2, 3, 4)] == [
         "frozen",
         "frozen",
         "full",
@@ -50,8 +50,8 @@ def test_layer_decay_lowers_the_rate_away_from_the_head(tiny_params):
     settings = tiny_params.finetune.model_copy(
         update={"lr": 1.0, "backbone_lr_factor": 0.5, "layer_decay": 0.5}
     )
-    all_names = finetune.trainable_backbone_names(backbone, "full", 1)
-    groups = finetune.parameter_groups(model, backbone, settings, all_names)
+    all_names = finetuning.trainable_backbone_names(backbone, "full", 1)
+    groups = finetuning.parameter_groups(model, backbone, settings, all_names)
     rate_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     assert rate_of[id(model.head.weight)] == 1.0
     assert rate_of[id(model.backbone.blocks[2][0].weight)] == 0.5  # the last group: factor only
@@ -67,11 +67,11 @@ TRAINING_BLOCKS = {"frozen": [], "last_n": ["blocks.2"], "full": ["stem", "block
 def test_one_step_changes_only_what_trains(strategy, freeze_bn_stats, tiny_params):
     torch.manual_seed(0)
     backbone, model = tiny_classifier()
-    trainable = finetune.trainable_backbone_names(backbone, strategy, 1)
-    finetune.freeze(model, trainable)
+    trainable = finetuning.trainable_backbone_names(backbone, strategy, 1)
+    finetuning.freeze(model, trainable)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = tiny_params.finetune.model_copy(update={"lr": 0.1, "backbone_lr_factor": 1.0})
-    optimizer = torch.optim.AdamW(finetune.parameter_groups(model, backbone, settings, trainable))
+    optimizer = torch.optim.AdamW(finetuning.parameter_groups(model, backbone, settings, trainable))
     training.train_mode(model, freeze_bn_stats)
     loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
     loss.backward()
@@ -93,9 +93,9 @@ def test_one_step_changes_only_what_trains(strategy, freeze_bn_stats, tiny_param
 
 def test_no_weight_decay_on_norms_and_biases(tiny_params):
     backbone, model = tiny_classifier()
-    names = finetune.trainable_backbone_names(backbone, "full", 1)
-    finetune.freeze(model, names)
-    for group in finetune.parameter_groups(model, backbone, tiny_params.finetune, names):
+    names = finetuning.trainable_backbone_names(backbone, "full", 1)
+    finetuning.freeze(model, names)
+    for group in finetuning.parameter_groups(model, backbone, tiny_params.finetune, names):
         assert all((p.ndim > 1) == (group["weight_decay"] > 0) for p in group["params"])
 
 
@@ -198,14 +198,16 @@ def test_training_images_are_decoded_once_per_run(tiny_params):
     rows = layout.read_manifest(layout.split_manifest, {"label": str})
     data, augment = load_backbone(tiny_params.backbone).data, tiny_params.finetune.augment
     side = data.train_decode_side(augment)
-    copies, entries = finetune.training_copies(layout, rows, data, augment, (255, 255, 255), rank=0)
+    copies, entries = image_training_data.training_copies(
+        layout, rows, data, augment, (255, 255, 255), rank=0
+    )
     made = copies.path.stat().st_mtime_ns
     for name, entry in zip(rows["path"], entries, strict=True):
         if name.endswith("large.jpg"):
             assert min(copies.image(entry).size) == side
         else:
             assert entry == NO_COPY  # 40 px: below the side
-    again, _ = finetune.training_copies(layout, rows, data, augment, (255, 255, 255), rank=0)
+    again, _ = image_training_data.training_copies(layout, rows, data, augment, (255, 255, 255), rank=0)
     assert again.path == copies.path and again.path.stat().st_mtime_ns == made
 
     for stage in (featurize.featurize, train_head.train_head, finetune.finetune):

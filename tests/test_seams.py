@@ -71,6 +71,23 @@ def test_a_stage_declares_exactly_the_modules_it_imports(name: str):
     assert not declared - imported, f"{name} declares but never imports {relative(declared - imported)}"
 
 
+def test_no_stage_imports_a_stage_and_the_library_imports_none():
+    """Stages share library code, never each other: a stage's module is a code dependency of that stage
+    alone, so an edit to it re-runs that stage (and what reads its outputs), nothing beside it."""
+    for path in sorted((ROOT / "stages").glob("*.py")) + sorted((ROOT / "reprotune").glob("*.py")):
+        imported = {f for f in imported_files(path) if f.parent == ROOT / "stages"}
+        assert not imported, f"{path.relative_to(ROOT)} imports {sorted(str(f.relative_to(ROOT)) for f in imported)}"
+
+
+def test_the_library_has_no_import_cycles():
+    """No module of reprotune/ reaches itself through imports (function-level ones included)."""
+    for path in sorted((ROOT / "reprotune").glob("*.py")):
+        for other in imported_files(path):
+            assert path not in transitive_imports(other), (
+                f"{path.relative_to(ROOT)} and {other.relative_to(ROOT)} import each other"
+            )
+
+
 def test_package_inits_hold_no_code():
     """`python -m stages.x` runs both package __init__ files, which no stage declares: they must stay empty
     of code, or an edit to them would change a stage without re-running it."""

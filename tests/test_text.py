@@ -291,7 +291,7 @@ def test_distillation_is_refused_on_text(tmp_path: Path, tiny_encoder: Path):
 
 def test_text_layer_groups_run_from_the_embeddings_to_the_last_layer(tmp_path: Path, tiny_encoder: Path):
     from reprotune.backbones import load_backbone
-    from stages.finetune import trainable_backbone_names
+    from reprotune.finetuning import trainable_backbone_names
 
     backbone = load_backbone(for_data(text_params(tmp_path, tiny_encoder), TEXT).backbone, text=True)
     groups = backbone.layer_groups
