@@ -74,7 +74,7 @@ def test_sigterm_unwinds_and_leaves_no_partial_output(tmp_path: Path):
         "        temporary.write_text('half')\n"
         "        print('ready', flush=True)\n"
         "        time.sleep(60)\n"
-        "stage.run(work)\n"
+        "stage.run(work, resolved=False)\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
