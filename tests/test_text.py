@@ -221,6 +221,18 @@ def trained_text_project(tmp_path: Path, encoder: Path) -> Params:
     return run(params, "ingest", "clean", "split", "featurize", "train_head")
 
 
+def test_an_edited_learning_rate_is_the_one_texts_train_with(tmp_path: Path, tiny_encoder: Path):
+    """What you write is what runs: no text section replaces finetune.lr on texts any more."""
+    trained_text_project(tmp_path, tiny_encoder)
+    histories = {}
+    for lr in (0.01, 0.003):
+        written = text_params(tmp_path, tiny_encoder)
+        written = written.model_copy(update={"finetune": written.finetune.model_copy(update={"lr": lr})})
+        assert run(written, "finetune").finetune.lr == lr
+        histories[lr] = (Path(written.paths.reports) / "finetune_history.csv").read_text()
+    assert histories[0.01] != histories[0.003]
+
+
 def test_an_interrupted_text_fine_tune_resumes_to_the_same_weights(tmp_path: Path, tiny_encoder: Path):
     from stages import finetune
 

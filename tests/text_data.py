@@ -16,7 +16,7 @@ WORDS = {
 
 def make_tiny_encoder(folder: Path) -> Path:
     """A two-layer BERT with mean pooling, random weights (seeded), and a word-level vocabulary of the test
-    texts' words, saved as a sentence-transformers model folder: what `text.backbone.name` may name."""
+    texts' words, saved as a sentence-transformers model folder: what `backbone.name` may name on texts."""
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
