@@ -7,10 +7,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from reprotune.backbones import load_backbone
-from reprotune.pretrained import load_matching
 from reprotune.dataconfig import TINY_TEST
 from reprotune.errors import InputError
 from reprotune.params import Backbone as BackboneParams
+from reprotune.pretrained import load_matching
 
 
 def params(name: str, weights: str | None = None, input_size: int | None = None) -> BackboneParams:

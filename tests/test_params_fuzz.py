@@ -36,7 +36,9 @@ TEXT_OR_COUNT = {"featurize.num_workers", "finetune.num_workers"}
 def wrong_type_for(key: str, value) -> st.SearchStrategy:
     """Values of a type the key never takes (a mapping is wrong for every leaf)."""
     if value == "auto" and key not in TEXT_OR_COUNT:
-        return mappings  # auto or a value of the key's own type (a number, a list, text): a mapping is neither
+        return (
+            mappings  # auto or a value of the key's own type (a number, a list, text): a mapping is neither
+        )
     if isinstance(value, str) and key in TEXT_OR_COUNT:
         return st.one_of(st.lists(st.integers(), min_size=1), mappings)
     if isinstance(value, str):

@@ -76,7 +76,9 @@ def test_no_stage_imports_a_stage_and_the_library_imports_none():
     alone, so an edit to it re-runs that stage (and what reads its outputs), nothing beside it."""
     for path in sorted((ROOT / "stages").glob("*.py")) + sorted((ROOT / "reprotune").glob("*.py")):
         imported = {f for f in imported_files(path) if f.parent == ROOT / "stages"}
-        assert not imported, f"{path.relative_to(ROOT)} imports {sorted(str(f.relative_to(ROOT)) for f in imported)}"
+        assert not imported, (
+            f"{path.relative_to(ROOT)} imports {sorted(str(f.relative_to(ROOT)) for f in imported)}"
+        )
 
 
 def test_the_library_has_no_import_cycles():
