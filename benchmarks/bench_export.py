@@ -51,7 +51,8 @@ def main() -> None:
 
     from reprotune import params as params_module
     from reprotune import predict
-    from reprotune.layout import Layout, read_json
+    from reprotune.atomic_io import read_json
+    from reprotune.layout import Layout
     from reprotune.models import load_trained_classifier
     from reprotune.onnx_models import OnnxClassifier
     from reprotune.stage import as_run

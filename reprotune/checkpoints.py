@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reprotune.layout import atomic_output
+from reprotune.atomic_io import atomic_output
 
 log = logging.getLogger(__name__)
 

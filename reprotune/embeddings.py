@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reprotune.layout import write_text
+from reprotune.atomic_io import write_text
 from reprotune.tensorfiles import StreamingTensorFile, open_rows, tensor_file
 
 DIGEST_BYTES = 32  # sha256

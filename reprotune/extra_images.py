@@ -19,7 +19,8 @@ from tqdm import tqdm
 from reprotune.checks import CHECK_SIDE, Rejected, decode_checked, pixels_sha256
 from reprotune.dataconfig import data_config
 from reprotune.duplicates import HASHES, WORDS, image_hashes, load_hashes, near_pairs
-from reprotune.layout import Layout, sha256_of_file
+from reprotune.hashing import sha256_of_file
+from reprotune.layout import Layout
 from reprotune.params import Params
 
 

@@ -12,8 +12,8 @@ matplotlib.use("Agg")  # no display on CI machines; must precede pyplot
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from reprotune.atomic_io import atomic_output
 from reprotune.images import Background, load_rgb
-from reprotune.layout import atomic_output
 
 
 def save(figure: Figure, path: Path) -> None:

@@ -16,12 +16,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from reprotune import resized
+from reprotune.atomic_io import atomic_output
 from reprotune.dataconfig import DataConfig
 from reprotune.datasets import ManifestImages, eval_images, make_loader, worker_count
 from reprotune.distributed import barrier
 from reprotune.finetuning import load_split, mixing
 from reprotune.images import Background, load_rgb
-from reprotune.layout import Layout, atomic_output
+from reprotune.layout import Layout
 from reprotune.params import Augment, Params
 from reprotune.training import (
     Placement,

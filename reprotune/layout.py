@@ -1,19 +1,13 @@
 """Where every stage reads and writes, derived from `params.paths`, and how it writes.
 
 The folders come from params.yaml, which dvc.yaml interpolates too, so a path is written once; the file
-names inside them live here (tests/test_layout.py checks dvc.yaml declares each one). Every write goes to
-a temporary sibling first and is renamed into place, so a crash never leaves a half-written output.
+names inside them live here (tests/test_layout.py checks dvc.yaml declares each one). How outputs are
+written (atomically) is reprotune/atomic_io.py.
 """
 
 from __future__ import annotations
 
-import glob
-import hashlib
-import json
 import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -364,68 +358,3 @@ class Layout:
                     f"{self.ingested}); a manifest may only name files inside them"
                 )
         return table
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this machine with that pid is running (someone else's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
-@contextmanager
-def atomic_output(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `target` (file or folder) to fill; rename it into place on success.
-
-    On any exception (Ctrl-C included) the temporary is removed and `target` is left as it was. A process
-    killed outright (SIGKILL, a lost machine) cannot clean up: the next write of `target` removes the
-    temporaries of processes that no longer exist.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.partial-*"):
-        pid = stale.name.rpartition("-")[2]
-        if pid.isdigit() and not process_alive(int(pid)):
-            _remove(stale)
-    _remove(temporary)
-    try:
-        yield temporary
-        if temporary.is_dir():
-            _remove(target)  # os.replace cannot put a folder over a non-empty folder
-        os.replace(temporary, target)
-    finally:
-        _remove(temporary)
-
-
-def write_json(path: Path, data: Any) -> None:
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def sha256_of_file(path: Path) -> str:
-    """Content hash of a file, read in 1 MiB chunks so that large files never sit in memory whole."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

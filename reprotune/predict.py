@@ -82,7 +82,8 @@ def onnx_model(path: Path) -> Model:
 
 def torch_model(path: Path) -> Model:
     from reprotune import params as params_module
-    from reprotune.layout import Layout, read_json
+    from reprotune.atomic_io import read_json
+    from reprotune.layout import Layout
     from reprotune.models import load_trained_classifier
     from reprotune.stage import as_run
 
@@ -236,7 +237,7 @@ def write_csv(rows: list[dict], out: Path | None) -> None:
         writer.writeheader()
         writer.writerows(rows)
         return
-    from reprotune.layout import atomic_output
+    from reprotune.atomic_io import atomic_output
 
     with atomic_output(out) as temporary, temporary.open("w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from reprotune.errors import InputError
-from reprotune.layout import sha256_of_file
+from reprotune.hashing import sha256_of_file
 
 
 @dataclass

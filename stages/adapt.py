@@ -46,6 +46,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from reprotune import stage
+from reprotune.atomic_io import atomic_output, read_json, write_json
 from reprotune.backbones import load_backbone
 from reprotune.datasets import ManifestImages, make_loader, worker_count
 from reprotune.devices import pick_device, to_device
@@ -66,7 +67,7 @@ from reprotune.finetuning import (
 from reprotune.finetuning import fingerprint as finetune_fingerprint
 from reprotune.image_training_data import mixed_training_data
 from reprotune.inference import predict
-from reprotune.layout import Layout, atomic_output, read_json, write_json
+from reprotune.layout import Layout
 from reprotune.metrics import per_class_metrics, summary_metrics
 from reprotune.models import Classifier, load_trained_classifier
 from reprotune.params import Params

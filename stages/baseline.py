@@ -40,8 +40,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from reprotune import stage
+from reprotune.atomic_io import atomic_output
 from reprotune.images import Background, load_rgb
-from reprotune.layout import Layout, atomic_output
+from reprotune.layout import Layout
 from reprotune.params import Baseline, Params
 from reprotune.resized import NO_COPY, ResizedCopies
 

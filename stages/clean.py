@@ -34,12 +34,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from reprotune import stage
+from reprotune.atomic_io import atomic_output, write_json, write_text
 from reprotune.checks import CHECK_SIDE, Rejected, decode_checked, pixels_sha256
 from reprotune.dataconfig import DataConfig, data_config
 from reprotune.duplicates import HASHES, WORDS, image_hashes, near_pairs, save_hashes
 from reprotune.errors import InputError
 from reprotune.figures import save
-from reprotune.layout import Layout, atomic_output, write_json, write_text
+from reprotune.layout import Layout
 from reprotune.params import Clean, Params
 from reprotune.resized import CopyPackWriter, encode_copy
 from reprotune.texts import normalised, text_sha256

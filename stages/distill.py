@@ -45,6 +45,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from reprotune import stage
+from reprotune.atomic_io import atomic_output, read_json, write_json
 from reprotune.backbones import Backbone, load_backbone
 from reprotune.dataconfig import DataConfig
 from reprotune.datasets import eval_images, make_loader, worker_count
@@ -56,7 +57,7 @@ from reprotune.files import list_files
 from reprotune.finetuning import UNLABELED, load_split, make_optimizer
 from reprotune.image_training_data import mixed_training_data
 from reprotune.inference import predict
-from reprotune.layout import STUDENTS, Layout, atomic_output, read_json, write_json
+from reprotune.layout import STUDENTS, Layout
 from reprotune.models import Classifier, load_trained_classifier
 from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params

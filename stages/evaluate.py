@@ -26,12 +26,13 @@ from scipy.special import softmax
 
 from reprotune import data_kind, stage
 from reprotune import evaluation_plots as plots
+from reprotune.atomic_io import atomic_output, read_json, write_json, write_text
 from reprotune.data_kind import TEXT
 from reprotune.datasets import eval_images, make_loader, worker_count
 from reprotune.devices import pick_device
 from reprotune.errors import InputError
 from reprotune.inference import predict
-from reprotune.layout import Layout, atomic_output, read_json, write_json, write_text
+from reprotune.layout import Layout
 from reprotune.metrics import (
     expected_calibration_error,
     fit_temperature,

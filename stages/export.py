@@ -27,11 +27,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from reprotune import stage
+from reprotune.atomic_io import atomic_output, read_json, write_json, write_text
 from reprotune.dataconfig import DataConfig
 from reprotune.datasets import eval_images, make_loader
 from reprotune.errors import InputError
 from reprotune.inference import predict
-from reprotune.layout import Layout, atomic_output, read_json, write_json, write_text
+from reprotune.layout import Layout
 from reprotune.metrics import summary_metrics
 from reprotune.models import Classifier, load_trained_classifier
 from reprotune.onnx_models import OnnxClassifier

@@ -29,12 +29,13 @@ import torch
 from safetensors.torch import save_file
 
 from reprotune import resized, stage
+from reprotune.atomic_io import atomic_output
 from reprotune.backbones import Backbone, load_backbone
 from reprotune.datasets import eval_images, make_loader, worker_count
 from reprotune.devices import pick_device
 from reprotune.embeddings import EmbeddingCache
 from reprotune.inference import outputs
-from reprotune.layout import SPLITS, Layout, atomic_output
+from reprotune.layout import SPLITS, Layout
 from reprotune.params import Params
 from reprotune.tensorfiles import tensor_file
 from reprotune.text_encoders import eval_texts, in_row_order

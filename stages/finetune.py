@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import save_file
 
 from reprotune import stage
+from reprotune.atomic_io import atomic_output, read_json
 from reprotune.checkpoints import Progress
 from reprotune.devices import pick_device
 from reprotune.distributed import local_device, process_group
@@ -54,7 +55,7 @@ from reprotune.finetuning import (
     trainable_backbone_names,
 )
 from reprotune.image_training_data import load_data
-from reprotune.layout import Layout, atomic_output, read_json
+from reprotune.layout import Layout
 from reprotune.models import Classifier
 from reprotune.params import Finetune, Params
 from reprotune.seeding import seed_everything

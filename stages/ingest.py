@@ -21,10 +21,12 @@ import pandas as pd
 from PIL import Image
 
 from reprotune import data_kind, stage
+from reprotune.atomic_io import atomic_output
 from reprotune.data_kind import IMAGE, TEXT, DataKind
 from reprotune.errors import InputError
 from reprotune.files import is_hidden, list_files
-from reprotune.layout import Layout, atomic_output, sha256_of_file
+from reprotune.hashing import sha256_of_file
+from reprotune.layout import Layout
 from reprotune.params import Params
 from reprotune.resolve import resolve
 from reprotune.texts import is_text_file, read_text_file, text_sha256

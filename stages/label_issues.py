@@ -24,9 +24,10 @@ from safetensors.torch import load_file
 from sklearn.model_selection import StratifiedGroupKFold
 
 from reprotune import stage
+from reprotune.atomic_io import atomic_output, read_json
 from reprotune.errors import InputError
 from reprotune.figures import gallery, text_cards
-from reprotune.layout import SPLITS, Layout, atomic_output, read_json
+from reprotune.layout import SPLITS, Layout
 from reprotune.params import Params
 from reprotune.probe import fit_linear_head, probabilities
 

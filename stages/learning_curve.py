@@ -26,8 +26,9 @@ from safetensors.torch import load_file
 from scipy import stats
 
 from reprotune import stage
+from reprotune.atomic_io import atomic_output, read_json, write_json
 from reprotune.figures import save
-from reprotune.layout import Layout, atomic_output, read_json, write_json
+from reprotune.layout import Layout
 from reprotune.params import Params
 from reprotune.probe import accuracy, fit_linear_head
 from reprotune.zero_shot import zero_shot_logits

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from reprotune import stage
+from reprotune.atomic_io import atomic_output, write_json
 from reprotune.duplicates import load_hashes, near_pairs
 from reprotune.errors import InputError
-from reprotune.layout import SPLITS, Layout, atomic_output, write_json
+from reprotune.layout import SPLITS, Layout
 from reprotune.params import Params
 
 log = logging.getLogger(__name__)

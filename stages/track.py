@@ -18,8 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from reprotune import stage
+from reprotune.atomic_io import process_alive, read_json, write_json
 from reprotune.errors import InputError
-from reprotune.layout import SPLITS, Layout, process_alive, read_json, sha256_of_file, write_json
+from reprotune.hashing import sha256_of_file
+from reprotune.layout import SPLITS, Layout
 from reprotune.params import Params, flatten
 from reprotune.resolve import decisions
 from reprotune.tracking import (

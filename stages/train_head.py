@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reprotune import stage
-from reprotune.layout import Layout, atomic_output, read_json
+from reprotune.atomic_io import atomic_output, read_json
+from reprotune.layout import Layout
 from reprotune.params import Params
 from reprotune.probe import accuracy, fit_linear_head
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from reprotune.layout import sha256_of_file
+from reprotune.hashing import sha256_of_file
 from stages import ingest
 from tests.conftest import make_class_folder
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from reprotune import params as params_module
-from reprotune.layout import Layout, atomic_output
+from reprotune.atomic_io import atomic_output
+from reprotune.layout import Layout
 from tests.conftest import ROOT
 
 

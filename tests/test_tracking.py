@@ -68,7 +68,7 @@ def test_sigterm_unwinds_and_leaves_no_partial_output(tmp_path: Path):
         "import time\n"
         "from pathlib import Path\n"
         "from reprotune import stage\n"
-        "from reprotune.layout import atomic_output\n"
+        "from reprotune.atomic_io import atomic_output\n"
         "def work(params):\n"
         f"    with atomic_output(Path({str(tmp_path / 'out.txt')!r})) as temporary:\n"
         "        temporary.write_text('half')\n"
