@@ -286,6 +286,15 @@ class ParamsError(Exception):
         super().__init__("\n".join(problems))
 
 
+# Sections that once replaced other keys' values behind the user's back; their keys now say `auto`.
+RETIRED_SECTIONS = {
+    "sample": "this section is gone: its keys (backbone.input_size, finetune.augment.hflip) say auto, which "
+    "gives the sample its values; an explicit value is used as written. Remove the section",
+    "text": "this section is gone: backbone.name, finetune.epochs, backbone_lr_factor and warmup_epochs say "
+    "auto, which gives texts their values; an explicit value is used as written. Remove the section",
+}
+
+
 def _key_of(location: tuple) -> str:
     """The dotted params key an error is about: its location's leading field names (pydantic appends the
     union member that failed, e.g. `literal['auto']` or `constrained-int`, and list indices)."""
@@ -312,6 +321,9 @@ def _describe(errors: list[dict[str, Any]], source: Path) -> list[str]:
         first = found[0]
         if first["type"] == "extra_forbidden":
             key = ".".join(map(str, first["loc"]))
+            if key in RETIRED_SECTIONS:
+                lines.append(f"{source}: {key}: {RETIRED_SECTIONS[key]}")
+                continue
             lines.append(
                 f"{source}: {key}: unknown key (check the spelling against the schema in reprotune/params.py)"
             )

@@ -78,3 +78,11 @@ def test_flatten_matches_dvc_key_style():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert "finetune.augment.scale" in flatten(raw)
+
+
+def test_a_retired_overlay_section_says_what_replaced_it():
+    raw = real_params_raw()
+    raw["sample"] = {"backbone": {"input_size": 128}}
+    with pytest.raises(ParamsError) as error:
+        params_module.validate(raw)
+    assert error.value.problems == [f"params.yaml: sample: {params_module.RETIRED_SECTIONS['sample']}"]
