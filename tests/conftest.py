@@ -122,37 +122,10 @@ def photo_like(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
 def trained_tiny(tmp_path_factory) -> Params:
     """One tiny project trained, evaluated and exported, shared by the tests that only read it (export's
     files, predict): the pipeline runs once per test session instead of once per test."""
-    from stages import (
-        adapt,
-        baseline,
-        clean,
-        distill,
-        evaluate,
-        export,
-        featurize,
-        finetune,
-        ingest,
-        label_issues,
-        learning_curve,
-        split,
-        train_head,
-    )
+    import importlib
 
     params = params_module.validate(tiny_params_raw(tmp_path_factory.mktemp("trained")))
     make_class_folder(Path(params.paths.raw), per_class=10)
-    stages = (
-        ingest,
-        clean,
-        split,
-        featurize,
-        train_head,
-        baseline,
-        learning_curve,
-        label_issues,
-        finetune,
-        distill,
-        adapt,
-    )
-    for stage in (*stages, evaluate, export):
-        getattr(stage, stage.__name__.split(".")[-1])(params)
+    for name in PIPELINE_STAGES[: PIPELINE_STAGES.index("export") + 1]:  # dvc.yaml's order, up to export
+        getattr(importlib.import_module(f"stages.{name}"), name)(params)
     return params
