@@ -1,8 +1,8 @@
 """Every `auto` in params.yaml turned into the value that runs, in this one place, from what ingest found.
 
 A key whose good value depends on the data says `auto` in params.yaml; its rule is in RULES below (and in
-the comment beside the key). Three things decide: the modality (images or texts) and whether the data are
-the built-in image sample, all recorded once by ingest (reprotune/data_kind.py). An explicit value always
+the comment beside the key). Two things decide: the modality (images or texts) and whether the data are
+the built-in image sample, both recorded once by ingest (reprotune/data_kind.py). An explicit value always
 wins, except on data it cannot apply to: a key for images only (or texts only) holding a value on the other
 modality, or a key that switches on something the modality lacks (distill on texts), is refused with one
 line naming it, before any output is touched. Nothing is silently replaced.
