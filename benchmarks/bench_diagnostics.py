@@ -39,8 +39,7 @@ def pixels(labels: np.ndarray, classes: int, seed: int = 0) -> np.ndarray:
 
 def main() -> None:
     from reprotune import params as params_module
-    from reprotune.resolve import for_data
-    from stages.baseline import (
+    from reprotune.modalities.image.baseline import (
         build,
         choose,
         fit_quietly,
@@ -50,6 +49,7 @@ def main() -> None:
         training_subset,
         with_probabilities,
     )
+    from reprotune.resolve import for_data
     from stages.label_issues import out_of_fold_probabilities, ranked_issues
     from stages.learning_curve import curve
 

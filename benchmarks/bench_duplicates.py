@@ -6,7 +6,7 @@ duplicate group, and do distinct pictures of one class stay apart?
 Positives: each photo (real photos from ../shared/data/cats-dogs when present, else generated photo-like
 JPEGs) against a copy of it resized (0.25-4x), recompressed (JPEG quality 50, 70), converted (JPEG to PNG and
 back), cropped (2.5-5% a side), framed (2-5% borders) or re-oriented (pixels rotated, EXIF tag saying so).
-Each copy is a file decoded the way clean decodes it (clean.inspect). Negatives: every pair of distinct
+Each copy is a file decoded the way clean decodes it (reprotune/modalities/image/cleaning.py: inspect). Negatives: every pair of distinct
 photos of the same class, and of same-digit images of the built-in sample (8x8 scans, the hardest case:
 distinct digits differ in a few pixels). Reported per threshold: recall per transformation, false-positive
 pairs, and the largest group that transitive grouping would form on the sample, beside the 64-bit
@@ -96,7 +96,7 @@ def save_copy(image: Image.Image, path: Path, how: dict) -> Path:
 
 
 def sample_digits(folder: Path, side: int) -> list[Path]:
-    from stages.ingest import write_sample
+    from reprotune.modalities.image.files import write_sample
 
     write_sample(folder, side)
     return sorted(folder.rglob("*.png"))
@@ -117,8 +117,8 @@ def main() -> None:
     from reprotune.dataconfig import data_config
     from reprotune.duplicates import near_pairs
     from reprotune.images import to_rgb, upright
+    from reprotune.modalities.image import cleaning as clean
     from reprotune.resolve import for_data
-    from stages import clean
 
     params = for_data(params_module.load())
     rules = params.clean.model_copy(update={"min_side": 1, "max_aspect_ratio": 100.0})

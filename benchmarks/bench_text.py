@@ -3,7 +3,7 @@ length-grouped batches against plainly shuffled ones.
 
     .venv/bin/python -m benchmarks.bench_text [--texts 4000] [--steps 30]
 
-1. Encoding: featurize's own embedding pass (stages/featurize.py: embed_texts: tokenise, sort by length,
+1. Encoding: featurize's own embedding pass (reprotune/modalities/text/encoding.py: tokenise, sort by length,
    batches padded to a multiple of 16 tokens, on which an embedding does not depend on its batch; checked
    here on 256 texts, each alone against featurize's batches) against the bare model as sentence-transformers runs it (`SentenceTransformer.encode`: sorted by
    length, each batch padded to its longest text), at the same batch size, on the first N Banking77 texts,
@@ -34,25 +34,34 @@ def main() -> None:
     options = parser.parse_args()
 
     from reprotune import params as params_module
-    from reprotune.backbones import load_backbone
     from reprotune.data_kind import TEXT
+    from reprotune.layout import Layout
+    from reprotune.modalities.encoding import of
     from reprotune.models import Classifier
     from reprotune.resolve import for_data
     from reprotune.text_encoders import BUCKET, LengthGroupedBatches, TokenizedTexts, padded_length, padder
-    from stages.featurize import embed_texts
+    from stages.featurize import inference
 
     params = for_data(params_module.load(), TEXT, sample=True)
     texts = pd.read_csv(f"{params.paths.text_sample}/train.csv", dtype=str, keep_default_na=False)[
         "text"
     ].tolist()[: options.texts]
-    backbone = load_backbone(params.backbone, text=True)
+    encoding = of(TEXT)
+    backbone = encoding.load(params.backbone)
     device = torch.device("cpu")
+    run = inference(params, device)
+
+    def embed_texts(texts: list[str]) -> torch.Tensor:
+        """featurize's own pass over `texts`, in their order."""
+        rows = pd.DataFrame({"text": texts})
+        return torch.cat(list(encoding.outputs(backbone.model, rows, backbone, run, Layout(params.paths))))
+
     batch = params.featurize.batch_size
     bare = backbone.model.encoder  # the SentenceTransformer itself
 
     def ours() -> float:
         start = time.perf_counter()
-        embed_texts(texts, params, backbone, device)
+        embed_texts(texts)
         return len(texts) / (time.perf_counter() - start)
 
     def theirs() -> float:
@@ -60,7 +69,7 @@ def main() -> None:
         bare.encode(texts, batch_size=batch, convert_to_tensor=True, show_progress_bar=False)
         return len(texts) / (time.perf_counter() - start)
 
-    batched = embed_texts(texts[:256], params, backbone, device)
+    batched = embed_texts(texts[:256])
     alone = []
     with torch.inference_mode():  # each text on its own: a batch of 1, padded to the next multiple of 16
         for text in texts[:256]:

@@ -160,21 +160,10 @@ def _tiny(params: BackboneParams, data: DataConfig) -> Backbone:
     )
 
 
-def load_backbone(params: BackboneParams, keep_classifier: bool = False, text: bool = False) -> Backbone:
-    """Build the backbone named in params with its weights; with keep_classifier the model keeps its
-    pretrained classifier (used to check the weights), otherwise it returns pooled embeddings. With `text`
-    it is a sentence encoder (reprotune/text_encoders.py)."""
-    if text:
-        from reprotune.text_encoders import load_text_encoder
-
-        backbone = load_text_encoder(params)
-        log.info(
-            "text encoder %s, weights: %s, max %d tokens",
-            params.name,
-            backbone.weights,
-            backbone.data.max_length,
-        )
-        return backbone
+def load_backbone(params: BackboneParams, keep_classifier: bool = False) -> Backbone:
+    """Build the image backbone named in params with its weights; with keep_classifier the model keeps its
+    pretrained classifier (used to check the weights), otherwise it returns pooled embeddings. (Text
+    encoders: reprotune/text_encoders.py; which one a stage loads: reprotune/modalities/encoding.py.)"""
     data = data_config(params.name, params.input_size)
     if params.name == TINY_TEST:
         backbone = _tiny(params, data)

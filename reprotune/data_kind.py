@@ -12,6 +12,7 @@ from reprotune.errors import InputError
 
 IMAGE, TEXT = "image", "text"
 Modality = Literal["image", "text"]
+ITEMS = {IMAGE: "images", TEXT: "texts"}  # what one modality's items are called in messages
 
 
 @dataclass(frozen=True)
@@ -19,10 +20,12 @@ class DataKind:
     modality: Modality
     sample: bool  # the built-in sample (ingest made it because data/raw held no data)
 
+    @property
+    def items(self) -> str:
+        return ITEMS[self.modality]
+
     def describe(self) -> str:
-        if self.sample:
-            return "the built-in image sample" if self.modality == IMAGE else "the built-in text sample"
-        return "your images" if self.modality == IMAGE else "your texts"
+        return f"the built-in {self.modality} sample" if self.sample else f"your {self.items}"
 
 
 def write(path: Path, kind: DataKind) -> None:

@@ -9,8 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from reprotune.figures import gallery, save, text_cards
-from reprotune.images import Background
+from reprotune.figures import save
 
 ANNOTATE_UP_TO = 20  # classes; beyond this, cell numbers overlap
 CURVES_UP_TO = 10  # classes drawn in the PR plot; beyond this only the worst by average precision
@@ -108,24 +107,12 @@ def training_curves(history: list[dict[str, float]], path: Path) -> None:
     save(figure, path)
 
 
-def mistakes_gallery(
-    mistakes: list[tuple[str, str, str, float]], background: Background, title: str, path: Path
-) -> None:
-    """Thumbnails of (path, true, predicted, confidence), most confident first."""
-    captions = [
-        (image_path, f"true {true}\npredicted {predicted} ({confidence:.0%})")
-        for image_path, true, predicted, confidence in mistakes
+def mistake_captions(mistakes: list[tuple[str, str, str, float]]) -> list[tuple[str, str]]:
+    """(item, true, predicted, confidence), most confident first, as a figure's (item, caption)."""
+    return [
+        (item, f"true {true}\npredicted {predicted} ({confidence:.0%})")
+        for item, true, predicted, confidence in mistakes
     ]
-    gallery(captions, background, title if mistakes else f"{title}: no mistakes", path)
-
-
-def mistakes_cards(mistakes: list[tuple[str, str, str, float]], texts, title: str, path: Path) -> None:
-    """Texts of (path, true, predicted, confidence), most confident first; `texts` maps a path to its text."""
-    captions = [
-        (texts[row_path], f"true {true}\npredicted {predicted} ({confidence:.0%})")
-        for row_path, true, predicted, confidence in mistakes
-    ]
-    text_cards(captions, title if mistakes else f"{title}: no mistakes", path)
 
 
 def per_class_f1(classes: list[str], f1_by_model: dict[str, list[float]], path: Path) -> None:

@@ -2,8 +2,8 @@
 head, the head from train_head's probe for LP-FT), which parameters train in each phase of a strategy,
 their parameter groups (discriminative learning rates, layer decay, no weight decay on norms and biases),
 the optimizer with warm-up and cosine decay, the loss (with timm's mixup/cutmix), and the fingerprint a
-resumable run is checked against. The training data are the modality's (reprotune/image_training_data.py,
-reprotune/text_training_data.py); the loop is reprotune/training.py's.
+resumable run is checked against. The training data are the modality's (reprotune/modalities/image/training_data.py,
+reprotune/modalities/text/training_data.py); the loop is reprotune/training.py's.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import nn
 from reprotune.backbones import Backbone, load_backbone
 from reprotune.layout import Layout
 from reprotune.models import Classifier
+from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Finetune, Params
 from reprotune.training import (
     Placement,
@@ -76,10 +77,15 @@ def parameter_groups(
 
 
 def build_model(
-    params: Params, layout: Layout, num_classes: int, placement: Placement, text: bool = False
+    params: Params,
+    layout: Layout,
+    num_classes: int,
+    placement: Placement,
+    load: Callable[[BackboneParams], Backbone] = load_backbone,
 ) -> tuple[Backbone, Classifier]:
-    """The pretrained backbone with a linear head, the head from train_head's probe (LP-FT) or fresh."""
-    backbone = load_backbone(params.backbone, text=text)
+    """The pretrained backbone (`load`: the modality's encoder, reprotune/modalities/encoding.py) with a
+    linear head, the head from train_head's probe (LP-FT) or fresh."""
+    backbone = load(params.backbone)
     model = Classifier(backbone.model, backbone.num_features, num_classes)
     if params.finetune.head_init == "probe":
         model.head.load_state_dict(load_file(layout.head_weights))  # LP-FT: start from the linear probe

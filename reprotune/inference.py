@@ -4,7 +4,8 @@ number."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,6 +13,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from reprotune.devices import to_device
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How a model runs over a split's rows (reprotune/modalities/encoding.py): `pad_to` as in `outputs`,
+    `background` the colour transparent images are flattened onto (images only)."""
+
+    device: torch.device
+    batch_size: int
+    workers: int | str
+    channels_last: bool
+    bf16: bool = False
+    pad_to: int | None = None
+    background: Sequence[int] | str = (255, 255, 255)
 
 
 @torch.inference_mode()

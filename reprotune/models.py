@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,11 +26,15 @@ class Classifier(nn.Module):
 
 
 def load_trained_classifier(
-    params: BackboneParams, weights: Path, num_classes: int, text: bool = False
+    params: BackboneParams,
+    weights: Path,
+    num_classes: int,
+    load: Callable[[BackboneParams], Backbone] = load_backbone,
 ) -> tuple[Classifier, Backbone]:
-    """The network finetune saved: architecture and preprocessing from the registry, every weight from
-    `weights`. Returns it in eval mode, with its Backbone (for the preprocessing)."""
-    backbone = load_backbone(params, text=text)
+    """The network finetune saved: architecture and preprocessing from the registry (`load`: the modality's
+    encoder, reprotune/modalities/encoding.py), every weight from `weights`. Returns it in eval mode, with
+    its Backbone (for the preprocessing)."""
+    backbone = load(params)
     model = Classifier(backbone.model, backbone.num_features, num_classes)
     model.load_state_dict(load_file(weights))
     return model.eval(), backbone

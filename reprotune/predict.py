@@ -84,15 +84,16 @@ def torch_model(path: Path) -> Model:
     from reprotune import params as params_module
     from reprotune.atomic_io import read_json
     from reprotune.layout import Layout
+    from reprotune.modalities import encoding as modality_encoding
     from reprotune.models import load_trained_classifier
     from reprotune.stage import as_run
 
     params = as_run(params_module.load())  # every auto as the pipeline resolved it (the sample's input size)
     layout = Layout(params.paths)
     classes = read_json(layout.features_meta)["classes"]
-    text = layout.modality == "text"
+    encoding = modality_encoding.of(layout.modality)
     model, backbone = load_trained_classifier(
-        params.backbone, path / "model.safetensors", len(classes), text=text
+        params.backbone, path / "model.safetensors", len(classes), load=encoding.load
     )
     temperature = read_json(layout.metrics)["finetune"]["test"].get("temperature", 1.0)
 

@@ -85,8 +85,9 @@ def describe_baseline(baseline: dict) -> str:
     )
 
 
-def mistakes_section(mistakes: dict) -> list[str]:
-    """The most confident mistakes on test, as texts (a picture gallery for images is under Plots)."""
+def mistakes_section(mistakes: dict, shown_as: str) -> list[str]:
+    """The most confident mistakes on test, each item as `shown_as` (its text; an image's path, whose
+    pictures are under Plots)."""
     lines = ["## Most confident mistakes (test)", ""]
     names = {"head": "Head-only", "finetune": "Fine-tuned"}
     for model, rows in mistakes.items():
@@ -94,7 +95,7 @@ def mistakes_section(mistakes: dict) -> list[str]:
         if not rows:
             lines += ["No mistakes.", ""]
             continue
-        lines += ["| text | true | predicted | confidence |", "|---|---|---|---|"]
+        lines += [f"| {shown_as} | true | predicted | confidence |", "|---|---|---|---|"]
         for text, true, predicted, confidence in rows:
             shown = " ".join(text.split()).replace("|", "\\|")
             shown = shown if len(shown) <= 160 else shown[:157] + "..."
@@ -329,10 +330,11 @@ def render(
     latency: dict,
     adapted: dict,
     kind: DataKind,
-    text_mistakes: dict | None = None,
+    mistakes: dict,
+    shown_as: str,
 ) -> str:
-    """The report on data of `kind`; `text_mistakes` each transfer model's most confident mistakes when the
-    data are texts."""
+    """The report on data of `kind`; `mistakes` each transfer model's most confident mistakes, each item as
+    the split manifest's column `shown_as` shows it."""
     text = kind.modality == TEXT
     source = (
         "the built-in text sample (Banking77)"
@@ -447,7 +449,7 @@ def render(
             for name, row in per_class["finetune"]["classes"].items()
         ],
         "",
-        *(mistakes_section(text_mistakes) if text_mistakes is not None else []),
+        *mistakes_section(mistakes, shown_as),
         "## Exported models",
         "",
         (

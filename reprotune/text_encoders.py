@@ -129,19 +129,18 @@ def load_text_encoder(params: Any) -> Any:
         modules = SentenceTransformer(source, device="cpu", local_files_only=local)
     except Exception as error:  # noqa: BLE001 - hub, network and file errors come in many types
         raise InputError(
-            f"params.yaml: text.backbone.name: no sentence encoder {params.name!r} could be loaded "
+            f"params.yaml: backbone.name: no sentence encoder {params.name!r} could be loaded "
             f"{'from ' + source if local else 'offline or downloaded'} ({type(error).__name__}: {error}). "
             f"On a machine with internet, save it with SentenceTransformer({params.name!r}).save('<folder>'), "
-            "copy the folder here and set text.backbone.name to it"
+            "copy the folder here and set backbone.name to it"
         ) from error
     tokenizer = modules.tokenizer
     if tokenizer.pad_token_id is None:
-        raise InputError(
-            f"params.yaml: text.backbone.name: {params.name!r} has no padding token; pick another"
-        )
+        raise InputError(f"params.yaml: backbone.name: {params.name!r} has no padding token; pick another")
     data = TextConfig(tokenizer, int(modules.max_seq_length), int(tokenizer.pad_token_id))
     model = SentenceEncoder(modules, data.pad_id)
     weights = file_weights(model.encoder, Path(params.weights)) if params.weights else described
+    log.info("text encoder %s, weights: %s, max %d tokens", params.name, weights, data.max_length)
     return Backbone(
         model=model.eval(),
         num_features=int(modules.get_embedding_dimension()),

@@ -65,10 +65,10 @@ from reprotune.finetuning import (
     trainable_backbone_names,
 )
 from reprotune.finetuning import fingerprint as finetune_fingerprint
-from reprotune.image_training_data import mixed_training_data
 from reprotune.inference import predict
 from reprotune.layout import Layout
 from reprotune.metrics import per_class_metrics, summary_metrics
+from reprotune.modalities.image.training_data import mixed_training_data
 from reprotune.models import Classifier, load_trained_classifier
 from reprotune.params import Params
 from reprotune.probe import fit_linear_head

@@ -55,9 +55,9 @@ from reprotune.errors import InputError
 from reprotune.extra_images import Known, check_images
 from reprotune.files import list_files
 from reprotune.finetuning import UNLABELED, load_split, make_optimizer
-from reprotune.image_training_data import mixed_training_data
 from reprotune.inference import predict
 from reprotune.layout import STUDENTS, Layout
+from reprotune.modalities.image.training_data import mixed_training_data
 from reprotune.models import Classifier, load_trained_classifier
 from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params

@@ -27,11 +27,9 @@ from scipy.special import softmax
 from reprotune import data_kind, stage
 from reprotune import evaluation_plots as plots
 from reprotune.atomic_io import atomic_output, read_json, write_json, write_text
-from reprotune.data_kind import TEXT
-from reprotune.datasets import eval_images, make_loader, worker_count
 from reprotune.devices import pick_device
 from reprotune.errors import InputError
-from reprotune.inference import predict
+from reprotune.inference import Inference
 from reprotune.layout import Layout
 from reprotune.metrics import (
     expected_calibration_error,
@@ -40,11 +38,12 @@ from reprotune.metrics import (
     reliability,
     summary_metrics,
 )
+from reprotune.modalities import encoding as modality_encoding
+from reprotune.modalities import showing as modality_showing
 from reprotune.models import load_trained_classifier
 from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params
 from reprotune.report import render
-from reprotune.text_encoders import eval_texts, in_row_order
 from reprotune.zero_shot import zero_shot_logits
 
 log = logging.getLogger(__name__)
@@ -79,29 +78,26 @@ def network_logits(
 ) -> dict:
     """A trained network's logits on val and test: the fine-tuned network, or one of distill's students."""
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
+    encoding = modality_encoding.of(layout.modality)
     device = pick_device(params.finetune.device, "finetune.device")
-    text = layout.modality == "text"
-    model, backbone = load_trained_classifier(network, weights, len(classes), text=text)
+    model, backbone = load_trained_classifier(network, weights, len(classes), load=encoding.load)
     model.to(device)
     if network.channels_last:
         model.to(memory_format=torch.channels_last)
+    run = Inference(
+        device,
+        params.featurize.batch_size,
+        params.featurize.num_workers,
+        network.channels_last,
+        bf16=device.type == "cuda",  # as finetune validated it
+        background=params.clean.background,
+    )
     logits = {}
     for split in EVALUATED_SPLITS:
         rows = manifest[manifest["split"] == split]
         if rows["path"].tolist() != paths[split]:
             raise InputError(f"{layout.split_manifest} and {layout.features_meta} disagree; run dvc repro")
-        bf16 = device.type == "cuda"  # as finetune validated it
-        if text:
-            loader = eval_texts(
-                rows["text"].tolist(), [0] * len(rows), backbone.data, params.featurize.batch_size
-            )
-            logits[split] = in_row_order(predict(model, loader, device, False, bf16), loader).numpy()
-            continue
-        dataset = eval_images(
-            rows, [0] * len(rows), backbone.data, tuple(params.clean.background), layout.resized_copies
-        )
-        loader = make_loader(dataset, params.featurize.batch_size, worker_count(params.featurize.num_workers))
-        logits[split] = predict(model, loader, device, network.channels_last, bf16).numpy()
+        logits[split] = torch.cat(list(encoding.outputs(model, rows, backbone, run, layout))).numpy()
     return logits
 
 
@@ -179,21 +175,21 @@ def most_confident_mistakes(frame: pd.DataFrame, model: str, count: int) -> list
     )
 
 
-def text_mistakes(frame: pd.DataFrame, count: int) -> dict[str, list[tuple[str, str, str, float]]]:
-    """For the report on text: each transfer model's most confident mistakes as (text, true, predicted,
-    confidence)."""
-    texts = frame.set_index("path")["text"]
+def shown_mistakes(
+    frame: pd.DataFrame, shown: pd.Series, count: int
+) -> dict[str, list[tuple[str, str, str, float]]]:
+    """Each transfer model's most confident mistakes on test as (the item as shown, true, predicted,
+    confidence); `shown` maps a path to what shows its item (reprotune/modalities/showing.py)."""
     return {
-        model: [(texts[path], *rest) for path, *rest in most_confident_mistakes(frame, model, count)]
+        model: [(shown[path], *rest) for path, *rest in most_confident_mistakes(frame, model, count)]
         for model in TRANSFER_MODELS
     }
 
 
 def draw(
-    layout: Layout, params: Params, frame, labels, probabilities, per_class, metrics, classes, texts=None
+    layout: Layout, params: Params, probabilities, per_class, metrics, classes, labels, mistakes, showing
 ) -> None:
-    """`texts` (path -> text): a text dataset, whose mistakes are shown as texts."""
-    background = tuple(params.clean.background)
+    """The plots; `mistakes` as shown_mistakes gives them, drawn as the modality shows items."""
     bins = params.evaluate.calibration_bins
     for model in TRANSFER_MODELS:  # the baseline is in the tables, calibration and per-class plots
         plots.confusion(
@@ -205,12 +201,13 @@ def draw(
         plots.precision_recall(
             labels, probabilities[model], classes, f"{model} (test)", layout.plots / f"pr_{model}.png"
         )
-        mistakes = most_confident_mistakes(frame, model, params.evaluate.gallery_size)
-        title, where = f"{model}: most confident mistakes (test)", layout.plots / f"mistakes_{model}.png"
-        if texts is not None:
-            plots.mistakes_cards(mistakes, texts, title, where)
-        else:
-            plots.mistakes_gallery(mistakes, background, title, where)
+        title = f"{model}: most confident mistakes (test)"
+        showing.figure(
+            plots.mistake_captions(mistakes[model]),
+            params.clean.background,
+            title if mistakes[model] else f"{title}: no mistakes",
+            layout.plots / f"mistakes_{model}.png",
+        )
     plots.reliability_diagram(
         {model: reliability(probabilities[model], labels, bins) for model in probabilities},
         {model: metrics[model]["test"]["ece"] for model in probabilities},
@@ -236,9 +233,7 @@ def evaluate(params: Params) -> None:
         "head": {split: head_logits(layout, split) for split in EVALUATED_SPLITS},
         "finetune": network_logits(params, layout, params.backbone, layout.finetuned_weights, paths, classes),
     }
-    kind = data_kind.read(layout.data_kind)
-    text = kind.modality == TEXT
-    if text:
+    if "label_prompts" in meta:  # featurize embedded the class names: zero-shot is one more model
         logits["zeroshot"] = zero_shot(layout)
     distilled = read_json(layout.distill_meta)
     if distilled["enabled"]:
@@ -254,12 +249,15 @@ def evaluate(params: Params) -> None:
         for model in logits
     }
     frame = predictions_frame(paths["test"], labels["test"], probabilities, classes)
-    texts = layout.read_manifest(layout.split_manifest).set_index("path")["text"] if text else None
-    if text:  # the text beside its path, so that predictions.csv reads on its own
-        frame.insert(1, "text", texts.loc[frame["path"]].to_numpy())
+    showing = modality_showing.of(layout.modality)
+    manifest = layout.read_manifest(layout.split_manifest)
+    shown = pd.Series(manifest[showing.column].to_numpy(), index=manifest["path"])  # path -> what shows it
+    if showing.column not in frame.columns:  # e.g. the text beside its path: predictions.csv reads on its own
+        frame.insert(1, showing.column, shown.loc[frame["path"]].to_numpy())
     with atomic_output(layout.predictions) as temporary:
         frame.to_csv(temporary, index=False)
-    draw(layout, params, frame, labels["test"], probabilities, per_class, metrics, classes, texts)
+    mistakes = shown_mistakes(frame, shown, params.evaluate.gallery_size)
+    draw(layout, params, probabilities, per_class, metrics, classes, labels["test"], mistakes, showing)
     adapted = read_json(layout.adapt_report)
     write_json(layout.per_class, per_class)
     # adapt's figures join metrics.json only when it ran, so that `adapt.method: none` changes no byte here
@@ -280,8 +278,9 @@ def evaluate(params: Params) -> None:
         distilled,
         read_json(layout.latency),
         adapted,
-        kind,
-        text_mistakes(frame, params.evaluate.gallery_size) if text else None,
+        data_kind.read(layout.data_kind),
+        mistakes,
+        showing.column,
     )
     write_text(layout.report, report)
     for model in metrics:

@@ -34,6 +34,7 @@ from reprotune.errors import InputError
 from reprotune.inference import predict
 from reprotune.layout import Layout
 from reprotune.metrics import summary_metrics
+from reprotune.modalities import exporting
 from reprotune.models import Classifier, load_trained_classifier
 from reprotune.onnx_models import OnnxClassifier
 from reprotune.params import Backbone as BackboneParams
@@ -247,22 +248,16 @@ def export_network(
     }
 
 
-TEXT_NOT_EXPORTED = (
-    "Text models are not exported: the ONNX export covers image networks (a sentence encoder would need its "
-    "tokenizer beside the graph). Label new texts with the fine-tuned network: "
-    "`python -m reprotune.predict --model models/finetuned <file.csv | file.txt>`.\n"
-)
-
-
 def export(params: Params) -> None:
     layout = Layout(params.paths)
-    if layout.modality == "text":
+    reason = exporting.not_exported(layout.modality)
+    if reason is not None:
         with atomic_output(layout.exported) as staging:
             staging.mkdir()
-            (staging / "README.md").write_text(TEXT_NOT_EXPORTED, encoding="utf-8")
+            (staging / "README.md").write_text(reason, encoding="utf-8")
         write_json(layout.export_report, {"onnx_exported": False})
-        write_text(layout.export_summary, "# Export\n\n" + TEXT_NOT_EXPORTED)
-        log.info("%s", TEXT_NOT_EXPORTED.strip())
+        write_text(layout.export_summary, "# Export\n\n" + reason)
+        log.info("%s", reason.strip())
         return
     classes = read_json(layout.features_meta)["classes"]
     metrics = read_json(layout.metrics)

@@ -1,4 +1,5 @@
-"""featurize: embed every image once with the frozen, pretrained backbone.
+"""featurize: embed every image (or text) once with the frozen, pretrained backbone (the modality's encoder,
+reprotune/modalities/encoding.py).
 
 One safetensors file per split (label indices and embeddings, rows in manifest order) and `features.json`,
 which records what produced them (backbone, weights, preprocessing) plus the class list and the row order.
@@ -10,10 +11,10 @@ cache, so memory does not grow with the number of images, and are byte-identical
 Images are read from clean's resized copies where they have one (reprotune/resized.py), so no image file is
 decoded here twice over.
 
-Texts (reprotune/text_encoders.py) go the same way: the cache key is the text's sha256 (taken at clean)
-under the encoder's recipe. Each class name is embedded too (`labels.safetensors`), for zero-shot
-classification: the nearest class name by cosine, with no labelled example (learning_curve's k = 0,
-evaluate's `zeroshot`).
+Texts go the same way: the cache key is the text's sha256 (taken at clean) under the encoder's recipe.
+Where the encoder embeds text, each class name is embedded too (`labels.safetensors`, and
+`label_prompts` in features.json), for zero-shot classification: the nearest class name by cosine, with no
+labelled example (learning_curve's k = 0, evaluate's `zeroshot`).
 """
 
 from __future__ import annotations
@@ -24,22 +25,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import PIL
 import torch
 from safetensors.torch import save_file
 
-from reprotune import resized, stage
+from reprotune import stage
 from reprotune.atomic_io import atomic_output
-from reprotune.backbones import Backbone, load_backbone
-from reprotune.datasets import eval_images, make_loader, worker_count
 from reprotune.devices import pick_device
 from reprotune.embeddings import EmbeddingCache
-from reprotune.inference import outputs
+from reprotune.inference import Inference
 from reprotune.layout import SPLITS, Layout
+from reprotune.modalities import encoding as modality_encoding
+from reprotune.modalities.encoding import Encoding
 from reprotune.params import Params
+from reprotune.pretrained import Backbone
 from reprotune.tensorfiles import tensor_file
-from reprotune.text_encoders import eval_texts, in_row_order
-from reprotune.zero_shot import label_prompts, read_descriptions
 
 log = logging.getLogger(__name__)
 
@@ -54,54 +53,51 @@ def prepare(backbone: Backbone, device: torch.device, channels_last: bool) -> to
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def recipe(params: Params, backbone: Backbone, device: torch.device) -> dict:
-    """Everything besides the image bytes that an embedding depends on: the cache key."""
+def inference(params: Params, device: torch.device) -> Inference:
+    """How featurize runs the backbone. Every batch is padded to the full batch size (inference.outputs),
+    so that an image's embedding does not depend on the images it is batched with."""
+    settings = params.featurize
+    return Inference(
+        device,
+        settings.batch_size,
+        settings.num_workers,
+        params.backbone.channels_last,
+        bf16=settings.precision == "bfloat16",
+        pad_to=settings.batch_size,
+        background=params.clean.background,
+    )
+
+
+def recipe(params: Params, encoding: Encoding, backbone: Backbone, run: Inference) -> dict:
+    """Everything besides the item itself that an embedding depends on: the cache key."""
     return {
         "version": RECIPE_VERSION,
         "backbone": params.backbone.name,
         "weights": backbone.weights,
-        "data_config": backbone.data.__dict__,
-        "decode_side": backbone.data.eval_decode_side,
-        "resized_copies": {"quality": resized.QUALITY, "subsampling": resized.SUBSAMPLING},
-        "background": list(params.clean.background),
-        "channels_last": params.backbone.channels_last,
         "batch_size": params.featurize.batch_size,
         "precision": params.featurize.precision,
-        "device": device.type,
+        "device": run.device.type,
         "torch": torch.__version__,
-        "pillow": PIL.__version__,
+        **encoding.recipe(backbone, run),
     }
 
 
 def fill_cache(
     cache: EmbeddingCache,
     manifest: pd.DataFrame,
-    params: Params,
+    encoding: Encoding,
     backbone: Backbone,
-    device: torch.device,
-    copies: Path,
+    run: Inference,
+    layout: Layout,
 ) -> int:
-    """Embed the images whose content the cache lacks (each distinct content once); return how many."""
+    """Embed the items whose content the cache lacks (each distinct content once); return how many."""
     missing = manifest[~manifest["digest"].map(cache.__contains__)].drop_duplicates("digest")
     if missing.empty:
         return 0
-    settings = params.featurize
-    dataset = eval_images(missing, [0] * len(missing), backbone.data, tuple(params.clean.background), copies)
-    loader = make_loader(
-        dataset, settings.batch_size, worker_count(settings.num_workers), pin=device.type == "cuda"
-    )
-    model = prepare(backbone, device, params.backbone.channels_last)
+    model = prepare(backbone, run.device, run.channels_last)
     with cache.new_shard(len(missing), backbone.num_features) as shard:
         shard.write(np.frombuffer(b"".join(missing["digest"]), np.uint8).reshape(len(missing), -1))
-        for embeddings in outputs(
-            model,
-            loader,
-            device,
-            params.backbone.channels_last,
-            bf16=settings.precision == "bfloat16",
-            pad_to=settings.batch_size,  # one batch shape for every pass (see inference.outputs)
-            desc="featurize",
-        ):
+        for embeddings in encoding.outputs(model, missing, backbone, run, layout, desc="featurize"):
             shard.write(embeddings.numpy())
     return len(missing)
 
@@ -119,74 +115,22 @@ def write_split(
             out.write(cache.rows(digests[start : start + ASSEMBLE_ROWS]))
 
 
-def text_recipe(params: Params, backbone: Backbone, device: torch.device) -> dict:
-    """A text embedding's cache key besides the text itself."""
-    import sentence_transformers
-    import transformers
-
-    return {
-        "version": RECIPE_VERSION,
-        "modality": "text",
-        "backbone": params.backbone.name,
-        "weights": backbone.weights,
-        "text_config": backbone.data.describe(),
-        "batch_size": params.featurize.batch_size,
-        "precision": params.featurize.precision,
-        "device": device.type,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-    }
-
-
-def embed_texts(
-    texts: list[str], params: Params, backbone: Backbone, device: torch.device, desc: str | None = None
-) -> torch.Tensor:
-    """Embeddings of `texts`, in their order. No row padding: on text, the batch's shape does not change an
-    embedding (reprotune/text_encoders.py)."""
-    settings = params.featurize
-    loader = eval_texts(texts, [0] * len(texts), backbone.data, settings.batch_size)
-    model = prepare(backbone, device, channels_last=False)
-    batches = outputs(model, loader, device, False, bf16=settings.precision == "bfloat16", desc=desc)
-    return in_row_order(torch.cat(list(batches)), loader)
-
-
-def fill_text_cache(
-    cache: EmbeddingCache, manifest: pd.DataFrame, params: Params, backbone: Backbone, device: torch.device
-) -> int:
-    """As fill_cache, for texts: the texts whose sha256 the cache lacks, each once."""
-    missing = manifest[~manifest["digest"].map(cache.__contains__)].drop_duplicates("digest")
-    if missing.empty:
-        return 0
-    embeddings = embed_texts(missing["text"].tolist(), params, backbone, device, desc="featurize")
-    digests = missing["digest"].tolist()
-    with cache.new_shard(len(missing), backbone.num_features) as shard:
-        shard.write(np.frombuffer(b"".join(digests), np.uint8).reshape(len(missing), -1))
-        shard.write(embeddings.numpy())
-    return len(missing)
-
-
 def featurize(params: Params) -> None:
     layout = Layout(params.paths)
-    text = layout.modality == "text"
+    encoding = modality_encoding.of(layout.modality)
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     classes = sorted(manifest["label"].unique())
     index = {label: i for i, label in enumerate(classes)}
-    backbone = load_backbone(params.backbone, text=text)
-    device = pick_device(params.featurize.device, "featurize.device")
+    backbone = encoding.load(params.backbone)
+    run = inference(params, pick_device(params.featurize.device, "featurize.device"))
     manifest["digest"] = [bytes.fromhex(h) for h in manifest["sha256"]]  # of each file (text), from ingest
-    if text:
-        cache = EmbeddingCache(layout.embedding_cache, text_recipe(params, backbone, device))
-        embedded = fill_text_cache(cache, manifest, params, backbone, device)
-    else:
-        cache = EmbeddingCache(layout.embedding_cache, recipe(params, backbone, device))
-        embedded = fill_cache(cache, manifest, params, backbone, device, layout.resized_copies)
+    cache = EmbeddingCache(layout.embedding_cache, recipe(params, encoding, backbone, run))
+    embedded = fill_cache(cache, manifest, encoding, backbone, run, layout)
     log.info("embedded %d, %d from the cache %s", embedded, len(manifest) - embedded, cache.folder)
     meta = {
         "backbone": params.backbone.name,
         "weights": backbone.weights,
-        **({"modality": "text", "text_config": backbone.data.describe()} if text else {}),
-        **({} if text else {"data_config": backbone.data.__dict__}),
+        **encoding.describe(backbone),
         "channels_last": params.backbone.channels_last,
         "precision": params.featurize.precision,
         "num_features": backbone.num_features,
@@ -195,9 +139,11 @@ def featurize(params: Params) -> None:
     }
     with atomic_output(layout.features) as staging:
         staging.mkdir()
-        if text:
-            prompts = label_prompts(classes, read_descriptions(layout.label_descriptions, classes))
-            embeddings = embed_texts(prompts, params, backbone, device)
+        prompts = encoding.class_prompts(classes, layout)
+        if prompts is not None:  # the encoder embeds text: the class names too, for zero-shot
+            model = prepare(backbone, run.device, run.channels_last)
+            rows = pd.DataFrame({"text": prompts})
+            embeddings = torch.cat(list(encoding.outputs(model, rows, backbone, run, layout)))
             save_file({"embeddings": embeddings.contiguous()}, staging / layout.label_embeddings.name)
             meta["label_prompts"] = prompts
         for split in SPLITS:

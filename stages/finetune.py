@@ -12,7 +12,7 @@ Every epoch crops from the same pictures, so each training image larger than the
 once per run, before the first epoch, and kept resized to that side (reprotune/resized.py); the epochs then
 decode those small JPEGs. Validation reads clean's eval-sized copies.
 
-Texts (the manifest says so) train the same way through the same loop: the sentence encoder and the head,
+Texts (the modality ingest recorded) train the same way through the same loop: the sentence encoder and the head,
 on shuffled token-id batches padded to their longest text (reprotune/text_encoders.py); augmentation,
 mixup and BatchNorm settings do not apply to them.
 
@@ -54,12 +54,12 @@ from reprotune.finetuning import (
     phase_strategy,
     trainable_backbone_names,
 )
-from reprotune.image_training_data import load_data
 from reprotune.layout import Layout
+from reprotune.modalities import encoding as modality_encoding
+from reprotune.modalities import training_data
 from reprotune.models import Classifier
 from reprotune.params import Finetune, Params
 from reprotune.seeding import seed_everything
-from reprotune.text_training_data import text_training_data
 from reprotune.training import (
     Placement,
     Schedule,
@@ -86,12 +86,11 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
         device = local_device(pick_device(settings.device, "finetune.device"))
         placement = Placement(device, params.backbone.channels_last)
         classes = read_json(layout.features_meta)["classes"]
-        text = layout.modality == "text"
-        backbone, model = build_model(params, layout, len(classes), placement, text)
-        if text:
-            data = text_training_data(params, layout, backbone.data, classes, rank, world, placement)
-        else:
-            data = load_data(params, layout, backbone.data, classes, rank, world, placement)
+        modality = layout.modality
+        backbone, model = build_model(
+            params, layout, len(classes), placement, modality_encoding.of(modality).load
+        )
+        data = training_data.of(modality)(params, layout, backbone.data, classes, rank, world, placement)
         optimizer, scheduler = make_optimizer(model, backbone, settings, len(data.train_loader))
         progress, best_state = fit(
             model,

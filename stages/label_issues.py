@@ -26,8 +26,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from reprotune import stage
 from reprotune.atomic_io import atomic_output, read_json
 from reprotune.errors import InputError
-from reprotune.figures import gallery, text_cards
 from reprotune.layout import SPLITS, Layout
+from reprotune.modalities import showing as modality_showing
 from reprotune.params import Params
 from reprotune.probe import fit_linear_head, probabilities
 
@@ -114,16 +114,17 @@ def label_issues(params: Params) -> None:
     probs = out_of_fold_probabilities(embeddings, labels, rows["group"].to_numpy(), params, len(classes))
     indices = ranked_issues(labels, probs, params.label_issues.filter_by)
     frame = issues_frame(indices, rows, labels, probs, classes)
-    text = layout.modality == "text"
-    if text:  # the text itself, so that the file can be read (and relabel.csv written) without looking it up
-        texts = layout.read_manifest(layout.split_manifest).set_index("path")["text"]
-        frame["text"] = texts.loc[frame["path"]].to_numpy()
+    showing = modality_showing.of(layout.modality)
+    if showing.column not in frame.columns:  # e.g. the text itself, so that the file can be read (and
+        # relabel.csv written) without looking it up
+        shown = layout.read_manifest(layout.split_manifest).set_index("path")[showing.column]
+        frame[showing.column] = shown.loc[frame["path"]].to_numpy()
     with atomic_output(layout.label_issues) as temporary:
         frame.to_csv(temporary, index=False)
     top = frame.head(params.label_issues.gallery_size)
     captions = [
         (
-            row.text if text else row.path,
+            getattr(row, showing.column),
             f"{row.split}: given {row.given_label}\nsuggested {row.suggested_label} ({row.score:.0%} for given)",
         )
         for row in top.itertuples()
@@ -133,12 +134,9 @@ def label_issues(params: Params) -> None:
         if len(frame)
         else "no probable label errors found"
     )
-    if text:
-        text_cards(captions, title, layout.label_issues_gallery)
-    else:
-        gallery(captions, tuple(params.clean.background), title, layout.label_issues_gallery)
+    showing.figure(captions, params.clean.background, title, layout.label_issues_gallery)
     log.info(
-        "%d of %d images flagged as probable label errors (%s)",
+        "%d of %d flagged as probable label errors (%s)",
         len(frame),
         len(labels),
         ", ".join(f"{split} {count}" for split, count in frame["split"].value_counts().items()) or "none",

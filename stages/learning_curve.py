@@ -250,13 +250,14 @@ def draw(points: list[dict], path) -> None:
 
 def learning_curve(params: Params) -> None:
     layout = Layout(params.paths)
-    classes = read_json(layout.features_meta)["classes"]
+    meta = read_json(layout.features_meta)
+    classes = meta["classes"]
     data = {}
     for split in ("train", *SCORED_SPLITS):
         tensors = load_file(layout.features_file(split))
         data[split] = (tensors["embeddings"].numpy(), tensors["labels"].numpy())
     points = curve(data, params, len(classes), classes)
-    if layout.modality == "text":
+    if "label_prompts" in meta:  # featurize embedded the class names: zero-shot is the curve's k = 0
         points.insert(0, zero_shot_point(layout, data, len(classes), classes))
     summary = {"draws": params.learning_curve.draws, "points": points, "reading": reading(points)}
     summary["sentence"] = sentence(summary)

@@ -18,15 +18,12 @@ import pandas as pd
 
 from reprotune import stage
 from reprotune.atomic_io import atomic_output, write_json
-from reprotune.duplicates import load_hashes, near_pairs
 from reprotune.errors import InputError
 from reprotune.layout import SPLITS, Layout
+from reprotune.modalities import cleaning as modality_cleaning
 from reprotune.params import Params
 
 log = logging.getLogger(__name__)
-
-# Bits beyond clean.near_duplicate_distance at which the leakage check still reports a pair (as `similar`).
-LEAKAGE_MARGIN = 8
 
 
 def split_groups(
@@ -59,57 +56,6 @@ def split_groups(
     return assignment
 
 
-def leakage(kept: pd.DataFrame, hashes: np.ndarray, grouping_distance: int | None) -> dict:
-    """Image pairs in different splits, found by the detector clean groups with but LEAKAGE_MARGIN bits more
-    sensitive, so that a copy the grouping missed shows up here instead of as 0. Pairs within the grouping
-    distance can only straddle splits when given split folders put them apart; the rest are `similar`."""
-    grouping = grouping_distance or 0
-    checked = grouping + LEAKAGE_MARGIN
-    split_of, path_of = kept["split"].to_numpy(), kept["path"].to_numpy()
-    across = sorted(
-        (distance, i, j)
-        for (i, j), distance in near_pairs(hashes, checked).items()
-        if split_of[i] != split_of[j]
-    )
-    near = [pair for pair in across if pair[0] <= grouping]
-    similar = [pair for pair in across if pair[0] > grouping]
-
-    def examples(pairs: list[tuple[int, int, int]]) -> list[dict]:
-        return [
-            {"paths": [path_of[i], path_of[j]], "splits": [split_of[i], split_of[j]], "distance": d}
-            for d, i, j in pairs[:20]
-        ]
-
-    return {
-        "grouping_distance": grouping_distance,
-        "checked_distance": checked,
-        "near_duplicate_pairs_across_splits": len(near),
-        "similar_pairs_across_splits": len(similar),
-        "examples": examples(near),
-        "similar_examples": examples(similar),
-    }
-
-
-def text_leakage(kept: pd.DataFrame) -> dict:
-    """Pairs of texts in one duplicate group (equal after normalisation) but in different splits: only given
-    splits can put them apart. There is no looser detector for texts, so nothing is `similar`."""
-    pairs = []
-    for _, members in kept.groupby("group", sort=True):
-        if members["split"].nunique() < 2:
-            continue
-        rows = list(members[["path", "split"]].itertuples(index=False))
-        pairs += [(a, b) for i, a in enumerate(rows) for b in rows[i + 1 :] if a.split != b.split]
-    return {
-        "grouping": "texts equal after normalising case, whitespace and punctuation",
-        "grouping_distance": None,
-        "checked_distance": None,
-        "near_duplicate_pairs_across_splits": len(pairs),
-        "similar_pairs_across_splits": 0,
-        "examples": [{"paths": [a.path, b.path], "splits": [a.split, b.split]} for a, b in pairs[:20]],
-        "similar_examples": [],
-    }
-
-
 def carve(kept: pd.DataFrame, pool: pd.Series, fractions: dict[str, float], seed: int) -> dict[str, int]:
     """Assign the `pool` rows (given or implied train) to train and the splits in `fractions`, stratified by
     label with duplicate groups whole; return how many images went to each carved split."""
@@ -134,16 +80,12 @@ def empty_split_error(
 
 def split(params: Params) -> None:
     layout = Layout(params.paths)
+    cleaning = modality_cleaning.of(layout.modality)
     settings = params.split
     kept = layout.read_manifest(layout.clean_manifest, {"label": str, "given_split": str})
     given = kept["given_split"] != ""
     if given.any() and not given.all():
-        raise InputError(
-            f"{layout.raw}: some rows come from split files (train, val, test) or a split column and some do "
-            "not; give every row a split, or none"
-            if layout.modality == "text"
-            else f"{layout.raw}: some images are in split folders and some are not; use one layout for all"
-        )
+        raise InputError(f"{layout.raw}: {cleaning.mixed_splits}")
     given_splits = [name for name in SPLITS if (kept["given_split"] == name).any()]
     if given_splits and "train" not in given_splits:
         raise InputError(
@@ -190,12 +132,7 @@ def split(params: Params) -> None:
     for name, missing_classes in report["classes_missing_from"].items():
         if missing_classes:
             log.warning("too few images for the %s split in classes: %s", name, ", ".join(missing_classes))
-    text = layout.modality == "text"
-    report["leakage"] = (
-        text_leakage(kept)
-        if text
-        else leakage(kept, load_hashes(layout.duplicate_hashes), params.clean.near_duplicate_distance)
-    )
+    report["leakage"] = cleaning.leakage(kept, layout, params.clean.near_duplicate_distance)
     if report["leakage"]["near_duplicate_pairs_across_splits"]:
         log.warning("near-duplicate pairs across splits: %s", report["leakage"]["examples"][:3])
     if report["leakage"]["similar_pairs_across_splits"]:
@@ -207,7 +144,7 @@ def split(params: Params) -> None:
         )
     with atomic_output(layout.splits) as staging:
         staging.mkdir()
-        kept[["path", "label", "split", "group", "sha256", "text" if text else "resized"]].to_csv(
+        kept[["path", "label", "split", "group", "sha256", cleaning.split_column]].to_csv(
             staging / layout.split_manifest.name, index=False
         )
     write_json(layout.split_report, report)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reprotune import stage
+from reprotune import data_kind, stage
 from reprotune.atomic_io import process_alive, read_json, write_json
 from reprotune.errors import InputError
 from reprotune.hashing import sha256_of_file
@@ -244,14 +244,14 @@ def record(params: Params) -> None:
     short, long = param_values(params)
     with mlflow.start_run(tags={"host": socket.gethostname(), "pid": str(os.getpid())}) as run:
         mlflow.log_params(short)
-        text = layout.modality == "text"
+        kind = data_kind.read(layout.data_kind)
         kept = layout.read_manifest(layout.clean_manifest)[["path", "label", "sha256"]]
         mlflow.log_input(
             mlflow.data.from_pandas(
                 kept,
                 source=params.paths.raw,
                 targets="label",
-                name="cleaned texts" if text else "cleaned images",
+                name=f"cleaned {kind.items}",
                 digest=outputs.get(f"dvc.clean.{params.paths.cleaned}", data_hash)[:36],
             ),
             context="training",
@@ -265,7 +265,7 @@ def record(params: Params) -> None:
             | {
                 "data_sha256": data_hash,
                 "backbone": params.backbone.name,
-                "modality": layout.modality,
+                "modality": kind.modality,
                 # which params were `auto` in params.yaml (their values above are what auto became)
                 "params_auto": ",".join(
                     k for k, c in decisions(params).items() if c.used and c.written == "auto"
@@ -304,10 +304,11 @@ def record(params: Params) -> None:
         mlflow.log_artifacts(str(layout.head), "models/head")
         mlflow.log_artifacts(str(layout.finetuned), "models/finetuned")
         mlflow.log_artifacts(str(layout.exported), "models/export")
-        # The served model runs the exported ONNX file, which text models do not have (export.md says why);
-        # their fine-tuned weights are logged above as files.
+        # The served model runs the exported ONNX file, which not every modality has (export.md says why);
+        # the fine-tuned weights are logged above as files either way.
+        exported = read_json(layout.export_report).get("onnx_exported", True)  # false: no ONNX file made
         version = (
-            None if text else log_model(params, layout, layout.exported, "model", params.track.model_name)
+            log_model(params, layout, layout.exported, "model", params.track.model_name) if exported else None
         )
         if read_json(layout.adapt_report)["method"] != "none":
             mlflow.log_artifact(str(layout.adapt_report), "reports")

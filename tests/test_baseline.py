@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reprotune.params import Baseline
-from stages.baseline import (
+from reprotune.modalities.image.baseline import (
     build,
     candidates,
     choose,
@@ -17,6 +16,7 @@ from stages.baseline import (
     training_subset,
     with_probabilities,
 )
+from reprotune.params import Baseline
 
 
 def settings(**changes) -> Baseline:

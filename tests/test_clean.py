@@ -9,6 +9,7 @@ from PIL import Image
 
 from reprotune.dataconfig import data_config
 from reprotune.images import to_rgb
+from reprotune.modalities.image import cleaning as image_cleaning
 from reprotune.resized import NO_COPY, ResizedCopies, resize_shorter_side
 from stages import clean, ingest
 from tests.conftest import make_class_folder, noisy_image
@@ -104,12 +105,12 @@ def test_palette_transparency_is_composited():
 
 
 def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_params):
-    """Reduced-scale decoding only kicks in above clean.CHECK_SIDE: smaller JPEGs hash as a full decode."""
+    """Reduced-scale decoding only kicks in above image_cleaning.CHECK_SIDE: smaller JPEGs hash as a full decode."""
     import hashlib
 
-    small = noisy_image((100, 150, 200), 5, size=(clean.CHECK_SIDE - 1, 300))
+    small = noisy_image((100, 150, 200), 5, size=(image_cleaning.CHECK_SIDE - 1, 300))
     small.save(tmp_path / "small.jpg", quality=92)
-    found = clean.inspect(
+    found = image_cleaning.inspect(
         tmp_path / "small.jpg",
         tiny_params.clean,
         data_config(tiny_params.backbone.name, tiny_params.backbone.input_size),
@@ -117,16 +118,18 @@ def test_draft_decoding_changes_no_image_below_the_check_size(tmp_path, tiny_par
     with Image.open(tmp_path / "small.jpg") as full:
         rgb = full.convert("RGB")
     assert found.pixels_sha256 == hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
-    assert (found.width, found.height) == (clean.CHECK_SIDE - 1, 300)
-    large = noisy_image((100, 150, 200), 6, size=(4 * clean.CHECK_SIDE, 2 * clean.CHECK_SIDE))
+    assert (found.width, found.height) == (image_cleaning.CHECK_SIDE - 1, 300)
+    large = noisy_image(
+        (100, 150, 200), 6, size=(4 * image_cleaning.CHECK_SIDE, 2 * image_cleaning.CHECK_SIDE)
+    )
     large.save(tmp_path / "large.jpg", quality=92)
     assert (
-        clean.inspect(
+        image_cleaning.inspect(
             tmp_path / "large.jpg",
             tiny_params.clean,
             data_config(tiny_params.backbone.name, tiny_params.backbone.input_size),
         ).width
-    ) == 4 * clean.CHECK_SIDE  # true size
+    ) == 4 * image_cleaning.CHECK_SIDE  # true size
 
 
 def test_resized_copies_are_the_resize_shorter_side_of_each_larger_image(tiny_params):

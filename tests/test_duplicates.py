@@ -12,8 +12,8 @@ from PIL import Image, ImageOps
 from reprotune import params as params_module
 from reprotune.dataconfig import data_config
 from reprotune.duplicates import HASHES, WORDS, frame, near_pairs
+from reprotune.modalities.image import cleaning as image_cleaning
 from reprotune.resolve import for_data
-from stages import clean
 from tests.conftest import ROOT, photo_like
 
 PARAMS = for_data(params_module.load(ROOT / "params.yaml"))  # the shipped default distance, not a test's own
@@ -69,8 +69,8 @@ def save(image: Image.Image, path: Path, how: dict) -> Path:
 
 
 def groups_of(paths: list[Path]) -> list[int]:
-    found = [clean.inspect(path, RULES, DATA) for path in paths]
-    return clean.duplicate_groups(
+    found = [image_cleaning.inspect(path, RULES, DATA) for path in paths]
+    return image_cleaning.duplicate_groups(
         [f.pixels_sha256 for f in found],
         np.stack([f.hashes for f in found]),
         PARAMS.clean.near_duplicate_distance,

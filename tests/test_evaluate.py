@@ -17,6 +17,7 @@ from reprotune.metrics import (
     reliability,
     summary_metrics,
 )
+from reprotune.modalities.showing import of
 from reprotune.report import render
 from reprotune.resolve import resolve
 from stages.evaluate import most_confident_mistakes, predictions_frame
@@ -129,8 +130,11 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
             np.array(per_class[model]["confusion_matrix"]), classes, model, out / f"confusion_{model}.png"
         )
         plots.precision_recall(labels, probabilities[model], classes, model, out / f"pr_{model}.png")
-        plots.mistakes_gallery(
-            most_confident_mistakes(frame, model, 12), (255, 255, 255), model, out / f"mistakes_{model}.png"
+        of(IMAGE).figure(
+            plots.mistake_captions(most_confident_mistakes(frame, model, 12)),
+            [255, 255, 255],
+            model,
+            out / f"mistakes_{model}.png",
         )
     plots.reliability_diagram(
         {m: reliability(p, labels, 15) for m, p in probabilities.items()},
@@ -218,7 +222,8 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         {},
         {"method": "none"},
     )
-    text = render(*arguments, DataKind(IMAGE, sample=False))
+    mistakes = {"head": [], "finetune": [(paths[1], classes[0], classes[1], 0.9)]}
+    text = render(*arguments, DataKind(IMAGE, sample=False), mistakes, "path")
     assert "## Distillation" not in text and "## Domain adaptation" not in text  # both are off
     keys = {k for model in metrics.values() for split in model.values() for k in split}
     assert all(f"`{k}`" in text for k in keys), keys
@@ -236,10 +241,17 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     assert "from 4 labelled images per class" in text and "![learning curve](learning_curve.png)" in text
     assert "flags 1 of 9 kept images (train 1)" in text and f"| 1 | `{paths[0]}` | train |" in text
     assert f"from `{tiny_params.paths.raw}`" in text
+    assert f"| {paths[1]} | {classes[0]} | {classes[1]} | 90% |" in text  # the mistakes, each by its path
     assert f"| `finetune.lr` | `{tiny_params.finetune.lr}` | params.yaml |" in text  # the params as run
     # on the sample, with the shipped params: each auto key says what it became and why
     shipped = params_module.validate(tiny_params_raw(tmp_path, images=False))
-    on_sample = render(resolve(shipped, DataKind(IMAGE, sample=True)), *arguments[1:], DataKind(IMAGE, True))
+    on_sample = render(
+        resolve(shipped, DataKind(IMAGE, sample=True)),
+        *arguments[1:],
+        DataKind(IMAGE, True),
+        mistakes,
+        "path",
+    )
     assert "from the built-in sample (scikit-learn digits)" in on_sample
     assert "| `finetune.augment.hflip` | `0.0` | auto: photos: 0.5; 0 on the sample" in on_sample
     assert "| `backbone.input_size` | `32` | params.yaml |" in on_sample  # tiny params set it

@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reprotune import finetuning, image_training_data, training
+from reprotune import finetuning, training
 from reprotune.backbones import load_backbone
 from reprotune.dataconfig import TINY_TEST
+from reprotune.modalities.image import training_data as image_training_data
 from reprotune.models import Classifier
 from reprotune.params import Backbone as BackboneParams
 from stages import clean, featurize, finetune, ingest, split, train_head

@@ -5,13 +5,14 @@ import pandas as pd
 from PIL import Image
 
 from reprotune.hashing import sha256_of_file
+from reprotune.modalities.image.files import scan
 from stages import ingest
 from tests.conftest import make_class_folder
 
 
 def test_class_layout_gives_labels_hashes_and_sizes(tmp_path: Path):
     root = make_class_folder(tmp_path / "raw", per_class=2)
-    manifest = ingest.scan(root)
+    manifest = scan(root)
     assert len(manifest) == 6
     assert set(manifest["label"]) == {"red", "green", "blue"}
     assert (manifest["given_split"] == "").all() and (manifest["issue"] == "").all()
@@ -24,7 +25,7 @@ def test_split_layout_keeps_given_splits(tmp_path: Path):
     root = tmp_path / "raw"
     make_class_folder(root, per_class=1, split="train")
     make_class_folder(root, per_class=1, split="Validation", seed=1)
-    manifest = ingest.scan(root)
+    manifest = scan(root)
     assert sorted(manifest["given_split"].unique()) == ["train", "val"]
     assert set(manifest["label"]) == {"red", "green", "blue"}
 
@@ -41,7 +42,7 @@ def test_hidden_files_are_ignored_and_odd_files_flagged(tmp_path: Path):
     Image.new("RGB", (40, 40)).save(outside)
     os.symlink(outside, root / "blue" / "link.png")
     (root / "green" / "naïve café 猫.png").write_bytes((root / "green" / "000.png").read_bytes())
-    manifest = ingest.scan(root).set_index("path")
+    manifest = scan(root).set_index("path")
     assert len(manifest) == 6
     assert manifest.loc[str(root / "loose.png"), "issue"] == "wrong_depth"
     assert manifest.loc[str(root / "blue" / "link.png"), "issue"] == "outside_root"

@@ -74,7 +74,7 @@ def test_a_stage_declares_exactly_the_modules_it_imports(name: str):
 def test_no_stage_imports_a_stage_and_the_library_imports_none():
     """Stages share library code, never each other: a stage's module is a code dependency of that stage
     alone, so an edit to it re-runs that stage (and what reads its outputs), nothing beside it."""
-    for path in sorted((ROOT / "stages").glob("*.py")) + sorted((ROOT / "reprotune").glob("*.py")):
+    for path in sorted((ROOT / "stages").glob("*.py")) + sorted((ROOT / "reprotune").rglob("*.py")):
         imported = {f for f in imported_files(path) if f.parent == ROOT / "stages"}
         assert not imported, (
             f"{path.relative_to(ROOT)} imports {sorted(str(f.relative_to(ROOT)) for f in imported)}"
@@ -83,7 +83,7 @@ def test_no_stage_imports_a_stage_and_the_library_imports_none():
 
 def test_the_library_has_no_import_cycles():
     """No module of reprotune/ reaches itself through imports (function-level ones included)."""
-    for path in sorted((ROOT / "reprotune").glob("*.py")):
+    for path in sorted((ROOT / "reprotune").rglob("*.py")):
         for other in imported_files(path):
             assert path not in transitive_imports(other), (
                 f"{path.relative_to(ROOT)} and {other.relative_to(ROOT)} import each other"
@@ -93,9 +93,59 @@ def test_the_library_has_no_import_cycles():
 def test_package_inits_hold_no_code():
     """`python -m stages.x` runs both package __init__ files, which no stage declares: they must stay empty
     of code, or an edit to them would change a stage without re-running it."""
-    for package in PACKAGES:
-        body = ast.parse((ROOT / package / "__init__.py").read_text()).body
-        assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), package
+    for init in sorted(ROOT.glob("stages/__init__.py")) + sorted(ROOT.glob("reprotune/**/__init__.py")):
+        body = ast.parse(init.read_text()).body
+        assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), init
+
+
+# --- the modality seam -----------------------------------------------------------------------------------
+
+MODALITY_NAMES = {"image", "text", "images", "texts"}
+
+
+def modality_branches(source: str) -> list[int]:
+    """Lines of `source` that tell one modality from another: a comparison that involves a `.modality`, the
+    IMAGE or TEXT constants or a modality's name, any other use of IMAGE or TEXT (a table keyed by
+    modality), or a test of what an object can do (`hasattr`) in place of the recorded modality."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            for part in ast.walk(node):
+                if (
+                    isinstance(part, ast.Attribute)
+                    and part.attr == "modality"
+                    or isinstance(part, ast.Name)
+                    and part.id in ("IMAGE", "TEXT")
+                    or isinstance(part, ast.Constant)
+                    and part.value in MODALITY_NAMES
+                ):
+                    found.append(node.lineno)
+                    break
+        elif isinstance(node, ast.Name) and node.id in ("IMAGE", "TEXT"):
+            found.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "hasattr":
+            found.append(node.lineno)
+    return sorted(set(found))
+
+
+def test_stages_hold_no_modality_branches():
+    """What differs between images and texts lives behind reprotune/modalities/ (one module per modality and
+    job); a stage asks the modality ingest recorded for it, and never tells the two apart itself."""
+    for path in sorted((ROOT / "stages").glob("*.py")):
+        lines = modality_branches(path.read_text())
+        assert not lines, f"{path.relative_to(ROOT)} branches on the modality at lines {lines}"
+
+
+def test_the_branch_finder_sees_every_kind_of_branch():
+    code = """
+text = layout.modality == "text"
+if kind.modality == TEXT: pass
+name = "cleaned texts" if "text" in frame.columns else "cleaned images"
+loader = {IMAGE: a, TEXT: b}[m]
+if hasattr(model.data, "tokenize"): pass
+cleaning = modality_cleaning.of(layout.modality)
+"""
+    assert modality_branches(code) == [2, 3, 4, 5, 6]
 
 
 def test_the_import_walk_follows_function_level_and_package_imports(tmp_path: Path):

@@ -7,6 +7,7 @@ import pytest
 
 from reprotune.duplicates import HASHES, WORDS
 from reprotune.errors import InputError
+from reprotune.modalities.image import cleaning as image_cleaning
 from stages import clean, ingest, split
 from tests.conftest import make_class_folder, noisy_image
 
@@ -122,13 +123,15 @@ def test_the_leakage_check_is_wider_than_grouping():
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, (3, HASHES, WORDS), dtype=np.uint64)
     hashes[1] = hashes[0]
-    hashes[1, :, 0] ^= np.uint64((1 << (split.LEAKAGE_MARGIN // 2 + 40)) - 1)  # 44 bits flipped in every hash
+    hashes[1, :, 0] ^= np.uint64(
+        (1 << (image_cleaning.LEAKAGE_MARGIN // 2 + 40)) - 1
+    )  # 44 bits flipped in every hash
     kept = pd.DataFrame({"path": ["a", "b", "c"], "split": ["train", "test", "test"]})
-    found = split.leakage(kept, hashes, 40)
-    assert found["checked_distance"] == 40 + split.LEAKAGE_MARGIN
+    found = image_cleaning.leakage(kept, hashes, 40)
+    assert found["checked_distance"] == 40 + image_cleaning.LEAKAGE_MARGIN
     assert (found["near_duplicate_pairs_across_splits"], found["similar_pairs_across_splits"]) == (0, 1)
     assert found["similar_examples"][0] == {"paths": ["a", "b"], "splits": ["train", "test"], "distance": 44}
-    assert split.leakage(kept, hashes, 44)["near_duplicate_pairs_across_splits"] == 1
+    assert image_cleaning.leakage(kept, hashes, 44)["near_duplicate_pairs_across_splits"] == 1
 
 
 def test_single_image_class_goes_to_train(tiny_params):

@@ -108,7 +108,7 @@ def test_a_folder_with_texts_and_images_is_refused(tmp_path: Path, tiny_encoder:
     params = text_params(tmp_path, tiny_encoder)
     write_csv(Path(params.paths.raw) / "data.csv", labelled_texts(3))
     make_class_folder(Path(params.paths.raw), per_class=2)
-    with pytest.raises(InputError, match="holds both text data files"):
+    with pytest.raises(InputError, match="holds both image folders .* and text data files"):
         run(params, "ingest")
 
 
@@ -302,10 +302,10 @@ def test_distillation_is_refused_on_text(tmp_path: Path, tiny_encoder: Path):
 
 
 def test_text_layer_groups_run_from_the_embeddings_to_the_last_layer(tmp_path: Path, tiny_encoder: Path):
-    from reprotune.backbones import load_backbone
     from reprotune.finetuning import trainable_backbone_names
+    from reprotune.text_encoders import load_text_encoder
 
-    backbone = load_backbone(for_data(text_params(tmp_path, tiny_encoder), TEXT).backbone, text=True)
+    backbone = load_text_encoder(for_data(text_params(tmp_path, tiny_encoder), TEXT).backbone)
     groups = backbone.layer_groups
     assert len(groups) == 3  # the embeddings, then the tiny BERT's two layers
     assert all(".embeddings." in name for name in groups[0])
@@ -333,14 +333,19 @@ def test_torchrun_two_cpu_processes_fine_tune_the_text_model(tmp_path: Path, tin
 
 def test_a_text_embeds_to_the_same_bytes_alone_and_in_any_batch(tmp_path: Path, tiny_encoder: Path):
     """featurize's batches (sorted by length, padded to a multiple of 16 tokens) against each text alone."""
-    from reprotune.backbones import load_backbone
+    import pandas as pd
+
+    from reprotune.modalities.encoding import of
     from reprotune.text_encoders import eval_texts, in_row_order
-    from stages.featurize import embed_texts
+    from stages.featurize import inference
 
     params = for_data(text_params(tmp_path, tiny_encoder), TEXT)
-    backbone = load_backbone(params.backbone, text=True)
+    encoding = of(TEXT)
+    backbone = encoding.load(params.backbone)
     texts = [text for text, _ in labelled_texts(8)] + ["my card " * 9, "pin"]
-    batched = embed_texts(texts, params, backbone, torch.device("cpu"))
+    run = inference(params, torch.device("cpu"))
+    rows = pd.DataFrame({"text": texts})
+    batched = torch.cat(list(encoding.outputs(backbone.model, rows, backbone, run, Layout(params.paths))))
     for index, text in enumerate(texts):
         loader = eval_texts([text], [0], backbone.data, 1)
         with torch.inference_mode():

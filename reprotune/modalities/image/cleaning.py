@@ -1,0 +1,230 @@
+"""Cleaning images: decode every file under clean's rules, make its resized copy, hash it for near
+duplicates and group copies; and, for split, the leakage check on those hashes.
+
+Each kept image larger than the backbone's eval side is also stored resized to it, once, in
+`resized.safetensors` (reprotune/resized.py): every later pass reads that small copy instead of the file.
+Identical images (same decoded pixels) and near-identical ones (hash sets within
+`clean.near_duplicate_distance` bits of 256: resized, recompressed, re-encoded, slightly cropped or framed
+copies; reprotune/duplicates.py) form one duplicate group, which the split stage keeps inside one split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from reprotune.checks import CHECK_SIDE, Rejected, decode_checked, pixels_sha256
+from reprotune.cleaning_steps import (
+    DROP,
+    cleaning_report,
+    enforce_class_size,
+    require_two_classes,
+    resolve_conflicts,
+)
+from reprotune.dataconfig import DataConfig, data_config
+from reprotune.duplicates import HASHES, WORDS, image_hashes, load_hashes, near_pairs, save_hashes
+from reprotune.layout import Layout
+from reprotune.params import Clean
+from reprotune.resized import CopyPackWriter, encode_copy
+
+KEPT_COLUMNS = [
+    "path",
+    "label",
+    "given_split",
+    "width",
+    "height",
+    "sha256",
+    "pixels_sha256",
+    "resized",
+    "group",
+]
+
+# Bits beyond clean.near_duplicate_distance at which the leakage check still reports a pair (as `similar`).
+LEAKAGE_MARGIN = 8
+
+
+@dataclass(frozen=True)
+class Inspected:
+    width: int
+    height: int
+    pixels_sha256: str
+    hashes: np.ndarray  # near-duplicate hash set (reprotune/duplicates.py)
+    alterations: tuple[str, ...]
+    resized_copy: bytes | None
+
+
+def inspect(path: Path, rules: Clean, data: DataConfig) -> Inspected:
+    """Decode `path` fully under the rules, or raise Rejected with the reason; make its resized copy for
+    the eval side of `data`."""
+    found = decode_checked(path, rules, max(CHECK_SIDE, data.eval_decode_side))
+    rgb = found.rgb
+    alterations = tuple(
+        note
+        for note in (
+            f"converted: {found.mode} to RGB" if found.mode != "RGB" else None,
+            found.orientation_note,
+        )
+        if note
+    )
+    return Inspected(
+        width=found.width,
+        height=found.height,
+        pixels_sha256=pixels_sha256(rgb),
+        hashes=image_hashes(rgb),
+        alterations=alterations,
+        resized_copy=encode_copy(rgb, data.eval_decode_side, data.interpolation),
+    )
+
+
+def duplicate_groups(pixel_hashes: list[str], hashes: np.ndarray, max_distance: int | None) -> list[int]:
+    """Group ids (0, 1, ... in order of first member): same pixels, or near duplicates within
+    `max_distance` bits (reprotune/duplicates.py), joined transitively."""
+    parent = list(range(len(pixel_hashes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        parent[max(root(i), root(j))] = min(root(i), root(j))
+
+    first_with: dict[str, int] = {}
+    for index, pixels in enumerate(pixel_hashes):
+        join(index, first_with.setdefault(pixels, index))
+    if max_distance is not None:
+        for i, j in near_pairs(hashes, max_distance):
+            join(i, j)
+    numbering: dict[int, int] = {}
+    return [numbering.setdefault(root(i), len(numbering)) for i in range(len(pixel_hashes))]
+
+
+def stacked_hashes(kept: pd.DataFrame) -> np.ndarray:
+    """The rows' hash sets as one (rows, HASHES, WORDS) array, in row order."""
+    return np.stack(kept["hashes"].tolist()) if len(kept) else np.zeros((0, HASHES, WORDS), np.uint64)
+
+
+def inspect_all(
+    manifest: pd.DataFrame,
+    relabels: dict[str, str],
+    rules: Clean,
+    data: DataConfig,
+    layout: Layout,
+    copies: CopyPackWriter,
+) -> tuple[pd.DataFrame, dict]:
+    """Every ingested file checked: the kept rows (`resized` holding each copy's index in `copies`) and
+    the cleaning report."""
+    dropped: list[dict] = []
+    altered: list[dict] = []
+    relabelled: list[dict] = []
+    rows: list[dict] = []
+    for row in tqdm(
+        manifest.itertuples(index=False), total=len(manifest), desc="clean", unit="img", disable=None
+    ):
+        if row.issue:
+            dropped.append({"path": row.path, "reason": row.issue, "detail": ""})
+            continue
+        label = relabels.get(row.path, row.label)
+        if label == DROP:
+            dropped.append({"path": row.path, "reason": "relabel_drop", "detail": f"{layout.relabel}"})
+            continue
+        try:
+            found = inspect(Path(row.path), rules, data)
+        except Rejected as rejected:
+            dropped.append({"path": row.path, "reason": rejected.reason, "detail": rejected.detail})
+            continue
+        altered += [
+            {"path": row.path, "reason": note.split(":")[0], "detail": note} for note in found.alterations
+        ]
+        if label != row.label:
+            relabelled.append({"path": row.path, "from": row.label, "to": label})
+        rows.append(
+            {
+                "path": row.path,
+                "label": label,
+                "given_split": row.given_split,
+                "width": found.width,
+                "height": found.height,
+                "sha256": row.sha256,
+                "pixels_sha256": found.pixels_sha256,
+                "hashes": found.hashes,
+                "resized": copies.add(found.resized_copy),
+            }
+        )
+    kept = pd.DataFrame(rows, columns=[*KEPT_COLUMNS[:-1], "hashes"])
+    kept["group"] = duplicate_groups(
+        kept["pixels_sha256"].tolist(), stacked_hashes(kept), rules.near_duplicate_distance
+    )
+    kept, conflicts = resolve_conflicts(kept, rules.label_conflict)
+    kept, small = enforce_class_size(kept, rules)
+    dropped += conflicts + small
+    kept = kept.assign(group=pd.factorize(kept["group"])[0])  # renumber 0.. after the drops
+    require_two_classes(layout.raw, kept, dropped, "images")
+    return kept, cleaning_report(manifest, kept, dropped, altered, relabelled, content="pixels_sha256")
+
+
+def leakage(kept: pd.DataFrame, hashes: np.ndarray, grouping_distance: int | None) -> dict:
+    """Image pairs in different splits, found by the detector clean groups with but LEAKAGE_MARGIN bits more
+    sensitive, so that a copy the grouping missed shows up here instead of as 0. Pairs within the grouping
+    distance can only straddle splits when given split folders put them apart; the rest are `similar`."""
+    grouping = grouping_distance or 0
+    checked = grouping + LEAKAGE_MARGIN
+    split_of, path_of = kept["split"].to_numpy(), kept["path"].to_numpy()
+    across = sorted(
+        (distance, i, j)
+        for (i, j), distance in near_pairs(hashes, checked).items()
+        if split_of[i] != split_of[j]
+    )
+    near = [pair for pair in across if pair[0] <= grouping]
+    similar = [pair for pair in across if pair[0] > grouping]
+
+    def examples(pairs: list[tuple[int, int, int]]) -> list[dict]:
+        return [
+            {"paths": [path_of[i], path_of[j]], "splits": [split_of[i], split_of[j]], "distance": d}
+            for d, i, j in pairs[:20]
+        ]
+
+    return {
+        "grouping_distance": grouping_distance,
+        "checked_distance": checked,
+        "near_duplicate_pairs_across_splits": len(near),
+        "similar_pairs_across_splits": len(similar),
+        "examples": examples(near),
+        "similar_examples": examples(similar),
+    }
+
+
+class ImageCleaning:
+    units, items = "files", "images"
+    split_column = "resized"  # split's manifest reads each image from its resized copy
+    mixed_splits = "some images are in split folders and some are not; use one layout for all"
+
+    def clean(
+        self,
+        manifest: pd.DataFrame,
+        relabels: dict[str, str],
+        rules: Clean,
+        backbone: tuple[str, int | str | None],
+        layout: Layout,
+        staging: Path,
+    ) -> tuple[pd.DataFrame, dict]:
+        """Clean's whole job on images: the kept rows (written to `staging`, with their resized copies at
+        `backbone` = (name, input size)'s eval side and their hashes) and the cleaning report."""
+        data = data_config(*backbone)
+        with CopyPackWriter(staging / layout.resized_copies.name) as copies:
+            kept, report = inspect_all(manifest, relabels, rules, data, layout, copies)
+            kept["resized"] = copies.finish(kept["resized"].tolist())
+        save_hashes(staging / layout.duplicate_hashes.name, stacked_hashes(kept))  # row i: manifest row i
+        kept[KEPT_COLUMNS].to_csv(staging / layout.clean_manifest.name, index=False)
+        return kept, report
+
+    def leakage(self, kept: pd.DataFrame, layout: Layout, grouping_distance: int | None) -> dict:
+        return leakage(kept, load_hashes(layout.duplicate_hashes), grouping_distance)
+
+
+CLEANING = ImageCleaning()
