@@ -299,6 +299,11 @@ class Layout:
     def report(self) -> Path:
         return self.reports / "report.md"
 
+    def report_section(self, stage: str) -> Path:
+        """The part of report.md that `stage` writes (the stages own their sections; reprotune/report.py
+        puts them in order)."""
+        return self.reports / "sections" / f"{stage}.md"
+
     @property
     def plots(self) -> Path:
         return self.reports / "plots"

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pandas as pd
-
-from reprotune.data_kind import TEXT, DataKind
+from reprotune.data_kind import DataKind
+from reprotune.markdown import value_cell
 from reprotune.params import Params
 from reprotune.resolve import decisions
+
+# The stages that write a section of report.md (reports/sections/<stage>.md), by where it goes: bullets under
+# "Data" and "Model", or a section with its own heading after "Does transfer help?". A stage with something
+# to report writes its file, declares it in dvc.yaml (and as evaluate's dependency) and is named here once.
+DATA = ("clean", "split")
+MODEL = ("featurize", "baseline", "train_head", "finetune")
+FINDINGS = ("learning_curve", "label_issues", "adapt")
+SECTIONS = (*DATA, *MODEL, *FINDINGS)
 
 PLOTS = [
     ("Confusion matrices", ["confusion_head.png", "confusion_finetune.png"]),
@@ -20,15 +27,6 @@ PLOTS = [
 ]
 
 
-def _value(key: str, split: dict) -> str:
-    if key not in split:
-        return "–"
-    value = split[key]
-    if key == "accuracy" and "accuracy_ci_low" in split:
-        return f"{value:.4f} [{split['accuracy_ci_low']:.4f}, {split['accuracy_ci_high']:.4f}]"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def metrics_table(metrics: dict) -> list[str]:
     columns = [(model, split) for model in metrics for split in metrics[model]]
     keys = list(dict.fromkeys(k for model, split in columns for k in metrics[model][split]))
@@ -38,51 +36,9 @@ def metrics_table(metrics: dict) -> list[str]:
         "|---|" + "---|" * len(columns),
     ]
     for key in keys:
-        cells = [_value(key, metrics[model][split]) for model, split in columns]
+        cells = [value_cell(key, metrics[model][split]) for model, split in columns]
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     return lines
-
-
-def straddling(splits: dict) -> str:
-    count = len(splits.get("groups_straddling_given_splits", []))
-    return f" except {count} that given split folders put apart" if count else ""
-
-
-def split_origin(splits: dict, items: str = "images") -> str:
-    """Which splits came from the data's split folders and which were carved, from what and how much."""
-    given = ", ".join(f"{name}/" for name in splits["given"])
-    carved = "; ".join(
-        f"{name} carved from {entry['from']} ({entry['fraction']:.0%} of each class, {entry['images']} {items})"
-        for name, entry in splits["carved"].items()
-    )
-    if not given:
-        return f"no split folders; {carved}."
-    return f"given as {given}" + (f"; {carved}." if carved else ".")
-
-
-def describe_baseline(baseline: dict) -> str:
-    chosen = baseline["chosen"]
-    if chosen["model"] == "tfidf_logistic_regression":
-        return (
-            f"logistic regression (C = {chosen['C']:g}) on TF-IDF of word unigrams and bigrams "
-            f"({baseline['features']} terms from the training texts), the best on val of "
-            f"{len(baseline['candidates'])} candidates"
-        )
-    model = (
-        f"an RBF SVM (C = {chosen['C']:g}, gamma = {chosen['gamma']:g} / {baseline['features']} features)"
-        if chosen["model"] == "rbf_svm"
-        else f"logistic regression (C = {chosen['C']:g})"
-    )
-    capped = (
-        f", trained on a stratified {baseline['training_images_used']} of the {baseline['training_images']} "
-        "training images (`baseline.max_train_images`)"
-        if baseline["training_images_used"] < baseline["training_images"]
-        else ""
-    )
-    return (
-        f"{model} on the raw pixels ({baseline['image_size']}x{baseline['image_size']}, standardised), the best "
-        f"on val of {len(baseline['candidates'])} candidates{capped}"
-    )
 
 
 def mistakes_section(mistakes: dict, shown_as: str) -> list[str]:
@@ -122,38 +78,6 @@ def transfer_verdict(metrics: dict) -> str:
             + (" (the 95% intervals overlap)." if overlap else " (the 95% intervals do not overlap).")
         )
     return " ".join(parts)
-
-
-def issues_section(issues: pd.DataFrame, total: int, relabel: str) -> list[str]:
-    items = "texts" if "text" in issues.columns else "images"
-    if issues.empty:
-        return [f"Cross-validated confident learning flagged none of the {total} kept {items}.", ""]
-    by_split = ", ".join(f"{split} {count}" for split, count in issues["split"].value_counts().items())
-    text = "text" in issues.columns
-
-    def shown(row) -> str:
-        if not text:
-            return f"`{row.path}`"
-        words = " ".join(row.text.split()).replace("|", "\\|")
-        return f"`{row.path}`: {words if len(words) <= 100 else words[:97] + '...'}"
-
-    lines = [
-        f"Cross-validated confident learning (cleanlab) flags {len(issues)} of {total} kept {items} ({by_split}) "
-        "whose given label the out-of-fold probabilities contradict; all are listed in `label_issues.csv`, most "
-        f"suspicious first. Look before you act: to fix one, add its path and the right label (or `drop`) to "
-        f"`{relabel}` and run `dvc repro`; clean applies it and says so in `cleaning.md`.",
-        "",
-        "| rank | path | split | given | suggested | p(given) |",
-        "|---|---|---|---|---|---|",
-        *[
-            f"| {row.rank} | {shown(row)} | {row.split} | {row.given_label} | {row.suggested_label} | {float(row.score):.3f} |"
-            for row in issues.head(10).itertuples()
-        ],
-        "",
-        "![label issues](label_issues.png)",
-        "",
-    ]
-    return lines
 
 
 def gap_recovered(metrics: dict, split: str) -> str:
@@ -201,7 +125,7 @@ def distillation_section(metrics: dict, distilled: dict, latency: dict) -> list[
     for title, key, backbone, record, ms in rows:
         test = metrics[key]["test"]
         lines.append(
-            f"| {title} | `{backbone}` | {_value('accuracy', test)} | {test['macro_f1']:.4f} "
+            f"| {title} | `{backbone}` | {value_cell('accuracy', test)} | {test['macro_f1']:.4f} "
             f"| {record['parameters'] / 1e6:.2f} M | {record['megabytes']:.1f} MB | {ms:.1f} ms |"
         )
     distilled_run = students["distilled"]
@@ -229,60 +153,6 @@ def distillation_section(metrics: dict, distilled: dict, latency: dict) -> list[
             + ".",
         ]
     return lines + [""]
-
-
-METHOD_NAMES = {"adabn": "AdaBN", "coral": "CORAL", "finetune": "target-aware fine-tuning"}
-
-
-def adaptation_section(adapted: dict) -> list[str]:
-    if adapted["method"] == "none":
-        return []
-    target = adapted["target"]
-    reasons = Counter(d["reason"] for d in target["dropped"])
-    labelled = target["test_images"] > 0
-    lines = [
-        "## Domain adaptation",
-        "",
-        f"Method: {METHOD_NAMES[adapted['method']]}, from {target['unlabeled_images']} unlabelled target images "
-        f"in `{target['folder']}`"
-        + (
-            f" ({len(target['dropped'])} files dropped: {', '.join(f'{k}: {v}' for k, v in reasons.items())}; "
-            "listed in `adapt.json`)"
-            if target["dropped"]
-            else ""
-        )
-        + (
-            f"; measured on {target['test_images']} labelled target test images, never used to train or choose."
-            if labelled
-            else ". **There are no target labels (`test/<class>/<image>` in the target folder), so whether "
-            "adaptation helped cannot be verified**: below are only what can be measured without them."
-        ),
-        "",
-        "| model | "
-        + ("target test accuracy [95% interval] | target macro-F1 | " if labelled else "")
-        + "source test accuracy | domain classifier accuracy (0.5: domains indistinguishable) |",
-        "|---|" + ("---|---|" if labelled else "") + "---|---|",
-    ]
-    for model, variants in adapted["models"].items():
-        for variant, record in variants.items():
-            title = f"{'head' if model == 'head' else 'fine-tuned'}, {variant.replace('_', '-')}"
-            domain = record["domain_accuracy"]
-            cells = [title]
-            if labelled:
-                cells += [
-                    _value("accuracy", record["target_test"]),
-                    f"{record['target_test']['macro_f1']:.4f}",
-                ]
-            cells += [f"{record['source_test']['accuracy']:.4f}", "–" if domain is None else f"{domain:.3f}"]
-            lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Predicted classes on the unlabelled target images (share of images):", ""]
-    for model, variants in adapted["models"].items():
-        for variant, record in variants.items():
-            shares = ", ".join(f"{k} {v:.2f}" for k, v in record["predicted_on_target"].items())
-            lines.append(
-                f"- {'head' if model == 'head' else 'fine-tuned'}, {variant.replace('_', '-')}: {shares}"
-            )
-    return lines + ["", "Per-class F1 on the target test set: `adapt.json`." if labelled else "", ""]
 
 
 def params_as_run(params: Params) -> list[str]:
@@ -319,94 +189,39 @@ def render(
     params: Params,
     metrics: dict,
     per_class: dict,
-    cleaning: dict,
-    splits: dict,
-    features: dict,
-    finetuned: dict,
-    baseline: dict,
-    curve: dict,
-    issues: pd.DataFrame,
+    sections: dict[str, str],
     distilled: dict,
     latency: dict,
-    adapted: dict,
     kind: DataKind,
     mistakes: dict,
     shown_as: str,
+    not_exported: str | None,
 ) -> str:
-    """The report on data of `kind`; `mistakes` each transfer model's most confident mistakes, each item as
-    the split manifest's column `shown_as` shows it."""
-    text = kind.modality == TEXT
-    source = (
-        "the built-in text sample (Banking77)"
-        if kind.sample and text
-        else "the built-in sample (scikit-learn digits)"
-        if kind.sample
-        else f"`{params.paths.raw}`"
-    )
-    settings = params.finetune
-    kinds = Counter(group["kind"] for group in cleaning["duplicate_groups"])
-    items = "texts" if text else "images"
-    duplicates = (
-        f"- Duplicate groups, each kept inside one split{straddling(splits)}: {kinds['exact']} of identical texts, "
-        f"{kinds['near']} of texts equal after normalising case, whitespace and punctuation (of exact copies "
-        f"under one label only the first is kept). Such pairs across splits: "
-        f"{splits['leakage']['near_duplicate_pairs_across_splits']} (listed in `split.json`)."
-        if text
-        else f"- Duplicate groups, each kept inside one split{straddling(splits)}: {kinds['exact']} of identical images, "
-        f"{kinds['near']} of "
-        f"near-identical ones (resized, recompressed, cropped or framed copies: hashes within "
-        f"{params.clean.near_duplicate_distance} bits of 256). Near-duplicate pairs across splits: "
-        f"{splits['leakage']['near_duplicate_pairs_across_splits']}; similar pairs across splits (within "
-        f"{splits['leakage']['checked_distance']} bits, not grouped; listed in `split.json`): "
-        f"{splits['leakage']['similar_pairs_across_splits']}."
-    )
-    preprocessing = (
-        f"- Tokenizer `{features['text_config']['tokenizer']}` of the encoder, at most "
-        f"{features['text_config']['max_length']} tokens per text; pooling and normalisation from the encoder's "
-        "own configuration."
-        if text
-        else f"- Input {features['data_config']['input_size']} px, {features['data_config']['interpolation']} "
-        f"resize, mean {list(features['data_config']['mean'])}, std {list(features['data_config']['std'])}."
-    )
+    """report.md: the stages' own sections (`sections`: stage -> the text of its section file, SECTIONS' stages)
+    in their places, around evaluate's. `mistakes`: each transfer model's most confident mistakes, each item
+    as the split manifest's column `shown_as` shows it; `not_exported`: why the networks of these data have
+    no ONNX export, if they have none."""
+    settings = params.evaluate
     lines = [
         "# reprotune run report",
         "",
         "## Data",
         "",
-        f"- Scanned {cleaning['scanned']} {'rows' if text else 'files'} from {source}: kept "
-        f"{cleaning['kept']}, dropped {cleaning['dropped']}"
-        + (
-            f" ({', '.join(f'{k}: {v}' for k, v in cleaning['dropped_by_reason'].items())})."
-            if cleaning["dropped"]
-            else "."
-        ),
-        duplicates,
-        f"- Splits: {split_origin(splits, items)}",
-        f"- {len(features['classes'])} classes. {items.capitalize()} per split: "
-        + ", ".join(f"{split} {sum(counts.values())}" for split, counts in splits["counts"].items())
-        + ". Details: `cleaning.md`, `cleaning.json`, `split.json`.",
+        *[sections[stage].rstrip("\n") for stage in DATA],
         "",
         "## Model",
         "",
-        f"- Backbone `{features['backbone']}`, weights: {features['weights']}.",
-        preprocessing,
-        f"- Baseline (no transfer): {describe_baseline(baseline)}.",
-        f"- Head-only: logistic regression on frozen embeddings, C = {params.train_head.C}.",
-        f"- Fine-tuned: strategy `{settings.strategy}`"
-        + (f" (last {settings.unfreeze_last_n} layer groups)" if settings.strategy == "last_n" else "")
-        + f", {finetuned['epochs_run']} of {settings.epochs} epochs on {finetuned['device']}, lr {settings.lr}"
-        f" (backbone x{settings.backbone_lr_factor}), batch {settings.batch_size}; best validation epoch "
-        f"{finetuned['best_epoch']} (0 = the probe's head unchanged).",
+        *[sections[stage].rstrip("\n") for stage in MODEL],
         "",
         *params_as_run(params),
         "## Metrics",
         "",
         f"Accuracy is followed by its 95% bootstrap interval [`accuracy_ci_low`, `accuracy_ci_high`] "
-        f"({params.evaluate.bootstrap_resamples} resamples of the {items}). `ece` is the "
-        f"expected calibration error over {params.evaluate.calibration_bins} bins"
+        f"({settings.bootstrap_resamples} resamples of the {kind.items}). `ece` is the "
+        f"expected calibration error over {settings.calibration_bins} bins"
         + (
             "; `ece_temperature_scaled` uses a temperature fitted on val."
-            if params.evaluate.temperature_scaling
+            if settings.temperature_scaling
             else "."
         ),
         "",
@@ -424,20 +239,8 @@ def render(
             else ""
         ),
         "",
-        "## Would more labels help?",
-        "",
-        curve["sentence"]
-        + f" ({curve['draws']} random draws per point; every point in `learning_curve.json`.)",
-        "",
-        "![learning curve](learning_curve.png)",
-        "",
-        "## Which labels are probably wrong?",
-        "",
-        *issues_section(
-            issues, sum(sum(c.values()) for c in splits["counts"].values()), params.paths.relabel
-        ),
+        *[part for stage in FINDINGS if sections[stage] for part in (sections[stage].rstrip("\n"), "")],
         *distillation_section(metrics, distilled, latency),
-        *adaptation_section(adapted),
         "## Per class (test)",
         "",
         "| class | support | baseline F1 | head F1 | fine-tuned F1 | fine-tuned precision | fine-tuned recall |",
@@ -453,12 +256,11 @@ def render(
         "## Exported models",
         "",
         (
-            "Text models are not exported to ONNX (`export.md` says so); `python -m reprotune.predict --model "
-            "models/finetuned` labels new texts with the fine-tuned network."
-            if text
-            else "The fine-tuned network as ONNX (float32 and int8) against torch on the test split: accuracy "
+            "The fine-tuned network as ONNX (float32 and int8) against torch on the test split: accuracy "
             "with its interval, macro-F1, agreement, size, in [`export.md`](export.md), which the export stage "
             "writes after this report."
+            if not_exported is None
+            else not_exported.strip()
         ),
         "",
         "## Plots",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from reprotune.layout import project_root
+from reprotune.params import Paths
 
 DEFAULT_STORE = "mlflow.db"
 
@@ -116,3 +119,48 @@ def git_lineage(root: Path | None = None) -> dict[str, str]:
         "git_commit": commit or "unknown",
         "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
     }
+
+
+@dataclass(frozen=True)
+class Artifact:
+    stage: str
+    path: Path
+    folder: str  # where it lies in the MLflow run
+
+
+def declared_artifacts(paths: Paths, pipeline: Path = Path("dvc.yaml"), own: str = "track") -> list[Artifact]:
+    """What the stages declare in dvc.yaml as outputs (outs, metrics, plots) that belong in a run, in
+    dvc.yaml's order: reports
+    (`cache: false`: small, committed to git) under `reports/`, placed as they lie under `paths.reports`,
+    and models (`type: model`) under `models/<folder>`. Data outputs (neither) stay in DVC alone; the
+    `own` stage's outputs are left out. A stage that declares an output this way has it logged: no list
+    here to keep."""
+    import yaml
+
+    stages = yaml.safe_load(pipeline.read_text(encoding="utf-8"))["stages"]
+    reports = Path(paths.reports)
+    found = []
+    for stage, spec in stages.items():
+        if stage == own:
+            continue
+        for entry in [*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]:
+            written, flags = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+            path = Path(_interpolate(written, paths))
+            if (flags or {}).get("type") == "model":
+                found.append(Artifact(stage, path, f"models/{path.name}"))
+            elif (flags or {}).get("cache") is False:
+                folder = (path if path.is_dir() else path.parent).relative_to(reports)
+                found.append(Artifact(stage, path, (Path("reports") / folder).as_posix()))
+    return found
+
+
+def _interpolate(written: str, paths: Paths) -> str:
+    """dvc.yaml's `${paths.name}` filled in from params.yaml, as DVC fills it."""
+
+    def value(match: re.Match) -> str:
+        return str(getattr(paths, match.group(1)))
+
+    filled = re.sub(r"\$\{paths\.(\w+)\}", value, written)
+    if "${" in filled:
+        raise ValueError(f"dvc.yaml: {written}: only ${{paths.*}} is interpolated here")
+    return filled

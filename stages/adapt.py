@@ -46,7 +46,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json, write_json
+from reprotune.atomic_io import atomic_output, read_json, write_json, write_text
 from reprotune.backbones import load_backbone
 from reprotune.datasets import ManifestImages, make_loader, worker_count
 from reprotune.devices import pick_device, to_device
@@ -67,6 +67,7 @@ from reprotune.finetuning import (
 from reprotune.finetuning import fingerprint as finetune_fingerprint
 from reprotune.inference import predict
 from reprotune.layout import Layout
+from reprotune.markdown import lines_of, value_cell
 from reprotune.metrics import per_class_metrics, summary_metrics
 from reprotune.modalities.image.training_data import mixed_training_data
 from reprotune.models import Classifier, load_trained_classifier
@@ -313,6 +314,59 @@ class Network:
 
 # --- the stage -------------------------------------------------------------------------------------------
 
+METHOD_NAMES = {"adabn": "AdaBN", "coral": "CORAL", "finetune": "target-aware fine-tuning"}
+
+
+def section(adapted: dict) -> list[str]:
+    """adapt's part of report.md: what adapting did on the target domain, and what can be told without
+    target labels."""
+    target = adapted["target"]
+    reasons = Counter(d["reason"] for d in target["dropped"])
+    labelled = target["test_images"] > 0
+    lines = [
+        "## Domain adaptation",
+        "",
+        f"Method: {METHOD_NAMES[adapted['method']]}, from {target['unlabeled_images']} unlabelled target images "
+        f"in `{target['folder']}`"
+        + (
+            f" ({len(target['dropped'])} files dropped: {', '.join(f'{k}: {v}' for k, v in reasons.items())}; "
+            "listed in `adapt.json`)"
+            if target["dropped"]
+            else ""
+        )
+        + (
+            f"; measured on {target['test_images']} labelled target test images, never used to train or choose."
+            if labelled
+            else ". **There are no target labels (`test/<class>/<image>` in the target folder), so whether "
+            "adaptation helped cannot be verified**: below are only what can be measured without them."
+        ),
+        "",
+        "| model | "
+        + ("target test accuracy [95% interval] | target macro-F1 | " if labelled else "")
+        + "source test accuracy | domain classifier accuracy (0.5: domains indistinguishable) |",
+        "|---|" + ("---|---|" if labelled else "") + "---|---|",
+    ]
+    for model, variants in adapted["models"].items():
+        for variant, record in variants.items():
+            title = f"{'head' if model == 'head' else 'fine-tuned'}, {variant.replace('_', '-')}"
+            domain = record["domain_accuracy"]
+            cells = [title]
+            if labelled:
+                cells += [
+                    value_cell("accuracy", record["target_test"]),
+                    f"{record['target_test']['macro_f1']:.4f}",
+                ]
+            cells += [f"{record['source_test']['accuracy']:.4f}", "–" if domain is None else f"{domain:.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Predicted classes on the unlabelled target images (share of images):", ""]
+    for model, variants in adapted["models"].items():
+        for variant, record in variants.items():
+            shares = ", ".join(f"{k} {v:.2f}" for k, v in record["predicted_on_target"].items())
+            lines.append(
+                f"- {'head' if model == 'head' else 'fine-tuned'}, {variant.replace('_', '-')}: {shares}"
+            )
+    return lines + ["", "Per-class F1 on the target test set: `adapt.json`." if labelled else "", ""]
+
 
 def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) -> None:
     """`on_batch(epoch, batch)` is called before every step of the target-aware fine-tune (tests interrupt it)."""
@@ -326,6 +380,7 @@ def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) ->
                 json.dumps({"method": "none"}) + "\n", encoding="utf-8"
             )
         write_json(layout.adapt_report, {"method": "none"})
+        write_text(layout.report_section("adapt"), "")  # nothing adapted: nothing to report
         return
     if settings.method == "finetune" and mixing(params.finetune):
         raise InputError(
@@ -546,6 +601,7 @@ def write_outputs(layout: Layout, params: Params, target: dict, models: dict, sa
             encoding="utf-8",
         )
     write_json(layout.adapt_report, record)
+    write_text(layout.report_section("adapt"), lines_of(section(json.loads(json.dumps(record)))))
     shutil.rmtree(layout.adapt_checkpoint, ignore_errors=True)
 
 

@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import save_file
 
 from reprotune import stage
-from reprotune.atomic_io import atomic_output
+from reprotune.atomic_io import atomic_output, write_text
 from reprotune.layout import Layout
+from reprotune.markdown import lines_of
 from reprotune.modalities import baselines
 from reprotune.params import Params
 
@@ -33,10 +34,14 @@ def baseline(params: Params) -> None:
     layout = Layout(params.paths)
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     classes = sorted(manifest["label"].unique())  # as featurize numbers them, and in its row order below
-    scores, found = baselines.of(layout.modality).fit(
-        params.baseline, params.clean.background, layout, manifest, classes
-    )
+    baseline_model = baselines.of(layout.modality)
+    scores, found = baseline_model.fit(params.baseline, params.clean.background, layout, manifest, classes)
     write_baseline(layout, manifest, classes, scores, found)
+    recorded = json.loads(json.dumps(found))  # as baseline.json holds it
+    write_text(
+        layout.report_section("baseline"),
+        lines_of([f"- Baseline (no transfer): {baseline_model.describe(recorded)}."]),
+    )
 
 
 def write_baseline(

@@ -25,14 +25,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from reprotune import stage
+from reprotune import data_kind, stage
 from reprotune.atomic_io import atomic_output, write_json, write_text
 from reprotune.cleaning_steps import DROP
 from reprotune.errors import InputError
 from reprotune.figures import save
 from reprotune.layout import Layout
+from reprotune.markdown import lines_of
 from reprotune.modalities import cleaning as modality_cleaning
-from reprotune.params import Params
+from reprotune.modalities.cleaning import Cleaning
+from reprotune.params import Clean, Params
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ def clean(params: Params) -> None:
             staging,
         )
     write_reports(layout, report, cleaning.units, cleaning.items)
+    source = cleaning.sample if data_kind.read(layout.data_kind).sample else f"`{layout.raw}`"
+    write_text(layout.report_section("clean"), lines_of(section(report, source, cleaning, params.clean)))
     log.info(
         "kept %d of %d %s (%s)",
         report["kept"],
@@ -98,6 +102,18 @@ def clean(params: Params) -> None:
         cleaning.units,
         report["dropped_by_reason"] or "none dropped",
     )
+
+
+def section(report: dict, source: str, cleaning: Cleaning, rules: Clean) -> list[str]:
+    """clean's part of report.md: what was scanned, kept and dropped, and the duplicate groups."""
+    kinds = Counter(group["kind"] for group in report["duplicate_groups"])
+    dropped = ", ".join(f"{k}: {v}" for k, v in report["dropped_by_reason"].items())
+    return [
+        f"- Scanned {report['scanned']} {cleaning.units} from {source}: kept {report['kept']}, dropped "
+        f"{report['dropped']}" + (f" ({dropped})." if report["dropped"] else "."),
+        f"- Duplicate groups (split keeps each inside one split): {kinds['exact']} of identical "
+        f"{cleaning.items}, {kinds['near']} of {cleaning.near_duplicates(rules)}.",
+    ]
 
 
 def write_reports(layout: Layout, report: dict, scanned: str, items: str) -> None:

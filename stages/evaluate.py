@@ -39,11 +39,12 @@ from reprotune.metrics import (
     summary_metrics,
 )
 from reprotune.modalities import encoding as modality_encoding
+from reprotune.modalities import exporting
 from reprotune.modalities import showing as modality_showing
 from reprotune.models import load_trained_classifier
 from reprotune.params import Backbone as BackboneParams
 from reprotune.params import Params
-from reprotune.report import render
+from reprotune.report import SECTIONS, render
 from reprotune.zero_shot import zero_shot_logits
 
 log = logging.getLogger(__name__)
@@ -268,19 +269,13 @@ def evaluate(params: Params) -> None:
         params,
         metrics,
         per_class,
-        read_json(layout.cleaning_report),
-        read_json(layout.split_report),
-        meta,
-        read_json(layout.finetuned_meta),
-        read_json(layout.baseline_meta),
-        read_json(layout.learning_curve),
-        pd.read_csv(layout.label_issues, dtype=str, keep_default_na=False),
+        {stage: layout.report_section(stage).read_text(encoding="utf-8") for stage in SECTIONS},
         distilled,
         read_json(layout.latency),
-        adapted,
         data_kind.read(layout.data_kind),
         mistakes,
         showing.column,
+        exporting.not_exported(layout.modality),
     )
     write_text(layout.report, report)
     for model in metrics:

@@ -29,11 +29,12 @@ import torch
 from safetensors.torch import save_file
 
 from reprotune import stage
-from reprotune.atomic_io import atomic_output
+from reprotune.atomic_io import atomic_output, write_text
 from reprotune.devices import pick_device
 from reprotune.embeddings import EmbeddingCache
 from reprotune.inference import Inference
 from reprotune.layout import SPLITS, Layout
+from reprotune.markdown import lines_of
 from reprotune.modalities import encoding as modality_encoding
 from reprotune.modalities.encoding import Encoding
 from reprotune.params import Params
@@ -159,6 +160,16 @@ def featurize(params: Params) -> None:
             meta["paths"][split] = rows["path"].tolist()
             log.info("%s: %d embeddings of size %d", split, len(rows), backbone.num_features)
         (staging / layout.features_meta.name).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    recorded = json.loads(json.dumps(meta))  # as features.json holds it
+    write_text(
+        layout.report_section("featurize"),
+        lines_of(
+            [
+                f"- Backbone `{recorded['backbone']}`, weights: {recorded['weights']}.",
+                f"- {encoding.preprocessing(recorded)}",
+            ]
+        ),
+    )
 
 
 def main() -> None:

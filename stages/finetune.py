@@ -40,7 +40,7 @@ import torch
 from safetensors.torch import save_file
 
 from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json
+from reprotune.atomic_io import atomic_output, read_json, write_text
 from reprotune.checkpoints import Progress
 from reprotune.devices import pick_device
 from reprotune.distributed import local_device, process_group
@@ -55,6 +55,7 @@ from reprotune.finetuning import (
     trainable_backbone_names,
 )
 from reprotune.layout import Layout
+from reprotune.markdown import lines_of
 from reprotune.modalities import encoding as modality_encoding
 from reprotune.modalities import training_data
 from reprotune.models import Classifier
@@ -155,6 +156,18 @@ def write_outputs(
         writer = csv.DictWriter(stream, fieldnames=HISTORY_FIELDS)
         writer.writeheader()
         writer.writerows(progress.history)
+    write_text(layout.report_section("finetune"), lines_of([section(settings, summary)]))
+
+
+def section(settings: Finetune, summary: dict) -> str:
+    """finetune's part of report.md: what trained, how long, and which epoch won."""
+    return (
+        f"- Fine-tuned: strategy `{settings.strategy}`"
+        + (f" (last {settings.unfreeze_last_n} layer groups)" if settings.strategy == "last_n" else "")
+        + f", {summary['epochs_run']} of {settings.epochs} epochs on {summary['device']}, lr {settings.lr}"
+        f" (backbone x{settings.backbone_lr_factor}), batch {settings.batch_size}; best validation epoch "
+        f"{summary['best_epoch']} (0 = the probe's head unchanged)."
+    )
 
 
 def remove_run_files(layout: Layout, data: TrainingData) -> None:

@@ -23,10 +23,11 @@ from cleanlab.filter import find_label_issues
 from safetensors.torch import load_file
 from sklearn.model_selection import StratifiedGroupKFold
 
-from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json
+from reprotune import data_kind, stage
+from reprotune.atomic_io import atomic_output, read_json, write_text
 from reprotune.errors import InputError
 from reprotune.layout import SPLITS, Layout
+from reprotune.markdown import lines_of
 from reprotune.modalities import showing as modality_showing
 from reprotune.params import Params
 from reprotune.probe import fit_linear_head, probabilities
@@ -107,6 +108,38 @@ def all_embeddings(layout: Layout) -> tuple[pd.DataFrame, np.ndarray, np.ndarray
     return frame, np.concatenate(embeddings), np.concatenate(labels)
 
 
+def section(issues: pd.DataFrame, total: int, items: str, column: str, relabel: str) -> list[str]:
+    """label_issues' part of report.md: the ten most suspicious labels, and how to act on them."""
+    lines = ["## Which labels are probably wrong?", ""]
+    if issues.empty:
+        return lines + [f"Cross-validated confident learning flagged none of the {total} kept {items}.", ""]
+    by_split = ", ".join(f"{split} {count}" for split, count in issues["split"].value_counts().items())
+
+    def shown(row) -> str:
+        item = getattr(row, column)
+        if item == row.path:  # the file is the item (an image)
+            return f"`{row.path}`"
+        words = " ".join(item.split()).replace("|", "\\|")
+        return f"`{row.path}`: {words if len(words) <= 100 else words[:97] + '...'}"
+
+    return lines + [
+        f"Cross-validated confident learning (cleanlab) flags {len(issues)} of {total} kept {items} ({by_split}) "
+        "whose given label the out-of-fold probabilities contradict; all are listed in `label_issues.csv`, most "
+        f"suspicious first. Look before you act: to fix one, add its path and the right label (or `drop`) to "
+        f"`{relabel}` and run `dvc repro`; clean applies it and says so in `cleaning.md`.",
+        "",
+        "| rank | path | split | given | suggested | p(given) |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {row.rank} | {shown(row)} | {row.split} | {row.given_label} | {row.suggested_label} | {float(row.score):.3f} |"
+            for row in issues.head(10).itertuples()
+        ],
+        "",
+        "![label issues](label_issues.png)",
+        "",
+    ]
+
+
 def label_issues(params: Params) -> None:
     layout = Layout(params.paths)
     classes = read_json(layout.features_meta)["classes"]
@@ -135,6 +168,12 @@ def label_issues(params: Params) -> None:
         else "no probable label errors found"
     )
     showing.figure(captions, params.clean.background, title, layout.label_issues_gallery)
+    written = pd.read_csv(layout.label_issues, dtype=str, keep_default_na=False)  # as the file reads
+    items = data_kind.read(layout.data_kind).items
+    write_text(
+        layout.report_section("label_issues"),
+        lines_of(section(written, len(labels), items, showing.column, params.paths.relabel)),
+    )
     log.info(
         "%d of %d flagged as probable label errors (%s)",
         len(frame),

@@ -26,9 +26,10 @@ from safetensors.torch import load_file
 from scipy import stats
 
 from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json, write_json
+from reprotune.atomic_io import atomic_output, read_json, write_json, write_text
 from reprotune.figures import save
 from reprotune.layout import Layout
+from reprotune.markdown import lines_of
 from reprotune.params import Params
 from reprotune.probe import accuracy, fit_linear_head
 from reprotune.zero_shot import zero_shot_logits
@@ -265,6 +266,20 @@ def learning_curve(params: Params) -> None:
         table(points).to_csv(temporary, index=False)
     draw(points, layout.learning_curve_plot)
     write_json(layout.learning_curve, summary)
+    write_text(
+        layout.report_section("learning_curve"),
+        lines_of(
+            [
+                "## Would more labels help?",
+                "",
+                summary["sentence"]
+                + f" ({summary['draws']} random draws per point; every point in `learning_curve.json`.)",
+                "",
+                f"![learning curve]({layout.learning_curve_plot.name})",
+                "",
+            ]
+        ),
+    )
     log.info("%s", summary["sentence"])
 
 

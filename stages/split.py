@@ -17,10 +17,12 @@ import numpy as np
 import pandas as pd
 
 from reprotune import stage
-from reprotune.atomic_io import atomic_output, write_json
+from reprotune.atomic_io import atomic_output, write_json, write_text
 from reprotune.errors import InputError
 from reprotune.layout import SPLITS, Layout
+from reprotune.markdown import lines_of
 from reprotune.modalities import cleaning as modality_cleaning
+from reprotune.modalities.cleaning import Cleaning
 from reprotune.params import Params
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,32 @@ def empty_split_error(
     else:
         remedy = "add images: every class has one image (or one group of duplicates), which stays in train"
     return InputError(f"{layout.raw}: the {name} split is empty after carving it from {source}; {remedy}")
+
+
+def split_origin(splits: dict, items: str) -> str:
+    """Which splits came from the data's split folders and which were carved, from what and how much."""
+    given = ", ".join(f"{name}/" for name in splits["given"])
+    carved = "; ".join(
+        f"{name} carved from {entry['from']} ({entry['fraction']:.0%} of each class, {entry['images']} {items})"
+        for name, entry in splits["carved"].items()
+    )
+    if not given:
+        return f"no split folders; {carved}."
+    return f"given as {given}" + (f"; {carved}." if carved else ".")
+
+
+def section(report: dict, cleaning: Cleaning) -> list[str]:
+    """split's part of report.md: duplicates across splits, where the splits came from, their sizes."""
+    apart = len(report.get("groups_straddling_given_splits", []))
+    classes = {label for counts in report["counts"].values() for label in counts}
+    return [
+        f"- {cleaning.leakage_sentence(report['leakage'])}"
+        + (f" Duplicate groups that given split folders put apart: {apart}." if apart else ""),
+        f"- Splits: {split_origin(report, cleaning.items)}",
+        f"- {len(classes)} classes. {cleaning.items.capitalize()} per split: "
+        + ", ".join(f"{split} {sum(counts.values())}" for split, counts in report["counts"].items())
+        + ". Details: `cleaning.md`, `cleaning.json`, `split.json`.",
+    ]
 
 
 def split(params: Params) -> None:
@@ -148,6 +176,7 @@ def split(params: Params) -> None:
             staging / layout.split_manifest.name, index=False
         )
     write_json(layout.split_report, report)
+    write_text(layout.report_section("split"), lines_of(section(report, cleaning)))
     log.info(
         "split: %s; given %s; carved %s",
         {s: int((kept["split"] == s).sum()) for s in SPLITS},

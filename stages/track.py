@@ -25,6 +25,7 @@ from reprotune.layout import SPLITS, Layout
 from reprotune.params import Params, flatten
 from reprotune.resolve import decisions
 from reprotune.tracking import (
+    declared_artifacts,
     experiment_lineage,
     git_lineage,
     open_experiment,
@@ -279,44 +280,20 @@ def record(params: Params) -> None:
             if long:
                 (extras / "params_too_long.json").write_text(json.dumps(long, indent=2))
             mlflow.log_artifacts(folder, "lineage")
-        for report in (
-            layout.cleaning_report,
-            layout.cleaning_summary,
-            layout.split_report,
-            layout.metrics,
-            layout.per_class,
-            layout.finetune_history,
-            layout.predictions,
-            layout.report,
-            layout.export_report,
-            layout.export_summary,
-            layout.learning_curve,
-            layout.learning_curve_table,
-            layout.learning_curve_plot,
-            layout.label_issues,
-            layout.label_issues_gallery,
-        ):
-            mlflow.log_artifact(str(report), "reports")
-        mlflow.log_artifacts(str(layout.plots), "reports/plots")
+        for artifact in declared_artifacts(params.paths):  # every report and model the stages declare
+            if artifact.path.is_dir():
+                mlflow.log_artifacts(str(artifact.path), artifact.folder)
+            else:
+                mlflow.log_artifact(str(artifact.path), artifact.folder)
         for model, table in per_class_tables(layout).items():
             mlflow.log_table(table, f"reports/per_class_{model}.json")
-        mlflow.log_artifacts(str(layout.baseline), "models/baseline")
-        mlflow.log_artifacts(str(layout.head), "models/head")
-        mlflow.log_artifacts(str(layout.finetuned), "models/finetuned")
-        mlflow.log_artifacts(str(layout.exported), "models/export")
         # The served model runs the exported ONNX file, which not every modality has (export.md says why);
         # the fine-tuned weights are logged above as files either way.
         exported = read_json(layout.export_report).get("onnx_exported", True)  # false: no ONNX file made
         version = (
             log_model(params, layout, layout.exported, "model", params.track.model_name) if exported else None
         )
-        if read_json(layout.adapt_report)["method"] != "none":
-            mlflow.log_artifact(str(layout.adapt_report), "reports")
-            mlflow.log_artifacts(str(layout.adapted), "models/adapted")
         if read_json(layout.distill_meta)["enabled"]:
-            for report in (layout.distill_history, layout.latency):
-                mlflow.log_artifact(str(report), "reports")
-            mlflow.log_artifacts(str(layout.distilled), "models/distilled")
             log_model(params, layout, layout.student_export, "student", student_model_name(params))
     write_json(
         layout.mlflow_run,

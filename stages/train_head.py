@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json
+from reprotune.atomic_io import atomic_output, read_json, write_text
 from reprotune.layout import Layout
+from reprotune.markdown import lines_of
 from reprotune.params import Params
 from reprotune.probe import accuracy, fit_linear_head
 
@@ -43,6 +44,10 @@ def train_head(params: Params) -> None:
             staging / layout.head_weights.name,
         )
         (staging / layout.head_meta.name).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text(
+        layout.report_section("train_head"),
+        lines_of([f"- Head-only: logistic regression on frozen embeddings, C = {params.train_head.C}."]),
+    )
     log.info(
         "head: %d iterations, train accuracy %.4f, val accuracy %.4f",
         iterations,

@@ -8,7 +8,7 @@ from scipy.special import softmax
 
 from reprotune import evaluation_plots as plots
 from reprotune import params as params_module
-from reprotune.data_kind import IMAGE, DataKind
+from reprotune.data_kind import IMAGE, TEXT, DataKind
 from reprotune.metrics import (
     bootstrap_interval,
     expected_calibration_error,
@@ -18,7 +18,7 @@ from reprotune.metrics import (
     summary_metrics,
 )
 from reprotune.modalities.showing import of
-from reprotune.report import render
+from reprotune.report import DATA, MODEL, SECTIONS, render
 from reprotune.resolve import resolve
 from stages.evaluate import most_confident_mistakes, predictions_frame
 from tests.conftest import noisy_image, tiny_params_raw
@@ -163,86 +163,35 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         }
         for m in ("baseline", "head", "finetune")
     }
-    arguments = (
-        tiny_params,
-        metrics,
-        per_class,
-        {
-            "scanned": 10,
-            "kept": 9,
-            "dropped": 1,
-            "dropped_by_reason": {"too_small": 1},
-            "duplicate_groups": [],
-        },
-        {
-            "counts": {"train": {"a": 5}, "val": {"a": 2}, "test": {"a": 2}},
-            "given": ["train", "val"],
-            "carved": {"test": {"from": "train/", "fraction": 0.15, "images": 2}},
-            "leakage": {
-                "near_duplicate_pairs_across_splits": 0,
-                "similar_pairs_across_splits": 3,
-                "checked_distance": 48,
-            },
-        },
-        {
-            "backbone": "b",
-            "weights": "w",
-            "classes": classes,
-            "data_config": {
-                "input_size": 32,
-                "interpolation": "bilinear",
-                "mean": [0.5] * 3,
-                "std": [0.5] * 3,
-            },
-        },
-        {"epochs_run": 1, "device": "cpu", "best_epoch": 1},
-        {
-            "chosen": {"model": "rbf_svm", "C": 10.0, "gamma": 1.0},
-            "image_size": 32,
-            "features": 3072,
-            "candidates": [{}] * 16,
-            "training_images_used": 2000,
-            "training_images": 7000,
-        },
-        {
-            "draws": 5,
-            "sentence": "The head's test accuracy comes within one point of all the data (0.9000) from 4 labelled images per class.",
-        },
-        pd.DataFrame(
-            {
-                "rank": ["1"],
-                "path": [paths[0]],
-                "split": ["train"],
-                "given_label": [classes[0]],
-                "suggested_label": [classes[1]],
-                "score": ["0.01"],
-            }
-        ),
-        {"enabled": False},
-        {},
-        {"method": "none"},
-    )
+    sections = {stage: f"- {stage} says this." for stage in SECTIONS} | {
+        "learning_curve": "## Would more labels help?\n\nFrom 4 labelled images per class.\n\n",
+        "adapt": "",  # adapt.method none: its section is empty, and so is its place
+    }
     mistakes = {"head": [], "finetune": [(paths[1], classes[0], classes[1], 0.9)]}
-    text = render(*arguments, DataKind(IMAGE, sample=False), mistakes, "path")
+    arguments = (tiny_params, metrics, per_class, sections, {"enabled": False}, {})
+    text = render(*arguments, DataKind(IMAGE, sample=False), mistakes, "path", None)
+    data = text.split("## Data")[1].split("## Model")[0]
+    model = text.split("## Model")[1].split("## Params as run")[0]
+    assert all(f"- {stage} says this." in data for stage in DATA)
+    assert all(f"- {stage} says this." in model for stage in MODEL)
     assert "## Distillation" not in text and "## Domain adaptation" not in text  # both are off
+    assert "\n\n\n" not in text  # an empty section leaves no gap
+    findings = text.split("## Does transfer help?")[1]
+    assert findings.index("## Would more labels help?") < findings.index("- label_issues says this.")
     keys = {k for model in metrics.values() for split in model.values() for k in split}
     assert all(f"`{k}`" in text for k in keys), keys
     assert "[" in text.split("`accuracy`")[1].splitlines()[0]  # the interval is shown beside accuracy
     for name in produced:
         assert f"plots/{name}" in text
-    assert "given as train/, val/; test carved from train/ (15% of each class, 2 images)." in text
-    assert "similar pairs across splits (within 48 bits" in text
     assert json.dumps(metrics)  # plain JSON types only
-    assert "trained on a stratified 2000 of the 7000 training images" in text
-    assert "an RBF SVM (C = 10, gamma = 1 / 3072 features) on the raw pixels (32x32" in text
     verdict = text.split("## Does transfer help?")[1].split("##")[0]
     gap = (metrics["finetune"]["test"]["accuracy"] - metrics["baseline"]["test"]["accuracy"]) * 100
     assert f"The fine-tuned network is {abs(gap):.1f} points {'above' if gap > 0 else 'below'}" in verdict
-    assert "from 4 labelled images per class" in text and "![learning curve](learning_curve.png)" in text
-    assert "flags 1 of 9 kept images (train 1)" in text and f"| 1 | `{paths[0]}` | train |" in text
-    assert f"from `{tiny_params.paths.raw}`" in text
     assert f"| {paths[1]} | {classes[0]} | {classes[1]} | 90% |" in text  # the mistakes, each by its path
+    assert "in [`export.md`](export.md)" in text
     assert f"| `finetune.lr` | `{tiny_params.finetune.lr}` | params.yaml |" in text  # the params as run
+    unexported = render(*arguments, DataKind(TEXT, sample=False), mistakes, "text", "Not exported: why.\n")
+    assert "Not exported: why." in unexported and "resamples of the texts" in unexported
     # on the sample, with the shipped params: each auto key says what it became and why
     shipped = params_module.validate(tiny_params_raw(tmp_path, images=False))
     on_sample = render(
@@ -251,7 +200,75 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         DataKind(IMAGE, True),
         mistakes,
         "path",
+        None,
     )
-    assert "from the built-in sample (scikit-learn digits)" in on_sample
     assert "| `finetune.augment.hflip` | `0.0` | auto: photos: 0.5; 0 on the sample" in on_sample
     assert "| `backbone.input_size` | `32` | params.yaml |" in on_sample  # tiny params set it
+
+
+def test_each_stage_writes_its_own_section_of_the_report(tmp_path: Path):
+    """The words each owner puts in report.md, from its own record (reprotune/report.py only places them)."""
+    from reprotune.modalities import baselines
+    from reprotune.modalities import cleaning as modality_cleaning
+    from stages import clean, label_issues, split
+
+    images = modality_cleaning.of(IMAGE)
+    cleaning = {
+        "scanned": 10,
+        "kept": 9,
+        "dropped": 1,
+        "dropped_by_reason": {"too_small": 1},
+        "duplicate_groups": [{"kind": "exact"}, {"kind": "near"}, {"kind": "near"}],
+    }
+    rules = params_module.validate(tiny_params_raw(tmp_path)).clean
+    written = "\n".join(clean.section(cleaning, "`data/raw`", images, rules))
+    assert "- Scanned 10 files from `data/raw`: kept 9, dropped 1 (too_small: 1)." in written
+    assert (
+        f"1 of identical images, 2 of near-identical ones (resized, recompressed, cropped or framed copies: hashes within {rules.near_duplicate_distance} bits"
+        in written
+    )
+    splits = {
+        "counts": {"train": {"a": 5, "b": 2}, "val": {"a": 2}, "test": {"a": 2}},
+        "given": ["train", "val"],
+        "carved": {"test": {"from": "train/", "fraction": 0.15, "images": 2}},
+        "groups_straddling_given_splits": [["x", "y"]],
+        "leakage": {
+            "near_duplicate_pairs_across_splits": 0,
+            "similar_pairs_across_splits": 3,
+            "checked_distance": 48,
+        },
+    }
+    written = "\n".join(split.section(splits, images))
+    assert "given as train/, val/; test carved from train/ (15% of each class, 2 images)." in written
+    assert "similar pairs across splits (within 48 bits, not grouped; listed in `split.json`): 3." in written
+    assert (
+        "that given split folders put apart: 1." in written
+        and "- 2 classes. Images per split: train 7" in written
+    )
+    assert "Duplicate pairs across splits: 0" in "\n".join(split.section(splits, modality_cleaning.of(TEXT)))
+    found = {
+        "chosen": {"model": "rbf_svm", "C": 10.0, "gamma": 1.0},
+        "image_size": 32,
+        "features": 3072,
+        "candidates": [{}] * 16,
+        "training_images_used": 2000,
+        "training_images": 7000,
+    }
+    described = baselines.of(IMAGE).describe(found)
+    assert "an RBF SVM (C = 10, gamma = 1 / 3072 features) on the raw pixels (32x32" in described
+    assert "trained on a stratified 2000 of the 7000 training images" in described
+    issues = pd.DataFrame(
+        {
+            "rank": ["1"],
+            "path": ["data/raw/a/1.png"],
+            "split": ["train"],
+            "given_label": ["a"],
+            "suggested_label": ["b"],
+            "score": ["0.01"],
+        }
+    )
+    written = "\n".join(label_issues.section(issues, 9, "images", "path", "data/relabel.csv"))
+    assert "flags 1 of 9 kept images (train 1)" in written and "| 1 | `data/raw/a/1.png` | train |" in written
+    issues["text"] = ["my card | is lost"]
+    written = "\n".join(label_issues.section(issues, 9, "texts", "text", "data/relabel.csv"))
+    assert "| 1 | `data/raw/a/1.png`: my card \\| is lost | train |" in written

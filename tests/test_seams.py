@@ -9,6 +9,7 @@ no others:
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,43 @@ def test_the_schema_walk_knows_sections_from_values():
     assert section_at(("finetune", "augment")) is not None and section_at(("finetune", "lr")) is None
     assert ("finetune", "augment", "scale") in leaves(Params)
     assert ("finetune", "augment") not in leaves(Params)  # a section is never a leaf
+
+
+# --- what track logs, what report.md shows ---------------------------------------------------------------
+
+
+def test_track_depends_on_every_output_it_logs():
+    """track logs what the stages declare (reprotune/tracking.py): reports (`cache: false`) and models
+    (`type: model`), never data. Each is one of track's deps, so a changed report or model re-runs it."""
+    from reprotune import params as params_module
+    from reprotune.tracking import declared_artifacts
+
+    paths = params_module.load(ROOT / "params.yaml").paths
+
+    def filled(entry: str) -> str:
+        return re.sub(r"\$\{paths\.(\w+)\}", lambda found: str(getattr(paths, found.group(1))), entry)
+
+    logged = declared_artifacts(paths, ROOT / "dvc.yaml")
+    assert not {a.path.as_posix() for a in logged} - {filled(dep) for dep in STAGES["track"]["deps"]}
+    folders = {a.path.as_posix(): a.folder for a in logged}
+    assert folders[paths.finetuned] == "models/finetuned" and folders[paths.exported] == "models/export"
+    assert folders[f"{paths.reports}/metrics.json"] == "reports"  # a metrics: entry is an output too
+    assert folders[f"{paths.reports}/plots"] == "reports/plots"
+    data = [Path(p) for p in (paths.ingested, paths.cleaned, paths.splits, paths.features)]
+    assert not [a for a in logged if any(a.path.is_relative_to(folder) for folder in data)]
+    assert "track" not in {a.stage for a in logged}
+
+
+def test_report_sections_are_declared_by_their_stages_and_read_by_evaluate():
+    from reprotune.report import SECTIONS
+
+    declared = {
+        name
+        for name, stage in STAGES.items()
+        for entry in stage.get("outs", [])
+        if isinstance(entry, dict) and next(iter(entry)) == f"${{paths.reports}}/sections/{name}.md"
+    }
+    assert set(SECTIONS) == declared
+    assert {f"${{paths.reports}}/sections/{name}.md" for name in SECTIONS} <= set(STAGES["evaluate"]["deps"])
+    for name in SECTIONS:  # the stage's module writes it
+        assert f'report_section("{name}")' in (ROOT / "stages" / f"{name}.py").read_text(), name

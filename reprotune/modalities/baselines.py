@@ -31,6 +31,10 @@ class NoTransferBaseline(Protocol):
         `candidates` with their val accuracy, `val_accuracy` and what was used) from split's manifest."""
         ...
 
+    def describe(self, found: dict) -> str:
+        """What `fit` chose, in words, for report.md."""
+        ...
+
 
 def of(modality: str) -> NoTransferBaseline:
     return {IMAGE: IMAGES, TEXT: TEXTS}[modality]

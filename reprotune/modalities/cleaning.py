@@ -24,6 +24,7 @@ class Cleaning(Protocol):
     items: str  # what is kept: images, texts
     split_column: str  # the column split's manifest keeps so that later stages can read each item
     mixed_splits: str  # why some rows with a given split and some without are refused
+    sample: str  # the built-in sample, as report.md names it
 
     def clean(
         self,
@@ -41,6 +42,14 @@ class Cleaning(Protocol):
 
     def leakage(self, kept: pd.DataFrame, layout: Layout, grouping_distance: int | None) -> dict:
         """Pairs of near-identical items that ended up in different splits (split.json's `leakage`)."""
+        ...
+
+    def near_duplicates(self, rules: Clean) -> str:
+        """What a near-duplicate group is, for report.md (`... of identical items, N of <this>`)."""
+        ...
+
+    def leakage_sentence(self, leakage: dict) -> str:
+        """`leakage` in one sentence for report.md."""
         ...
 
 

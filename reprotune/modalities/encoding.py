@@ -32,6 +32,10 @@ class Encoding(Protocol):
         """Its preprocessing, as features.json records it."""
         ...
 
+    def preprocessing(self, described: dict) -> str:
+        """What `describe` returned (as features.json holds it) in a sentence, for report.md."""
+        ...
+
     def recipe(self, backbone: Backbone, run: Inference) -> dict:
         """What an embedding depends on besides the item, the encoder's name and weights and how it ran
         (the embedding cache's key, reprotune/embeddings.py)."""

@@ -156,5 +156,23 @@ class PixelBaseline:
         }
         return scores, found
 
+    def describe(self, found: dict) -> str:
+        chosen = found["chosen"]
+        model = (
+            f"an RBF SVM (C = {chosen['C']:g}, gamma = {chosen['gamma']:g} / {found['features']} features)"
+            if chosen["model"] == "rbf_svm"
+            else f"logistic regression (C = {chosen['C']:g})"
+        )
+        capped = (
+            f", trained on a stratified {found['training_images_used']} of the {found['training_images']} "
+            "training images (`baseline.max_train_images`)"
+            if found["training_images_used"] < found["training_images"]
+            else ""
+        )
+        return (
+            f"{model} on the raw pixels ({found['image_size']}x{found['image_size']}, standardised), the best "
+            f"on val of {len(found['candidates'])} candidates{capped}"
+        )
+
 
 BASELINE = PixelBaseline()

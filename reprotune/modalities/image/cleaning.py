@@ -201,6 +201,7 @@ def leakage(kept: pd.DataFrame, hashes: np.ndarray, grouping_distance: int | Non
 
 class ImageCleaning:
     units, items = "files", "images"
+    sample = "the built-in sample (scikit-learn digits)"
     split_column = "resized"  # split's manifest reads each image from its resized copy
     mixed_splits = "some images are in split folders and some are not; use one layout for all"
 
@@ -225,6 +226,19 @@ class ImageCleaning:
 
     def leakage(self, kept: pd.DataFrame, layout: Layout, grouping_distance: int | None) -> dict:
         return leakage(kept, load_hashes(layout.duplicate_hashes), grouping_distance)
+
+    def near_duplicates(self, rules: Clean) -> str:
+        return (
+            "near-identical ones (resized, recompressed, cropped or framed copies: hashes within "
+            f"{rules.near_duplicate_distance} bits of 256)"
+        )
+
+    def leakage_sentence(self, leakage: dict) -> str:
+        return (
+            f"Near-duplicate pairs across splits: {leakage['near_duplicate_pairs_across_splits']}; similar pairs "
+            f"across splits (within {leakage['checked_distance']} bits, not grouped; listed in `split.json`): "
+            f"{leakage['similar_pairs_across_splits']}."
+        )
 
 
 CLEANING = ImageCleaning()

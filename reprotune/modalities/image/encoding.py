@@ -25,6 +25,13 @@ class ImageEncoding:
     def describe(self, backbone: Backbone) -> dict:
         return {"data_config": backbone.data.__dict__}
 
+    def preprocessing(self, described: dict) -> str:
+        config = described["data_config"]
+        return (
+            f"Input {config['input_size']} px, {config['interpolation']} resize, mean {list(config['mean'])}, "
+            f"std {list(config['std'])}."
+        )
+
     def recipe(self, backbone: Backbone, run: Inference) -> dict:
         return {
             "data_config": backbone.data.__dict__,

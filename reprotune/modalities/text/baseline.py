@@ -69,5 +69,12 @@ class TfidfBaseline:
         """As the image baseline's; `background` and the layout play no part in a text's features."""
         return text_baseline(settings, manifest, classes)
 
+    def describe(self, found: dict) -> str:
+        return (
+            f"logistic regression (C = {found['chosen']['C']:g}) on TF-IDF of word unigrams and bigrams "
+            f"({found['features']} terms from the training texts), the best on val of "
+            f"{len(found['candidates'])} candidates"
+        )
+
 
 BASELINE = TfidfBaseline()

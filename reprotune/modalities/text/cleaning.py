@@ -116,6 +116,7 @@ def leakage(kept: pd.DataFrame) -> dict:
 
 class TextCleaning:
     units, items = "rows", "texts"
+    sample = "the built-in text sample (Banking77)"
     split_column = "text"  # split's manifest carries each text, so later stages read it from there
     mixed_splits = (
         "some rows come from split files (train, val, test) or a split column and some do not; give every "
@@ -138,6 +139,18 @@ class TextCleaning:
 
     def leakage(self, kept: pd.DataFrame, layout: Layout, grouping_distance: int | None) -> dict:
         return leakage(kept)
+
+    def near_duplicates(self, rules: Clean) -> str:
+        return (
+            "texts equal after normalising case, whitespace and punctuation (of exact copies under one label "
+            "only the first is kept)"
+        )
+
+    def leakage_sentence(self, leakage: dict) -> str:
+        return (
+            f"Duplicate pairs across splits: {leakage['near_duplicate_pairs_across_splits']} (listed in "
+            "`split.json`)."
+        )
 
 
 CLEANING = TextCleaning()

@@ -24,6 +24,13 @@ class TextEncoding:
     def describe(self, backbone: Backbone) -> dict:
         return {"modality": "text", "text_config": backbone.data.describe()}
 
+    def preprocessing(self, described: dict) -> str:
+        config = described["text_config"]
+        return (
+            f"Tokenizer `{config['tokenizer']}` of the encoder, at most {config['max_length']} tokens per text; "
+            "pooling and normalisation from the encoder's own configuration."
+        )
+
     def recipe(self, backbone: Backbone, run: Inference) -> dict:
         import sentence_transformers
         import transformers
