@@ -24,10 +24,10 @@ from benchmarks.results import print_table, save
 
 def measure(paths: list[str], draft: bool) -> dict:
     """Run clean's check over `paths` in this process; report images/s and peak RSS."""
-    from reprotune import params as params_module
-    from reprotune.dataconfig import data_config
+    from reprotune.data.dataconfig import data_config
     from reprotune.modalities.image import cleaning as clean
-    from reprotune.resolve import for_data
+    from reprotune.pipeline import params as params_module
+    from reprotune.pipeline.resolve import for_data
 
     params = for_data(params_module.load())
     rules, data = params.clean, data_config(params.backbone.name, params.backbone.input_size)

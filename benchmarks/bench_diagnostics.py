@@ -38,7 +38,6 @@ def pixels(labels: np.ndarray, classes: int, seed: int = 0) -> np.ndarray:
 
 
 def main() -> None:
-    from reprotune import params as params_module
     from reprotune.modalities.image.baseline import (
         build,
         choose,
@@ -49,7 +48,8 @@ def main() -> None:
         training_subset,
         with_probabilities,
     )
-    from reprotune.resolve import for_data
+    from reprotune.pipeline import params as params_module
+    from reprotune.pipeline.resolve import for_data
     from stages.label_issues import out_of_fold_probabilities, ranked_issues
     from stages.learning_curve import curve
 

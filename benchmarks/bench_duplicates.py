@@ -113,12 +113,12 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=Path("../shared/data/cats-dogs"))
     options = parser.parse_args()
 
-    from reprotune import params as params_module
-    from reprotune.dataconfig import data_config
-    from reprotune.duplicates import near_pairs
-    from reprotune.images import to_rgb, upright
+    from reprotune.data.dataconfig import data_config
+    from reprotune.data.duplicates import near_pairs
+    from reprotune.data.images import to_rgb, upright
     from reprotune.modalities.image import cleaning as clean
-    from reprotune.resolve import for_data
+    from reprotune.pipeline import params as params_module
+    from reprotune.pipeline.resolve import for_data
 
     params = for_data(params_module.load())
     rules = params.clean.model_copy(update={"min_side": 1, "max_aspect_ratio": 100.0})

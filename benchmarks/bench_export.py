@@ -49,13 +49,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     options = parser.parse_args()
 
-    from reprotune import params as params_module
-    from reprotune import predict
-    from reprotune.atomic_io import read_json
-    from reprotune.layout import Layout
-    from reprotune.models import load_trained_classifier
-    from reprotune.onnx_models import OnnxClassifier
-    from reprotune.stage import as_run
+    from reprotune.models.classifier import load_trained_classifier
+    from reprotune.pipeline import params as params_module
+    from reprotune.pipeline.atomic_io import read_json
+    from reprotune.pipeline.layout import Layout
+    from reprotune.pipeline.stage import as_run
+    from reprotune.serving import predict
+    from reprotune.serving.onnx_models import OnnxClassifier
 
     params = as_run(params_module.load())  # the size the model was trained and exported at
     layout = Layout(params.paths)

@@ -47,8 +47,8 @@ def photo_folder(raw: Path, per_size: int, sizes: list[str], classes: int = 4, s
 
 def bench_params(workdir: Path, raw: Path):
     """params.yaml with every path under `workdir` and `raw` as the data folder."""
-    from reprotune import params as params_module
-    from reprotune.resolve import for_data
+    from reprotune.pipeline import params as params_module
+    from reprotune.pipeline.resolve import for_data
 
     settings = yaml.safe_load(Path("params.yaml").read_text())
     settings["paths"] = {key: str(workdir / value) for key, value in settings["paths"].items()}
@@ -76,7 +76,7 @@ def timed(work) -> float:
 
 def bare_model_rate(params, passes: int = 6) -> float:
     """Images/s of the backbone alone on pre-made tensors, as featurize runs it."""
-    from reprotune.backbones import load_backbone
+    from reprotune.models.backbones import load_backbone
     from stages.featurize import prepare
 
     backbone = load_backbone(params.backbone)
@@ -93,9 +93,9 @@ def bare_model_rate(params, passes: int = 6) -> float:
 
 def loader_rate(params) -> float:
     """Images/s of reading + preprocessing alone, through the loader featurize uses."""
-    from reprotune.dataconfig import data_config
-    from reprotune.datasets import eval_images, make_loader, worker_count
-    from reprotune.layout import Layout
+    from reprotune.data.dataconfig import data_config
+    from reprotune.data.datasets import eval_images, make_loader, worker_count
+    from reprotune.pipeline.layout import Layout
 
     layout = Layout(params.paths)
     rows = layout.read_manifest(layout.split_manifest, {"label": str})
@@ -117,7 +117,7 @@ def stage_seconds(params) -> float:
 
 
 def load_seconds(params) -> float:
-    from reprotune.backbones import load_backbone
+    from reprotune.models.backbones import load_backbone
 
     return timed(lambda: load_backbone(params.backbone))
 
@@ -156,10 +156,10 @@ def copy_fidelity(params) -> dict:
     """What the lossy copies cost: cosine similarity of each training image's embedding as featurize made it
     (through clean's resized copy) to its embedding from a full decode of the file, beside the same figure
     for the file decoded at reduced scale (how featurize read it before the copies)."""
-    from reprotune.backbones import load_backbone
-    from reprotune.datasets import ManifestImages, make_loader
-    from reprotune.inference import outputs
-    from reprotune.layout import Layout
+    from reprotune.data.datasets import ManifestImages, make_loader
+    from reprotune.models.backbones import load_backbone
+    from reprotune.models.inference import outputs
+    from reprotune.pipeline.layout import Layout
     from stages.featurize import prepare
 
     layout = Layout(params.paths)

@@ -35,7 +35,7 @@ def synchronize(device: torch.device) -> None:
 
 def model_rate(params, device: torch.device, bf16: bool, channels_last: bool) -> float:
     """Images/s of the backbone alone on a pre-made batch, as featurize runs it."""
-    from reprotune.backbones import load_backbone
+    from reprotune.models.backbones import load_backbone
     from stages.featurize import prepare
 
     backbone = load_backbone(params.backbone)
@@ -59,7 +59,7 @@ def model_rate(params, device: torch.device, bf16: bool, channels_last: bool) ->
 
 def featurize_on(params, device: torch.device, images: int) -> dict:
     """The featurize stage on `device` (model load left out, as in bench_featurize)."""
-    from reprotune.backbones import load_backbone
+    from reprotune.models.backbones import load_backbone
     from stages.featurize import featurize
 
     on_device = params.model_copy(
@@ -105,7 +105,7 @@ def torchvision_decode_rate(paths: list[str], data, device: torch.device, batch:
 
 def pillow_file_rate(paths: list[str], params, data) -> float:
     """Images/s of featurize's CPU path for an image without a resized copy (Pillow, reduced-scale)."""
-    from reprotune.datasets import ManifestImages, make_loader, worker_count
+    from reprotune.data.datasets import ManifestImages, make_loader, worker_count
 
     files = ManifestImages(
         paths, [0] * len(paths), data.eval_transform(), tuple(params.clean.background), data.eval_decode_side
@@ -115,8 +115,8 @@ def pillow_file_rate(paths: list[str], params, data) -> float:
 
 
 def main() -> None:
-    from reprotune.dataconfig import data_config
-    from reprotune.layout import Layout
+    from reprotune.data.dataconfig import data_config
+    from reprotune.pipeline.layout import Layout
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024, help="0.2 MP JPEGs")

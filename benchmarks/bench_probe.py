@@ -32,8 +32,8 @@ def embeddings(rows: int, features: int, classes: int, seed: int = 0) -> tuple[n
 
 
 def main() -> None:
-    from reprotune.params import TrainHead
-    from reprotune.probe import accuracy, fit_linear_head
+    from reprotune.models.probe import accuracy, fit_linear_head
+    from reprotune.pipeline.params import TrainHead
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000)

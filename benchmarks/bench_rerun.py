@@ -68,8 +68,8 @@ def logging_seconds(project: Path, store: Path) -> float:
     history (the batched calls track makes; artifacts and the model export are file copies, not counted)."""
     import mlflow
 
-    from reprotune import params as params_module
-    from reprotune.layout import Layout
+    from reprotune.pipeline import params as params_module
+    from reprotune.pipeline.layout import Layout
     from stages.track import epoch_history, param_values, run_metrics
 
     previous = Path.cwd()

@@ -33,13 +33,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     options = parser.parse_args()
 
-    from reprotune import params as params_module
-    from reprotune.data_kind import TEXT
-    from reprotune.layout import Layout
     from reprotune.modalities.encoding import of
-    from reprotune.models import Classifier
-    from reprotune.resolve import for_data
-    from reprotune.text_encoders import BUCKET, LengthGroupedBatches, TokenizedTexts, padded_length, padder
+    from reprotune.models.classifier import Classifier
+    from reprotune.models.text_encoders import (
+        BUCKET,
+        LengthGroupedBatches,
+        TokenizedTexts,
+        padded_length,
+        padder,
+    )
+    from reprotune.pipeline import params as params_module
+    from reprotune.pipeline.data_kind import TEXT
+    from reprotune.pipeline.layout import Layout
+    from reprotune.pipeline.resolve import for_data
     from stages.featurize import inference
 
     params = for_data(params_module.load(), TEXT, sample=True)

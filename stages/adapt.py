@@ -3,7 +3,7 @@
 `paths.target` holds unlabelled target images (directly or in any subfolders) and, optionally, a labelled
 target test set as `test/<class>/<image>`, used to measure and never to train or choose. Every target image
 passes clean's checks and may not repeat a source image (file, pixels, near duplicate) or, when unlabelled,
-a target test image (reprotune/extra_images.py); every dropped file is reported.
+a target test image (reprotune/data/extra_images.py); every dropped file is reported.
 
 `adapt.method`, cheapest first, each measured against the source-only models:
 - `adabn` (Li et al. 2016): per-domain BatchNorm statistics, for the frozen backbone with the head and for
@@ -45,16 +45,24 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json, write_json, write_text
-from reprotune.backbones import load_backbone
-from reprotune.datasets import ManifestImages, make_loader, worker_count
-from reprotune.devices import pick_device, to_device
-from reprotune.distributed import local_device, process_group
-from reprotune.errors import InputError
-from reprotune.extra_images import Known, check_images
-from reprotune.files import list_files
-from reprotune.finetuning import (
+from reprotune.data.datasets import ManifestImages, make_loader, worker_count
+from reprotune.data.extra_images import Known, check_images
+from reprotune.data.files import list_files
+from reprotune.modalities.image.training_data import mixed_training_data
+from reprotune.models.backbones import load_backbone
+from reprotune.models.classifier import Classifier, load_trained_classifier
+from reprotune.models.inference import predict
+from reprotune.models.probe import fit_linear_head
+from reprotune.pipeline import stage
+from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json, write_text
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Params
+from reprotune.reporting.markdown import lines_of, value_cell
+from reprotune.reporting.metrics import per_class_metrics, summary_metrics
+from reprotune.training.devices import pick_device, to_device
+from reprotune.training.distributed import local_device, process_group
+from reprotune.training.finetuning import (
     UNLABELED,
     build_model,
     freeze,
@@ -64,17 +72,9 @@ from reprotune.finetuning import (
     phase_strategy,
     trainable_backbone_names,
 )
-from reprotune.finetuning import fingerprint as finetune_fingerprint
-from reprotune.inference import predict
-from reprotune.layout import Layout
-from reprotune.markdown import lines_of, value_cell
-from reprotune.metrics import per_class_metrics, summary_metrics
-from reprotune.modalities.image.training_data import mixed_training_data
-from reprotune.models import Classifier, load_trained_classifier
-from reprotune.params import Params
-from reprotune.probe import fit_linear_head
-from reprotune.seeding import seed_everything
-from reprotune.training import Placement, Schedule, fit
+from reprotune.training.finetuning import fingerprint as finetune_fingerprint
+from reprotune.training.loop import Placement, Schedule, fit
+from reprotune.training.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from reprotune import stage
-from reprotune.atomic_io import atomic_output, write_text
-from reprotune.layout import Layout
-from reprotune.markdown import lines_of
 from reprotune.modalities import baselines
-from reprotune.params import Params
+from reprotune.pipeline import stage
+from reprotune.pipeline.atomic_io import atomic_output, write_text
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Params
+from reprotune.reporting.markdown import lines_of
 
 log = logging.getLogger(__name__)
 

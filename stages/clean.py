@@ -2,7 +2,7 @@
 
 The checks are the modality's (reprotune/modalities/image/cleaning.py: decoding, resized copies, near
 duplicates by perceptual hashes; reprotune/modalities/text/cleaning.py: empty and over-long texts,
-duplicates after normalisation); what follows them holds for both (reprotune/cleaning_steps.py): a
+duplicates after normalisation); what follows them holds for both (reprotune/data/cleaning_steps.py): a
 duplicate group under two labels follows `clean.label_conflict`, classes under `clean.min_class_size`
 follow `clean.small_class`, and a duplicate group is the unit split keeps inside one split.
 
@@ -25,16 +25,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from reprotune import data_kind, stage
-from reprotune.atomic_io import atomic_output, write_json, write_text
-from reprotune.cleaning_steps import DROP
-from reprotune.errors import InputError
-from reprotune.figures import save
-from reprotune.layout import Layout
-from reprotune.markdown import lines_of
+from reprotune.data.cleaning_steps import DROP
 from reprotune.modalities import cleaning as modality_cleaning
 from reprotune.modalities.cleaning import Cleaning
-from reprotune.params import Clean, Params
+from reprotune.pipeline import data_kind, stage
+from reprotune.pipeline.atomic_io import atomic_output, write_json, write_text
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Clean, Params
+from reprotune.reporting.figures import save
+from reprotune.reporting.markdown import lines_of
 
 log = logging.getLogger(__name__)
 

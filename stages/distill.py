@@ -11,12 +11,12 @@ trained on the labels alone with the same budget (the ablation that says what di
 - Unlabelled images (`paths.unlabeled`, any subfolders, read-only) pass clean's checks and join the training
   set of the distilled student with the distillation term alone; one whose content equals or nearly equals a
   labelled image's (file sha256, decoded pixels, or near-duplicate hash within `clean.near_duplicate_distance`;
-  reprotune/extra_images.py) is dropped and reported, so that no validation or test picture reaches training
+  reprotune/data/extra_images.py) is dropped and reported, so that no validation or test picture reaches training
   through the teacher.
 - The label-only student is the same student, the same view, epochs and optimizer, and the loss with alpha = 1
   over the labelled images.
 
-Training is finetune's (reprotune/training.py `fit`, finetune's optimizer and training copies): early stopping
+Training is finetune's (reprotune/training/loop.py `fit`, finetune's optimizer and training copies): early stopping
 on validation accuracy, the best epoch kept, a checkpoint per student per epoch and resume with identical
 weights, torchrun DDP, bf16 autocast and channels_last on CUDA. Off (`distill.enabled: false`, the default)
 the stage writes a one-line record and trains nothing, so the DAG stays valid at no cost.
@@ -44,26 +44,26 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json, write_json
-from reprotune.backbones import Backbone, load_backbone
-from reprotune.dataconfig import DataConfig
-from reprotune.datasets import eval_images, make_loader, worker_count
-from reprotune.devices import pick_device
-from reprotune.distributed import local_device, process_group
-from reprotune.errors import InputError
-from reprotune.extra_images import Known, check_images
-from reprotune.files import list_files
-from reprotune.finetuning import UNLABELED, load_split, make_optimizer
-from reprotune.inference import predict
-from reprotune.layout import STUDENTS, Layout
+from reprotune.data.dataconfig import DataConfig
+from reprotune.data.datasets import eval_images, make_loader, worker_count
+from reprotune.data.extra_images import Known, check_images
+from reprotune.data.files import list_files
 from reprotune.modalities.image.training_data import mixed_training_data
-from reprotune.models import Classifier, load_trained_classifier
-from reprotune.params import Backbone as BackboneParams
-from reprotune.params import Params
-from reprotune.probe import fit_linear_head
-from reprotune.seeding import seed_everything
-from reprotune.training import Placement, Schedule, fit
+from reprotune.models.backbones import Backbone, load_backbone
+from reprotune.models.classifier import Classifier, load_trained_classifier
+from reprotune.models.inference import predict
+from reprotune.models.probe import fit_linear_head
+from reprotune.pipeline import stage
+from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import STUDENTS, Layout
+from reprotune.pipeline.params import Backbone as BackboneParams
+from reprotune.pipeline.params import Params
+from reprotune.training.devices import pick_device
+from reprotune.training.distributed import local_device, process_group
+from reprotune.training.finetuning import UNLABELED, load_split, make_optimizer
+from reprotune.training.loop import Placement, Schedule, fit
+from reprotune.training.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def make_loss(
 
 def unlabeled_images(params: Params, layout: Layout) -> tuple[pd.DataFrame, list[dict]]:
     """The usable images under `paths.unlabeled` (path, sha256) and every one dropped with its reason
-    (reprotune/extra_images.py: clean's checks, no copy or near duplicate of a labelled image)."""
+    (reprotune/data/extra_images.py: clean's checks, no copy or near duplicate of a labelled image)."""
     folder = layout.unlabeled
     if not folder.is_dir():
         raise InputError(f"params.yaml: paths.unlabeled: {folder} is not a folder (keep it, empty, for none)")

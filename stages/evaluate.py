@@ -7,7 +7,7 @@
 - `reports/predictions.csv`: one row per test image: every model's prediction and class probabilities.
 
 With distill enabled, its students (distilled, label-only) are scored the same way after the three. On text,
-zero-shot classification (`zeroshot`: the nearest class name by cosine, reprotune/zero_shot.py) is
+zero-shot classification (`zeroshot`: the nearest class name by cosine, reprotune/models/zero_shot.py) is
 scored beside them, and the most confident mistakes are shown as texts.
 - `reports/plots/*.png` and `reports/report.md`.
 """
@@ -24,28 +24,28 @@ import torch
 from safetensors.torch import load_file
 from scipy.special import softmax
 
-from reprotune import data_kind, stage
-from reprotune import evaluation_plots as plots
-from reprotune.atomic_io import atomic_output, read_json, write_json, write_text
-from reprotune.devices import pick_device
-from reprotune.errors import InputError
-from reprotune.inference import Inference
-from reprotune.layout import Layout
-from reprotune.metrics import (
+from reprotune.modalities import encoding as modality_encoding
+from reprotune.modalities import exporting
+from reprotune.modalities import showing as modality_showing
+from reprotune.models.classifier import load_trained_classifier
+from reprotune.models.inference import Inference
+from reprotune.models.zero_shot import zero_shot_logits
+from reprotune.pipeline import data_kind, stage
+from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json, write_text
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Backbone as BackboneParams
+from reprotune.pipeline.params import Params
+from reprotune.reporting import evaluation_plots as plots
+from reprotune.reporting.metrics import (
     expected_calibration_error,
     fit_temperature,
     per_class_metrics,
     reliability,
     summary_metrics,
 )
-from reprotune.modalities import encoding as modality_encoding
-from reprotune.modalities import exporting
-from reprotune.modalities import showing as modality_showing
-from reprotune.models import load_trained_classifier
-from reprotune.params import Backbone as BackboneParams
-from reprotune.params import Params
-from reprotune.report import SECTIONS, render
-from reprotune.zero_shot import zero_shot_logits
+from reprotune.reporting.report import SECTIONS, render
+from reprotune.training.devices import pick_device
 
 log = logging.getLogger(__name__)
 

@@ -26,19 +26,19 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json, write_json, write_text
-from reprotune.dataconfig import DataConfig
-from reprotune.datasets import eval_images, make_loader
-from reprotune.errors import InputError
-from reprotune.inference import predict
-from reprotune.layout import Layout
-from reprotune.metrics import summary_metrics
+from reprotune.data.dataconfig import DataConfig
+from reprotune.data.datasets import eval_images, make_loader
 from reprotune.modalities import exporting
-from reprotune.models import Classifier, load_trained_classifier
-from reprotune.onnx_models import OnnxClassifier
-from reprotune.params import Backbone as BackboneParams
-from reprotune.params import Params
+from reprotune.models.classifier import Classifier, load_trained_classifier
+from reprotune.models.inference import predict
+from reprotune.pipeline import stage
+from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json, write_text
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Backbone as BackboneParams
+from reprotune.pipeline.params import Params
+from reprotune.reporting.metrics import summary_metrics
+from reprotune.serving.onnx_models import OnnxClassifier
 
 log = logging.getLogger(__name__)
 

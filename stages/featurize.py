@@ -4,11 +4,11 @@ reprotune/modalities/encoding.py).
 One safetensors file per split (label indices and embeddings, rows in manifest order) and `features.json`,
 which records what produced them (backbone, weights, preprocessing) plus the class list and the row order.
 
-Embeddings come from a content-addressed cache (reprotune/embeddings.py) keyed by the image file's sha256
+Embeddings come from a content-addressed cache (reprotune/data/embeddings.py) keyed by the image file's sha256
 under a recipe of everything else that shapes an embedding. Only images the cache lacks go through the
 backbone; adding one image to a large dataset embeds one image. The split files are then streamed from the
 cache, so memory does not grow with the number of images, and are byte-identical with or without the cache.
-Images are read from clean's resized copies where they have one (reprotune/resized.py), so no image file is
+Images are read from clean's resized copies where they have one (reprotune/data/resized.py), so no image file is
 decoded here twice over.
 
 Texts go the same way: the cache key is the text's sha256 (taken at clean) under the encoder's recipe.
@@ -28,18 +28,18 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from reprotune import stage
-from reprotune.atomic_io import atomic_output, write_text
-from reprotune.devices import pick_device
-from reprotune.embeddings import EmbeddingCache
-from reprotune.inference import Inference
-from reprotune.layout import SPLITS, Layout
-from reprotune.markdown import lines_of
+from reprotune.data.embeddings import EmbeddingCache
+from reprotune.data.tensorfiles import tensor_file
 from reprotune.modalities import encoding as modality_encoding
 from reprotune.modalities.encoding import Encoding
-from reprotune.params import Params
-from reprotune.pretrained import Backbone
-from reprotune.tensorfiles import tensor_file
+from reprotune.models.inference import Inference
+from reprotune.models.pretrained import Backbone
+from reprotune.pipeline import stage
+from reprotune.pipeline.atomic_io import atomic_output, write_text
+from reprotune.pipeline.layout import SPLITS, Layout
+from reprotune.pipeline.params import Params
+from reprotune.reporting.markdown import lines_of
+from reprotune.training.devices import pick_device
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ then cosine decay per step. Early stopping on validation accuracy; epoch 0 (the 
 candidate, and the best epoch's weights are saved. CUDA trains under bf16 autocast.
 
 Every epoch crops from the same pictures, so each training image larger than the training side is decoded
-once per run, before the first epoch, and kept resized to that side (reprotune/resized.py); the epochs then
+once per run, before the first epoch, and kept resized to that side (reprotune/data/resized.py); the epochs then
 decode those small JPEGs. Validation reads clean's eval-sized copies.
 
 Texts (the modality ingest recorded) train the same way through the same loop: the sentence encoder and the head,
-on shuffled token-id batches padded to their longest text (reprotune/text_encoders.py); augmentation,
+on shuffled token-id batches padded to their longest text (reprotune/models/text_encoders.py); augmentation,
 mixup and BatchNorm settings do not apply to them.
 
 Resumable: after every epoch the full training state (weights, optimizer, scheduler, RNG states, best model
@@ -25,7 +25,7 @@ on CPU). `batch_size` stays the global batch (each process takes batch_size / N)
 the results stay comparable with a single-process run; rank 0 alone writes outputs and checkpoints.
 
 The epoch loop, early stopping, resume and DDP wrapping are the shared training loop's
-(reprotune/training.py: `fit`); this module says what trains, on which data, with which loss and optimizer.
+(reprotune/training/loop.py: `fit`); this module says what trains, on which data, with which loss and optimizer.
 """
 
 from __future__ import annotations
@@ -39,13 +39,19 @@ from collections.abc import Callable
 import torch
 from safetensors.torch import save_file
 
-from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json, write_text
-from reprotune.checkpoints import Progress
-from reprotune.devices import pick_device
-from reprotune.distributed import local_device, process_group
-from reprotune.errors import InputError
-from reprotune.finetuning import (
+from reprotune.modalities import encoding as modality_encoding
+from reprotune.modalities import training_data
+from reprotune.models.classifier import Classifier
+from reprotune.pipeline import stage
+from reprotune.pipeline.atomic_io import atomic_output, read_json, write_text
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Finetune, Params
+from reprotune.reporting.markdown import lines_of
+from reprotune.training.checkpoints import Progress
+from reprotune.training.devices import pick_device
+from reprotune.training.distributed import local_device, process_group
+from reprotune.training.finetuning import (
     build_model,
     fingerprint,
     freeze,
@@ -54,20 +60,14 @@ from reprotune.finetuning import (
     phase_strategy,
     trainable_backbone_names,
 )
-from reprotune.layout import Layout
-from reprotune.markdown import lines_of
-from reprotune.modalities import encoding as modality_encoding
-from reprotune.modalities import training_data
-from reprotune.models import Classifier
-from reprotune.params import Finetune, Params
-from reprotune.seeding import seed_everything
-from reprotune.training import (
+from reprotune.training.loop import (
     Placement,
     Schedule,
     TrainingData,
     fit,
     supervised_loss,
 )
+from reprotune.training.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ sha256).
 The source is `paths.raw`: images laid out as <class>/<image> or <split>/<class>/<image>, or texts in CSV or
 JSON Lines files directly inside it. Which of the two it holds is the modality (`ingest.modality: auto`
 finds it; holding both is an error; reprotune/modalities/files.py). It is decided here, once, and recorded
-with whether the data are a built-in sample (data_kind.json, reprotune/data_kind.py): every later stage
-reads that record, and params.yaml's `auto`s are resolved from it (reprotune/resolve.py). When the folder
+with whether the data are a built-in sample (data_kind.json, reprotune/pipeline/data_kind.py): every later stage
+reads that record, and params.yaml's `auto`s are resolved from it (reprotune/pipeline/resolve.py). When the folder
 holds no files, the modality's built-in sample is used instead, copied under `paths.ingested`, never into
 the raw folder: scikit-learn's digits upscaled to PNG photos, or with `ingest.modality: text` Banking77
 (`paths.text_sample`). Files and rows this stage cannot use get an `issue` code; the clean stage reports
@@ -18,15 +18,15 @@ import logging
 
 import pandas as pd
 
-from reprotune import data_kind, stage
-from reprotune.atomic_io import atomic_output
-from reprotune.data_kind import DataKind
-from reprotune.errors import InputError
-from reprotune.files import list_files
-from reprotune.layout import Layout
+from reprotune.data.files import list_files
 from reprotune.modalities import files as modality_files
-from reprotune.params import Params
-from reprotune.resolve import resolve
+from reprotune.pipeline import data_kind, stage
+from reprotune.pipeline.atomic_io import atomic_output
+from reprotune.pipeline.data_kind import DataKind
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Params
+from reprotune.pipeline.resolve import resolve
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ from cleanlab.filter import find_label_issues
 from safetensors.torch import load_file
 from sklearn.model_selection import StratifiedGroupKFold
 
-from reprotune import data_kind, stage
-from reprotune.atomic_io import atomic_output, read_json, write_text
-from reprotune.errors import InputError
-from reprotune.layout import SPLITS, Layout
-from reprotune.markdown import lines_of
 from reprotune.modalities import showing as modality_showing
-from reprotune.params import Params
-from reprotune.probe import fit_linear_head, probabilities
+from reprotune.models.probe import fit_linear_head, probabilities
+from reprotune.pipeline import data_kind, stage
+from reprotune.pipeline.atomic_io import atomic_output, read_json, write_text
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import SPLITS, Layout
+from reprotune.pipeline.params import Params
+from reprotune.reporting.markdown import lines_of
 
 log = logging.getLogger(__name__)
 

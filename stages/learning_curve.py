@@ -1,4 +1,4 @@
-"""learning_curve: would more labels help? The head (the same probe as train_head, reprotune/probe.py) trained
+"""learning_curve: would more labels help? The head (the same probe as train_head, reprotune/models/probe.py) trained
 on k labelled images per class, k = 1, 2, 4, ... and on all of them, scored on val and test.
 
 Each k below the median class's training count gets `learning_curve.draws` seeded random draws of the
@@ -25,14 +25,14 @@ import torch
 from safetensors.torch import load_file
 from scipy import stats
 
-from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json, write_json, write_text
-from reprotune.figures import save
-from reprotune.layout import Layout
-from reprotune.markdown import lines_of
-from reprotune.params import Params
-from reprotune.probe import accuracy, fit_linear_head
-from reprotune.zero_shot import zero_shot_logits
+from reprotune.models.probe import accuracy, fit_linear_head
+from reprotune.models.zero_shot import zero_shot_logits
+from reprotune.pipeline import stage
+from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json, write_text
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Params
+from reprotune.reporting.figures import save
+from reprotune.reporting.markdown import lines_of
 
 log = logging.getLogger(__name__)
 

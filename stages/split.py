@@ -16,14 +16,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from reprotune import stage
-from reprotune.atomic_io import atomic_output, write_json, write_text
-from reprotune.errors import InputError
-from reprotune.layout import SPLITS, Layout
-from reprotune.markdown import lines_of
 from reprotune.modalities import cleaning as modality_cleaning
 from reprotune.modalities.cleaning import Cleaning
-from reprotune.params import Params
+from reprotune.pipeline import stage
+from reprotune.pipeline.atomic_io import atomic_output, write_json, write_text
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import SPLITS, Layout
+from reprotune.pipeline.params import Params
+from reprotune.reporting.markdown import lines_of
 
 log = logging.getLogger(__name__)
 

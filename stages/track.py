@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from reprotune import data_kind, stage
-from reprotune.atomic_io import process_alive, read_json, write_json
-from reprotune.errors import InputError
-from reprotune.hashing import sha256_of_file
-from reprotune.layout import SPLITS, Layout
-from reprotune.params import Params, flatten
-from reprotune.resolve import decisions
-from reprotune.tracking import (
+from reprotune.pipeline import data_kind, stage
+from reprotune.pipeline.atomic_io import process_alive, read_json, write_json
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.hashing import sha256_of_file
+from reprotune.pipeline.layout import SPLITS, Layout
+from reprotune.pipeline.params import Params, flatten
+from reprotune.pipeline.resolve import decisions
+from reprotune.reporting.tracking import (
     declared_artifacts,
     experiment_lineage,
     git_lineage,
@@ -152,7 +152,7 @@ def epoch_history(layout: Layout) -> list:
 
 
 def log_model(params: Params, layout: Layout, folder: Path, name: str, registered: str) -> str:
-    """Log the model MLflow serves (reprotune/serving.py: images in, label, confidence and probabilities out,
+    """Log the model MLflow serves (reprotune/serving/pyfunc.py: images in, label, confidence and probabilities out,
     running the exported ONNX file in `folder`) as "models from code", so that loading it unpickles nothing;
     with a signature and two real test images as input example, registered as `registered`, with the alias
     pointed at it."""
@@ -163,7 +163,7 @@ def log_model(params: Params, layout: Layout, folder: Path, name: str, registere
     from mlflow.models import infer_signature
 
     import reprotune
-    from reprotune import serving
+    from reprotune.serving import pyfunc as serving
 
     meta = read_json(layout.features_meta)
     first_two = (meta["paths"]["test"] * 2)[:2]  # a one-image test split lends its image twice

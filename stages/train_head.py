@@ -1,4 +1,4 @@
-"""train_head: the linear probe (reprotune/probe.py) on the training split's frozen embeddings."""
+"""train_head: the linear probe (reprotune/models/probe.py) on the training split's frozen embeddings."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import logging
 import torch
 from safetensors.torch import load_file, save_file
 
-from reprotune import stage
-from reprotune.atomic_io import atomic_output, read_json, write_text
-from reprotune.layout import Layout
-from reprotune.markdown import lines_of
-from reprotune.params import Params
-from reprotune.probe import accuracy, fit_linear_head
+from reprotune.models.probe import accuracy, fit_linear_head
+from reprotune.pipeline import stage
+from reprotune.pipeline.atomic_io import atomic_output, read_json, write_text
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Params
+from reprotune.reporting.markdown import lines_of
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from reprotune import params as params_module
-from reprotune.params import Params
+from reprotune.pipeline import params as params_module
+from reprotune.pipeline.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 # The pipeline's stages in dvc.yaml's order, which is the order `dvc repro` runs them in.
@@ -63,7 +63,7 @@ def as_image_folder(raw: dict) -> dict:
     """`raw` with every `auto` written out as it resolves on a user's image folder (what the tiny image
     folders of these tests are), so that stage functions called directly get the values stage.run would
     give them."""
-    from reprotune.resolve import for_data
+    from reprotune.pipeline.resolve import for_data
 
     return for_data(params_module.validate(raw)).model_dump(mode="json")
 

@@ -13,12 +13,12 @@ from PIL import ImageFilter, ImageOps
 from safetensors.torch import load_file
 from torch import nn
 
-from reprotune import params as params_module
-from reprotune.backbones import load_backbone
-from reprotune.dataconfig import TINY_TEST
-from reprotune.models import Classifier
-from reprotune.params import Backbone as BackboneParams
-from reprotune.training import Placement
+from reprotune.data.dataconfig import TINY_TEST
+from reprotune.models.backbones import load_backbone
+from reprotune.models.classifier import Classifier
+from reprotune.pipeline import params as params_module
+from reprotune.pipeline.params import Backbone as BackboneParams
+from reprotune.training.loop import Placement
 from stages import (
     adapt,
     baseline,

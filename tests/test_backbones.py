@@ -6,11 +6,11 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from reprotune.backbones import load_backbone
-from reprotune.dataconfig import TINY_TEST
-from reprotune.errors import InputError
-from reprotune.params import Backbone as BackboneParams
-from reprotune.pretrained import load_matching
+from reprotune.data.dataconfig import TINY_TEST
+from reprotune.models.backbones import load_backbone
+from reprotune.models.pretrained import load_matching
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.params import Backbone as BackboneParams
 
 
 def params(name: str, weights: str | None = None, input_size: int | None = None) -> BackboneParams:

@@ -16,7 +16,7 @@ from reprotune.modalities.image.baseline import (
     training_subset,
     with_probabilities,
 )
-from reprotune.params import Baseline
+from reprotune.pipeline.params import Baseline
 
 
 def settings(**changes) -> Baseline:

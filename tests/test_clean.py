@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from reprotune.dataconfig import data_config
-from reprotune.images import to_rgb
+from reprotune.data.dataconfig import data_config
+from reprotune.data.images import to_rgb
+from reprotune.data.resized import NO_COPY, ResizedCopies, resize_shorter_side
 from reprotune.modalities.image import cleaning as image_cleaning
-from reprotune.resized import NO_COPY, ResizedCopies, resize_shorter_side
 from stages import clean, ingest
 from tests.conftest import make_class_folder, noisy_image
 
@@ -69,7 +69,7 @@ def test_too_many_pixels_is_refused_from_the_header(tiny_params):
 
 
 def test_fewer_than_two_classes_is_a_clear_error(tiny_params):
-    from reprotune.errors import InputError
+    from reprotune.pipeline.errors import InputError
 
     raw = Path(tiny_params.paths.raw)
     (raw / "only").mkdir(parents=True)

@@ -218,7 +218,7 @@ def test_majority_policy_keeps_the_most_common_label(tiny_params):
 
 
 def test_small_class_policy_fail_names_the_class(tiny_params):
-    from reprotune.errors import InputError
+    from reprotune.pipeline.errors import InputError
 
     raw = Path(tiny_params.paths.raw)
     for name, count in (("big", 4), ("tiny", 1), ("other", 3)):

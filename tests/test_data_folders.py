@@ -10,8 +10,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from reprotune.errors import InputError
-from reprotune.layout import Layout
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
 from stages import clean, featurize, ingest, split
 from tests.conftest import COLOURS, make_class_folder, noisy_image, tiny_params_raw
 

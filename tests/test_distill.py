@@ -15,8 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from scipy.special import log_softmax, softmax
 
-from reprotune import finetuning
-from reprotune.dataconfig import DataConfig
+from reprotune.data.dataconfig import DataConfig
+from reprotune.training import finetuning
 from stages import (
     adapt,
     baseline,
@@ -201,8 +201,8 @@ def test_unlabelled_folder_is_checked_and_never_overlaps_the_labelled_images(tin
 
 
 def test_an_unlabelled_folder_inside_the_raw_one_is_refused(tiny_params):
-    from reprotune.errors import InputError
-    from reprotune.layout import Layout
+    from reprotune.pipeline.errors import InputError
+    from reprotune.pipeline.layout import Layout
 
     paths = tiny_params.paths.model_copy(update={"unlabeled": str(Path(tiny_params.paths.raw) / "extra")})
     (Path(paths.unlabeled)).mkdir(parents=True)
@@ -340,7 +340,7 @@ def test_torchrun_two_processes_distill(tiny_params, tmp_path):
 
 
 def test_report_states_the_gap_recovered_and_the_latency_ratio():
-    from reprotune.report import distillation_section
+    from reprotune.reporting.report import distillation_section
 
     def scores(val, test):
         return {

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from reprotune import params as params_module
-from reprotune.dataconfig import data_config
-from reprotune.duplicates import HASHES, WORDS, frame, near_pairs
+from reprotune.data.dataconfig import data_config
+from reprotune.data.duplicates import HASHES, WORDS, frame, near_pairs
 from reprotune.modalities.image import cleaning as image_cleaning
-from reprotune.resolve import for_data
+from reprotune.pipeline import params as params_module
+from reprotune.pipeline.resolve import for_data
 from tests.conftest import ROOT, photo_like
 
 PARAMS = for_data(params_module.load(ROOT / "params.yaml"))  # the shipped default distance, not a test's own

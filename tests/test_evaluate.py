@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 from scipy.special import softmax
 
-from reprotune import evaluation_plots as plots
-from reprotune import params as params_module
-from reprotune.data_kind import IMAGE, TEXT, DataKind
-from reprotune.metrics import (
+from reprotune.modalities.showing import of
+from reprotune.pipeline import params as params_module
+from reprotune.pipeline.data_kind import IMAGE, TEXT, DataKind
+from reprotune.pipeline.resolve import resolve
+from reprotune.reporting import evaluation_plots as plots
+from reprotune.reporting.metrics import (
     bootstrap_interval,
     expected_calibration_error,
     fit_temperature,
@@ -17,9 +19,7 @@ from reprotune.metrics import (
     reliability,
     summary_metrics,
 )
-from reprotune.modalities.showing import of
-from reprotune.report import DATA, MODEL, SECTIONS, render
-from reprotune.resolve import resolve
+from reprotune.reporting.report import DATA, MODEL, SECTIONS, render
 from stages.evaluate import most_confident_mistakes, predictions_frame
 from tests.conftest import noisy_image, tiny_params_raw
 
@@ -207,7 +207,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
 
 
 def test_each_stage_writes_its_own_section_of_the_report(tmp_path: Path):
-    """The words each owner puts in report.md, from its own record (reprotune/report.py only places them)."""
+    """The words each owner puts in report.md, from its own record (reprotune/reporting/report.py only places them)."""
     from reprotune.modalities import baselines
     from reprotune.modalities import cleaning as modality_cleaning
     from stages import clean, label_issues, split

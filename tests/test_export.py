@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from reprotune.errors import InputError
-from reprotune.layout import Layout
-from reprotune.onnx_models import OnnxClassifier
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
+from reprotune.serving.onnx_models import OnnxClassifier
 from stages import export
 from tests.conftest import ROOT
 

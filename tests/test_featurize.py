@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reprotune.embeddings import EmbeddingCache
-from reprotune.images import load_rgb
-from reprotune.inference import outputs
-from reprotune.layout import SPLITS, Layout
-from reprotune.tensorfiles import open_rows, tensor_file
+from reprotune.data.embeddings import EmbeddingCache
+from reprotune.data.images import load_rgb
+from reprotune.data.tensorfiles import open_rows, tensor_file
+from reprotune.models.inference import outputs
+from reprotune.pipeline.layout import SPLITS, Layout
 from stages import clean, featurize, ingest, split
 from tests.conftest import make_class_folder, noisy_image
 
@@ -127,8 +127,8 @@ def test_draft_decoding_keeps_both_sides_at_least_the_side(tmp_path: Path):
 def test_features_through_resized_copies_match_the_files(tiny_params):
     """Every image here is larger than the tiny backbone's 32 px eval side, so featurize reads them all
     from clean's JPEG copies; embedding the files themselves gives nearly the same vectors."""
-    from reprotune.backbones import load_backbone
-    from reprotune.datasets import ManifestImages, make_loader
+    from reprotune.data.datasets import ManifestImages, make_loader
+    from reprotune.models.backbones import load_backbone
 
     make_class_folder(Path(tiny_params.paths.raw), per_class=4)
     for stage in (ingest.ingest, clean.clean, split.split):

@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reprotune import finetuning, training
-from reprotune.backbones import load_backbone
-from reprotune.dataconfig import TINY_TEST
+from reprotune.data.dataconfig import TINY_TEST
 from reprotune.modalities.image import training_data as image_training_data
-from reprotune.models import Classifier
-from reprotune.params import Backbone as BackboneParams
+from reprotune.models.backbones import load_backbone
+from reprotune.models.classifier import Classifier
+from reprotune.pipeline.params import Backbone as BackboneParams
+from reprotune.training import finetuning
+from reprotune.training import loop as training
 from stages import clean, featurize, finetune, ingest, split, train_head
 from tests.conftest import make_class_folder
 
@@ -187,8 +188,8 @@ def test_training_images_are_decoded_once_per_run(tiny_params):
     resumed run; smaller ones are read from their files; the copies go when the run finishes."""
     from PIL import Image
 
-    from reprotune.layout import Layout
-    from reprotune.resized import NO_COPY
+    from reprotune.data.resized import NO_COPY
+    from reprotune.pipeline.layout import Layout
 
     prepare(tiny_params)
     noisy = Image.effect_noise((120, 90), 40).convert("RGB")

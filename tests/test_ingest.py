@@ -4,8 +4,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from reprotune.hashing import sha256_of_file
 from reprotune.modalities.image.files import scan
+from reprotune.pipeline.hashing import sha256_of_file
 from stages import ingest
 from tests.conftest import make_class_folder
 

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reprotune import params as params_module
-from reprotune.resolve import for_data
+from reprotune.pipeline import params as params_module
+from reprotune.pipeline.resolve import for_data
 from stages.label_issues import COLUMNS, issues_frame, out_of_fold_probabilities, ranked_issues
 from tests.conftest import ROOT
 

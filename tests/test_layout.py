@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reprotune import params as params_module
-from reprotune.atomic_io import atomic_output
-from reprotune.layout import Layout
+from reprotune.pipeline import params as params_module
+from reprotune.pipeline.atomic_io import atomic_output
+from reprotune.pipeline.layout import Layout
 from tests.conftest import ROOT
 
 

@@ -77,8 +77,8 @@ def test_the_reading_finds_where_the_curve_is_within_a_point_and_the_last_step()
 def test_the_stage_writes_json_csv_and_plot(tiny_params):
     from safetensors.numpy import save_file
 
-    from reprotune import data_kind
-    from reprotune.layout import Layout
+    from reprotune.pipeline import data_kind
+    from reprotune.pipeline.layout import Layout
     from stages.learning_curve import learning_curve
 
     layout = Layout(tiny_params.paths)

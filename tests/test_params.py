@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reprotune import params as params_module
-from reprotune.params import ParamsError, flatten
+from reprotune.pipeline import params as params_module
+from reprotune.pipeline.params import ParamsError, flatten
 from tests.conftest import ROOT, real_params_raw
 
 

@@ -13,8 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reprotune import params as params_module
-from reprotune.params import ParamsError, flatten
+from reprotune.pipeline import params as params_module
+from reprotune.pipeline.params import ParamsError, flatten
 from tests.conftest import PIPELINE_STAGES, tiny_params_raw
 
 STAGES = PIPELINE_STAGES

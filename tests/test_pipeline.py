@@ -224,7 +224,16 @@ def test_dvc_repro_end_to_end(built):
     for model in ("models/export", "models/finetuned", "models:/reprotune@candidate"):
         out = built["tmp"] / f"predicted-{model.replace('/', '-').replace(':', '')}.csv"
         run(
-            [sys.executable, "-m", "reprotune.predict", "data/raw/red", "--model", model, "-o", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "reprotune.predict",
+                "data/raw/red",
+                "--model",
+                model,
+                "-o",
+                str(out),
+            ],
             root,
         )
         rows[model] = out.read_text().splitlines()
@@ -540,7 +549,7 @@ def test_bad_params_stop_a_stage_before_it_writes(tmp_path: Path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines == [
-        "error: params.yaml: train_head.Cee: unknown key (check the spelling against the schema in reprotune/params.py)",
+        "error: params.yaml: train_head.Cee: unknown key (check the spelling against the schema in reprotune/pipeline/params.py)",
         "error: params.yaml: finetune.lr: Input should be greater than 0 (got -1)",
     ]
     assert not (project / "data" / "ingested").exists()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from reprotune import predict
+from reprotune.serving import predict
 from tests.conftest import make_class_folder, noisy_image
 
 

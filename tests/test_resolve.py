@@ -1,4 +1,4 @@
-"""What you write is what runs: every `auto` resolved in one place (reprotune/resolve.py), an explicit value
+"""What you write is what runs: every `auto` resolved in one place (reprotune/pipeline/resolve.py), an explicit value
 always used as written, and a key that cannot apply to the data refused with its name."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from reprotune import params as params_module
-from reprotune.data_kind import IMAGE, TEXT, DataKind
-from reprotune.params import Params, ParamsError, flatten
-from reprotune.resolve import OFF_ON_TEXT, RULES, decisions, resolve
+from reprotune.pipeline import params as params_module
+from reprotune.pipeline.data_kind import IMAGE, TEXT, DataKind
+from reprotune.pipeline.params import Params, ParamsError, flatten
+from reprotune.pipeline.resolve import OFF_ON_TEXT, RULES, decisions, resolve
 from tests.conftest import ROOT, real_params_raw
 
 KINDS = {

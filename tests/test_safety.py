@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from reprotune.errors import InputError
-from reprotune.layout import Layout
-from reprotune.params import _Yaml12FloatLoader
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import _Yaml12FloatLoader
 from tests.conftest import ROOT
 
 SOURCES = sorted(p for folder in ("reprotune", "stages", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
@@ -75,7 +75,7 @@ def test_nothing_binds_beyond_the_loopback():
 
 @pytest.fixture
 def layout(tmp_path: Path) -> Layout:
-    from reprotune import params as params_module
+    from reprotune.pipeline import params as params_module
     from tests.conftest import tiny_params_raw
 
     return Layout(params_module.validate(tiny_params_raw(tmp_path)).paths)

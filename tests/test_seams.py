@@ -16,7 +16,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from reprotune.params import Params
+from reprotune.pipeline.params import Params
 from tests.conftest import ROOT
 
 PACKAGES = ("reprotune", "stages")
@@ -152,10 +152,11 @@ cleaning = modality_cleaning.of(layout.modality)
 def test_the_import_walk_follows_function_level_and_package_imports(tmp_path: Path):
     """The walk itself: it must see what a stage would really import, or the test above proves nothing."""
     evaluate = transitive_imports(ROOT / "stages" / "evaluate.py")
-    assert ROOT / "reprotune" / "evaluation_plots.py" in evaluate  # `from reprotune import x as y`
-    assert ROOT / "reprotune" / "figures.py" in evaluate  # transitively, through evaluation_plots
+    reporting = ROOT / "reprotune" / "reporting"
+    assert reporting / "evaluation_plots.py" in evaluate  # `from reprotune.reporting import x as y`
+    assert reporting / "figures.py" in evaluate  # transitively, through evaluation_plots
     track = transitive_imports(ROOT / "stages" / "track.py")
-    assert ROOT / "reprotune" / "serving.py" in track  # imported inside a function
+    assert ROOT / "reprotune" / "serving" / "pyfunc.py" in track  # imported inside a function
     assert ROOT / "stages" / "finetune.py" not in evaluate  # evaluate no longer imports the finetune stage
 
 
@@ -261,10 +262,10 @@ class ParamsReads(ast.NodeVisitor):
             self.read(key)
 
 
-# reprotune/resolve.py reads every key only to put a value in place of `auto`, and a key's resolved value
+# reprotune/pipeline/resolve.py reads every key only to put a value in place of `auto`, and a key's resolved value
 # depends on that key alone (tests/test_resolve.py proves it): what a stage then reads is counted where it
 # reads it, so the resolver itself counts as reading nothing.
-RESOLVER = ROOT / "reprotune" / "resolve.py"
+RESOLVER = ROOT / "reprotune" / "pipeline" / "resolve.py"
 
 
 def params_read(files: set[Path]) -> set[Key]:
@@ -343,10 +344,10 @@ def test_the_schema_walk_knows_sections_from_values():
 
 
 def test_track_depends_on_every_output_it_logs():
-    """track logs what the stages declare (reprotune/tracking.py): reports (`cache: false`) and models
+    """track logs what the stages declare (reprotune/reporting/tracking.py): reports (`cache: false`) and models
     (`type: model`), never data. Each is one of track's deps, so a changed report or model re-runs it."""
-    from reprotune import params as params_module
-    from reprotune.tracking import declared_artifacts
+    from reprotune.pipeline import params as params_module
+    from reprotune.reporting.tracking import declared_artifacts
 
     paths = params_module.load(ROOT / "params.yaml").paths
 
@@ -365,7 +366,7 @@ def test_track_depends_on_every_output_it_logs():
 
 
 def test_report_sections_are_declared_by_their_stages_and_read_by_evaluate():
-    from reprotune.report import SECTIONS
+    from reprotune.reporting.report import SECTIONS
 
     declared = {
         name

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reprotune.duplicates import HASHES, WORDS
-from reprotune.errors import InputError
+from reprotune.data.duplicates import HASHES, WORDS
 from reprotune.modalities.image import cleaning as image_cleaning
+from reprotune.pipeline.errors import InputError
 from stages import clean, ingest, split
 from tests.conftest import make_class_folder, noisy_image
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reprotune import params as params_module
-from reprotune.data_kind import TEXT
-from reprotune.errors import InputError
-from reprotune.layout import Layout
-from reprotune.params import Params, ParamsError
-from reprotune.resolve import for_data
-from reprotune.stage import as_run
-from reprotune.texts import normalised, read_text_file
-from reprotune.zero_shot import label_prompts, zero_shot_logits
+from reprotune.data.texts import normalised, read_text_file
+from reprotune.models.zero_shot import label_prompts, zero_shot_logits
+from reprotune.pipeline import params as params_module
+from reprotune.pipeline.data_kind import TEXT
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Params, ParamsError
+from reprotune.pipeline.resolve import for_data
+from reprotune.pipeline.stage import as_run
 from tests.conftest import make_class_folder, tiny_params_raw
 from tests.text_data import labelled_texts, make_tiny_encoder, write_csv
 
@@ -263,7 +263,7 @@ def test_text_stages_score_zero_shot_and_predict_labels_texts(
 ):
     import yaml
 
-    from reprotune import predict
+    from reprotune.serving import predict
 
     params = trained_text_project(tmp_path, tiny_encoder)
     params = run(
@@ -302,8 +302,8 @@ def test_distillation_is_refused_on_text(tmp_path: Path, tiny_encoder: Path):
 
 
 def test_text_layer_groups_run_from_the_embeddings_to_the_last_layer(tmp_path: Path, tiny_encoder: Path):
-    from reprotune.finetuning import trainable_backbone_names
-    from reprotune.text_encoders import load_text_encoder
+    from reprotune.models.text_encoders import load_text_encoder
+    from reprotune.training.finetuning import trainable_backbone_names
 
     backbone = load_text_encoder(for_data(text_params(tmp_path, tiny_encoder), TEXT).backbone)
     groups = backbone.layer_groups
@@ -336,7 +336,7 @@ def test_a_text_embeds_to_the_same_bytes_alone_and_in_any_batch(tmp_path: Path, 
     import pandas as pd
 
     from reprotune.modalities.encoding import of
-    from reprotune.text_encoders import eval_texts, in_row_order
+    from reprotune.models.text_encoders import eval_texts, in_row_order
     from stages.featurize import inference
 
     params = for_data(text_params(tmp_path, tiny_encoder), TEXT)
@@ -354,7 +354,7 @@ def test_a_text_embeds_to_the_same_bytes_alone_and_in_any_batch(tmp_path: Path, 
 
 
 def test_label_descriptions_replace_class_names_for_zero_shot(tmp_path: Path, tiny_encoder: Path):
-    from reprotune.zero_shot import read_descriptions
+    from reprotune.models.zero_shot import read_descriptions
 
     path = write_csv(
         tmp_path / "descriptions.csv",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reprotune.layout import project_root
-from reprotune.tracking import experiment_lineage, stage_output_hashes, tracking_uri
+from reprotune.pipeline.layout import project_root
+from reprotune.reporting.tracking import experiment_lineage, stage_output_hashes, tracking_uri
 from tests.conftest import ROOT
 
 
@@ -68,7 +68,7 @@ def test_sigterm_unwinds_and_leaves_no_partial_output(tmp_path: Path):
         "import time\n"
         "from pathlib import Path\n"
         "from reprotune import stage\n"
-        "from reprotune.atomic_io import atomic_output\n"
+        "from reprotune.pipeline.atomic_io import atomic_output\n"
         "def work(params):\n"
         f"    with atomic_output(Path({str(tmp_path / 'out.txt')!r})) as temporary:\n"
         "        temporary.write_text('half')\n"
@@ -92,7 +92,7 @@ def test_comparison_shows_what_differs(tmp_path: Path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from reprotune.compare import comparison
+    from reprotune.serving.compare import comparison
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from reprotune.probe import accuracy, fit_linear_head
+from reprotune.models.probe import accuracy, fit_linear_head
 
 
 def blobs(classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

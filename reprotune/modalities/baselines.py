@@ -11,11 +11,11 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from reprotune.data_kind import IMAGE, TEXT
-from reprotune.layout import Layout
 from reprotune.modalities.image.baseline import BASELINE as IMAGES
 from reprotune.modalities.text.baseline import BASELINE as TEXTS
-from reprotune.params import Baseline
+from reprotune.pipeline.data_kind import IMAGE, TEXT
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Baseline
 
 
 class NoTransferBaseline(Protocol):

@@ -12,11 +12,11 @@ from typing import Protocol
 
 import pandas as pd
 
-from reprotune.data_kind import IMAGE, TEXT
-from reprotune.layout import Layout
 from reprotune.modalities.image.cleaning import CLEANING as IMAGES
 from reprotune.modalities.text.cleaning import CLEANING as TEXTS
-from reprotune.params import Clean
+from reprotune.pipeline.data_kind import IMAGE, TEXT
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Clean
 
 
 class Cleaning(Protocol):
@@ -36,7 +36,7 @@ class Cleaning(Protocol):
         staging: Path,
     ) -> tuple[pd.DataFrame, dict]:
         """The kept rows, written with whatever else the modality keeps into `staging` (clean's output
-        folder), and the cleaning report (reprotune/cleaning_steps.py: every scanned row kept or dropped
+        folder), and the cleaning report (reprotune/data/cleaning_steps.py: every scanned row kept or dropped
         once)."""
         ...
 

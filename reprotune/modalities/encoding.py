@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from reprotune.data_kind import IMAGE, TEXT
-from reprotune.inference import Inference
-from reprotune.layout import Layout
 from reprotune.modalities.image.encoding import ENCODING as IMAGES
 from reprotune.modalities.text.encoding import ENCODING as TEXTS
-from reprotune.params import Backbone as BackboneParams
-from reprotune.pretrained import Backbone
+from reprotune.models.inference import Inference
+from reprotune.models.pretrained import Backbone
+from reprotune.pipeline.data_kind import IMAGE, TEXT
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Backbone as BackboneParams
 
 
 class Encoding(Protocol):
@@ -38,7 +38,7 @@ class Encoding(Protocol):
 
     def recipe(self, backbone: Backbone, run: Inference) -> dict:
         """What an embedding depends on besides the item, the encoder's name and weights and how it ran
-        (the embedding cache's key, reprotune/embeddings.py)."""
+        (the embedding cache's key, reprotune/data/embeddings.py)."""
         ...
 
     def class_prompts(self, classes: list[str], layout: Layout) -> list[str] | None:

@@ -6,9 +6,9 @@ One answer per modality (reprotune/modalities/<modality>/exporting.py).
 
 from __future__ import annotations
 
-from reprotune.data_kind import IMAGE, TEXT
 from reprotune.modalities.image import exporting as images
 from reprotune.modalities.text import exporting as texts
+from reprotune.pipeline.data_kind import IMAGE, TEXT
 
 
 def not_exported(modality: str) -> str | None:

@@ -1,5 +1,5 @@
 """What ingest needs from a modality: which files in the data folder are its data, one manifest row per
-item, and its built-in sample. ingest decides the modality here, once (reprotune/data_kind.py records it).
+item, and its built-in sample. ingest decides the modality here, once (reprotune/pipeline/data_kind.py records it).
 
 One implementation per modality (reprotune/modalities/<modality>/files.py); a new modality is one more
 entry in MODALITIES.
@@ -12,10 +12,10 @@ from typing import Protocol
 
 import pandas as pd
 
-from reprotune.errors import InputError
-from reprotune.layout import Layout
 from reprotune.modalities.image.files import FILES as IMAGES
 from reprotune.modalities.text.files import FILES as TEXTS
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
 
 
 class Files(Protocol):

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from reprotune.data_kind import IMAGE, TEXT
 from reprotune.modalities.image.showing import SHOWING as IMAGES
 from reprotune.modalities.text.showing import SHOWING as TEXTS
+from reprotune.pipeline.data_kind import IMAGE, TEXT
 
 
 class Showing(Protocol):

@@ -1,5 +1,5 @@
 """What finetune needs from a modality: its training batches (each process its share under torchrun) and
-in-order validation batches, for the loop in reprotune/training.py.
+in-order validation batches, for the loop in reprotune/training/loop.py.
 
 One implementation per modality (reprotune/modalities/<modality>/training_data.py).
 """
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from reprotune.data_kind import IMAGE, TEXT
-from reprotune.layout import Layout
 from reprotune.modalities.image.training_data import load_data
 from reprotune.modalities.text.training_data import text_training_data
-from reprotune.params import Params
-from reprotune.training import Placement, TrainingData
+from reprotune.pipeline.data_kind import IMAGE, TEXT
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Params
+from reprotune.training.loop import Placement, TrainingData
 
 
 class LoadTrainingData(Protocol):

@@ -23,11 +23,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from reprotune.images import Background, load_rgb
-from reprotune.layout import Layout
-from reprotune.params import Baseline
-from reprotune.resized import NO_COPY, ResizedCopies
-from reprotune.sklearn_fitting import fit_quietly, log_probabilities
+from reprotune.data.images import Background, load_rgb
+from reprotune.data.resized import NO_COPY, ResizedCopies
+from reprotune.models.sklearn_fitting import fit_quietly, log_probabilities
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Baseline
 
 SCORED_SPLITS = ("val", "test")
 

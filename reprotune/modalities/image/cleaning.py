@@ -2,10 +2,10 @@
 duplicates and group copies; and, for split, the leakage check on those hashes.
 
 Each kept image larger than the backbone's eval side is also stored resized to it, once, in
-`resized.safetensors` (reprotune/resized.py): every later pass reads that small copy instead of the file.
+`resized.safetensors` (reprotune/data/resized.py): every later pass reads that small copy instead of the file.
 Identical images (same decoded pixels) and near-identical ones (hash sets within
 `clean.near_duplicate_distance` bits of 256: resized, recompressed, re-encoded, slightly cropped or framed
-copies; reprotune/duplicates.py) form one duplicate group, which the split stage keeps inside one split.
+copies; reprotune/data/duplicates.py) form one duplicate group, which the split stage keeps inside one split.
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from reprotune.checks import CHECK_SIDE, Rejected, decode_checked, pixels_sha256
-from reprotune.cleaning_steps import (
+from reprotune.data.checks import CHECK_SIDE, Rejected, decode_checked, pixels_sha256
+from reprotune.data.cleaning_steps import (
     DROP,
     cleaning_report,
     enforce_class_size,
     require_two_classes,
     resolve_conflicts,
 )
-from reprotune.dataconfig import DataConfig, data_config
-from reprotune.duplicates import HASHES, WORDS, image_hashes, load_hashes, near_pairs, save_hashes
-from reprotune.layout import Layout
-from reprotune.params import Clean
-from reprotune.resized import CopyPackWriter, encode_copy
+from reprotune.data.dataconfig import DataConfig, data_config
+from reprotune.data.duplicates import HASHES, WORDS, image_hashes, load_hashes, near_pairs, save_hashes
+from reprotune.data.resized import CopyPackWriter, encode_copy
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Clean
 
 KEPT_COLUMNS = [
     "path",
@@ -52,7 +52,7 @@ class Inspected:
     width: int
     height: int
     pixels_sha256: str
-    hashes: np.ndarray  # near-duplicate hash set (reprotune/duplicates.py)
+    hashes: np.ndarray  # near-duplicate hash set (reprotune/data/duplicates.py)
     alterations: tuple[str, ...]
     resized_copy: bytes | None
 
@@ -82,7 +82,7 @@ def inspect(path: Path, rules: Clean, data: DataConfig) -> Inspected:
 
 def duplicate_groups(pixel_hashes: list[str], hashes: np.ndarray, max_distance: int | None) -> list[int]:
     """Group ids (0, 1, ... in order of first member): same pixels, or near duplicates within
-    `max_distance` bits (reprotune/duplicates.py), joined transitively."""
+    `max_distance` bits (reprotune/data/duplicates.py), joined transitively."""
     parent = list(range(len(pixel_hashes)))
 
     def root(i: int) -> int:

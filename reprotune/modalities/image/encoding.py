@@ -10,12 +10,12 @@ import PIL
 import torch
 from torch import nn
 
-from reprotune import resized
-from reprotune.backbones import Backbone, load_backbone
-from reprotune.datasets import eval_images, make_loader, worker_count
-from reprotune.inference import Inference, outputs
-from reprotune.layout import Layout
-from reprotune.params import Backbone as BackboneParams
+from reprotune.data import resized
+from reprotune.data.datasets import eval_images, make_loader, worker_count
+from reprotune.models.backbones import Backbone, load_backbone
+from reprotune.models.inference import Inference, outputs
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Backbone as BackboneParams
 
 
 class ImageEncoding:

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from reprotune.files import is_hidden, list_files
-from reprotune.hashing import sha256_of_file
-from reprotune.layout import Layout
+from reprotune.data.files import is_hidden, list_files
+from reprotune.pipeline.hashing import sha256_of_file
+from reprotune.pipeline.layout import Layout
 
 log = logging.getLogger(__name__)
 

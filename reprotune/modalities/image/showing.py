@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reprotune.figures import gallery
+from reprotune.reporting.figures import gallery
 
 
 class ImageShowing:

@@ -1,7 +1,7 @@
 """Image training data for the fine-tuning recipe: augmented, shuffled training batches (each process
 taking batch_size / world under torchrun) and in-order validation batches through the eval transform.
 Every epoch crops from the same pictures, so each training image larger than the training side is decoded
-once per run and kept resized to that side (reprotune/resized.py)."""
+once per run and kept resized to that side (reprotune/data/resized.py)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from reprotune import resized
-from reprotune.atomic_io import atomic_output
-from reprotune.dataconfig import DataConfig
-from reprotune.datasets import ManifestImages, eval_images, make_loader, worker_count
-from reprotune.distributed import barrier
-from reprotune.finetuning import load_split, mixing
-from reprotune.images import Background, load_rgb
-from reprotune.layout import Layout
-from reprotune.params import Augment, Params
-from reprotune.training import (
+from reprotune.data import resized
+from reprotune.data.dataconfig import DataConfig
+from reprotune.data.datasets import ManifestImages, eval_images, make_loader, worker_count
+from reprotune.data.images import Background, load_rgb
+from reprotune.pipeline.atomic_io import atomic_output
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Augment, Params
+from reprotune.training.distributed import barrier
+from reprotune.training.finetuning import load_split, mixing
+from reprotune.training.loop import (
     Placement,
     TrainingData,
 )

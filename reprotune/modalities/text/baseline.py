@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from reprotune.layout import Layout
-from reprotune.params import Baseline
-from reprotune.sklearn_fitting import fit_quietly, log_probabilities
+from reprotune.models.sklearn_fitting import fit_quietly, log_probabilities
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Baseline
 
 SCORED_SPLITS = ("val", "test")
 

@@ -1,7 +1,7 @@
 """Cleaning texts: rows ingest could not read (undecodable bytes, malformed rows, with file and line), no
 label, empty or whitespace-only text, text over `clean.max_text_length` characters (cut to it, an altered
 row, or dropped, by `clean.long_text`). Texts equal after normalisation (case, whitespace, punctuation:
-reprotune/texts.py) form one duplicate group, kept in one split; the same text under two labels follows
+reprotune/data/texts.py) form one duplicate group, kept in one split; the same text under two labels follows
 `clean.label_conflict`, and of exact copies under one label the first is kept and the others dropped (a
 repeated row adds weight, not information). And, for split, the leakage check on those groups."""
 
@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from reprotune.cleaning_steps import (
+from reprotune.data.cleaning_steps import (
     DROP,
     cleaning_report,
     enforce_class_size,
     require_two_classes,
     resolve_conflicts,
 )
-from reprotune.layout import Layout
-from reprotune.params import Clean
-from reprotune.texts import normalised, text_sha256
+from reprotune.data.texts import normalised, text_sha256
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Clean
 
 KEPT_COLUMNS = ["path", "label", "given_split", "sha256", "text", "group"]
 

@@ -1,4 +1,4 @@
-"""Texts through a sentence encoder (reprotune/text_encoders.py): token ids in length-sorted batches,
+"""Texts through a sentence encoder (reprotune/models/text_encoders.py): token ids in length-sorted batches,
 outputs put back in row order; and the class names as prompts, for zero-shot classification."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from reprotune.inference import Inference, outputs
-from reprotune.layout import Layout
-from reprotune.params import Backbone as BackboneParams
-from reprotune.pretrained import Backbone
-from reprotune.text_encoders import eval_texts, in_row_order, load_text_encoder
-from reprotune.zero_shot import label_prompts, read_descriptions
+from reprotune.models.inference import Inference, outputs
+from reprotune.models.pretrained import Backbone
+from reprotune.models.text_encoders import eval_texts, in_row_order, load_text_encoder
+from reprotune.models.zero_shot import label_prompts, read_descriptions
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Backbone as BackboneParams
 
 
 class TextEncoding:
@@ -54,7 +54,7 @@ class TextEncoding:
         desc: str | None = None,
     ) -> Iterator[torch.Tensor]:
         """One tensor, in row order. No row padding: on text, the batch's shape does not change an output
-        (reprotune/text_encoders.py)."""
+        (reprotune/models/text_encoders.py)."""
         loader = eval_texts(rows["text"].tolist(), [0] * len(rows), backbone.data, run.batch_size)
         batches = outputs(model, loader, run.device, False, run.bf16, desc=desc)
         yield in_row_order(torch.cat(list(batches)), loader)

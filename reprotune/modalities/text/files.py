@@ -1,5 +1,5 @@
 """Reading texts: one manifest row per record of every CSV or JSON Lines file directly in the data folder
-(reprotune/texts.py reads them), any other file one unusable row; and the built-in text sample
+(reprotune/data/texts.py reads them), any other file one unusable row; and the built-in text sample
 (Banking77, `paths.text_sample`)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from reprotune.errors import InputError
-from reprotune.files import list_files
-from reprotune.layout import Layout
-from reprotune.texts import is_text_file, read_text_file, text_sha256
+from reprotune.data.files import list_files
+from reprotune.data.texts import is_text_file, read_text_file, text_sha256
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reprotune.figures import text_cards
+from reprotune.reporting.figures import text_cards
 
 
 class TextShowing:

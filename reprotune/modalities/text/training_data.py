@@ -6,11 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from reprotune.errors import InputError
-from reprotune.finetuning import load_split, mixing
-from reprotune.layout import Layout
-from reprotune.params import Params
-from reprotune.text_encoders import (
+from reprotune.models.text_encoders import (
     TRAIN_MULTIPLE,
     LengthGroupedBatches,
     TextConfig,
@@ -19,7 +15,11 @@ from reprotune.text_encoders import (
     loader_order,
     padder,
 )
-from reprotune.training import (
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.layout import Layout
+from reprotune.pipeline.params import Params
+from reprotune.training.finetuning import load_split, mixing
+from reprotune.training.loop import (
     Placement,
     TrainingData,
 )

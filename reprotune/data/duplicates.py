@@ -1,0 +1,135 @@
+"""Near-duplicate detection that survives how real copies are made: resizing, JPEG recompression, a format
+change, a small crop or an added border, EXIF re-orientation.
+
+Each image gets a set of 256-bit DCT hashes (imagehash.phash, hash_size 16) of its grey picture at one
+normalised size: two of the whole picture (as stored, and with a uniform frame trimmed, the same hash
+twice when there is none) and one per crop in CROPS (every combination of 0 or 5% off each side, and 2.5%
+off all four). Two images are near duplicates when a whole-picture hash of one is within `max_distance`
+bits of a whole-picture or a crop hash of the other: a copy cropped by up to 5% a side lines up with one
+of the original's crops, and a copy with a border lines up once the frame is trimmed. Orientation is taken
+care of before hashing: clean hashes the picture upright, as its EXIF tag says it is shown.
+
+benchmarks/bench_duplicates.py measures recall per transformation and false positives on distinct photos;
+the default distance in params.yaml was chosen there (README: "Near duplicates"). clean groups images with
+this detector and split checks its splits for leakage with it, so both see the same pairs; image decoding
+(reprotune/data/images.py) is a separate module, so that a decoding change does not re-run split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from safetensors.numpy import load_file, save_file
+
+HASH_SIZE = 16  # phash side: 16 x 16 = 256 bits
+WORDS = HASH_SIZE * HASH_SIZE // 64  # uint64 words per hash
+SIDE = 256  # every picture is hashed from this normalised square, so a resized copy hashes alike
+FRAME_TOLERANCE = 12.0  # grey levels: a frame row or column is flat within this
+WHOLE = 2  # whole-picture hashes per image: as stored, and frame trimmed
+# Fractions cut from (left, top, right, bottom).
+CROPS = [
+    (left, top, right, bottom)
+    for left in (0.0, 0.05)
+    for top in (0.0, 0.05)
+    for right in (0.0, 0.05)
+    for bottom in (0.0, 0.05)
+    if (left, top, right, bottom) != (0.0, 0.0, 0.0, 0.0)
+] + [(0.025, 0.025, 0.025, 0.025)]
+HASHES = WHOLE + len(CROPS)
+# Images per block of the pair search: the block's similarity matrix takes 2 x block x 18 x n x 4 bytes.
+BLOCK_BYTES = 128 * 2**20
+
+
+def frame(grey: np.ndarray) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the picture inside a uniform frame (rows and columns at the edges that
+    are one flat colour, the top-left pixel's), at most a quarter of each side; the whole when none."""
+    height, width = grey.shape
+    corner = float(grey[0, 0])
+
+    def flat(line: np.ndarray) -> bool:
+        return line.std() < FRAME_TOLERANCE / 2 and abs(float(line.mean()) - corner) < FRAME_TOLERANCE
+
+    top, bottom, left, right = 0, height, 0, width
+    while top < height // 4 and flat(grey[top]):
+        top += 1
+    while bottom > height - height // 4 and flat(grey[bottom - 1]):
+        bottom -= 1
+    while left < width // 4 and flat(grey[top:bottom, left]):
+        left += 1
+    while right > width - width // 4 and flat(grey[top:bottom, right - 1]):
+        right -= 1
+    return left, top, right, bottom
+
+
+def _phash(grey: Image.Image) -> np.ndarray:
+    import imagehash
+
+    bits = imagehash.phash(grey, hash_size=HASH_SIZE).hash.flatten()
+    return np.packbits(bits).view(">u8").astype(np.uint64)
+
+
+def _cut(grey: Image.Image, fractions: tuple[float, float, float, float]) -> Image.Image:
+    width, height = grey.size
+    left, top, right, bottom = fractions
+    return grey.crop(
+        (
+            round(width * left),
+            round(height * top),
+            width - round(width * right),
+            height - round(height * bottom),
+        )
+    )
+
+
+def image_hashes(image: Image.Image) -> np.ndarray:
+    """The image's hash set: uint64 (HASHES, WORDS), whole-picture hashes first."""
+    grey = image.convert("L")
+    square = grey.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
+    left, top, right, bottom = frame(np.asarray(square, dtype=np.float32))
+    trimmed = square
+    if (left, top, right, bottom) != (0, 0, SIDE, SIDE):
+        scale_x, scale_y = grey.width / SIDE, grey.height / SIDE
+        box = (round(left * scale_x), round(top * scale_y), round(right * scale_x), round(bottom * scale_y))
+        trimmed = grey.crop(box).resize((SIDE, SIDE), Image.Resampling.LANCZOS)
+    pictures = [square, trimmed] + [_cut(square, crop) for crop in CROPS]
+    return np.stack([_phash(picture) for picture in pictures])
+
+
+def _signs(hashes: np.ndarray) -> np.ndarray:
+    """Hashes (..., WORDS) as +-1 float32 vectors of their bits: for two such vectors of `bits` entries,
+    bit distance = (bits - dot product) / 2, so one matrix product compares every pair (exactly: the dot
+    products are integers far below float32's 2^24)."""
+    bits = np.unpackbits(np.ascontiguousarray(hashes, dtype=">u8").view(np.uint8), axis=-1)
+    return bits.astype(np.float32) * 2 - 1
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int) -> dict[tuple[int, int], int]:
+    """{(i, j): distance} for every pair i < j of images whose hash sets are within `max_distance` bits: the
+    least of whole-to-whole, whole-of-i-to-crop-of-j and crop-of-i-to-whole-of-j. Every pair is compared
+    (n^2 work, as one matrix product a block of images at a time, so memory stays bounded)."""
+    hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(hashes), HASHES, WORDS)
+    count, bits = len(hashes), WORDS * 64
+    every = _signs(hashes).reshape(count * HASHES, bits)  # each image's whole and crop hashes
+    block = max(1, BLOCK_BYTES // (4 * WHOLE * HASHES * max(1, count)))
+    pairs: dict[tuple[int, int], int] = {}
+    for start in range(0, count, block):
+        whole = _signs(hashes[start : start + block, :WHOLE]).reshape(-1, bits)
+        dot = (whole @ every.T).reshape(-1, WHOLE, count, HASHES).max(axis=(1, 3))
+        distance = np.rint((bits - dot) / 2).astype(np.int64)  # (block, count): whole of i to any of j
+        rows, columns = np.nonzero(distance <= max_distance)
+        for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
+            i = row + start
+            if i != column:
+                key = (min(i, column), max(i, column))
+                pairs[key] = min(pairs.get(key, bits), int(distance[row, column]))
+    return pairs
+
+
+def save_hashes(path: Path, hashes: np.ndarray) -> None:
+    save_file({"hashes": np.ascontiguousarray(hashes, dtype=np.uint64).reshape(-1, HASHES, WORDS)}, path)
+
+
+def load_hashes(path: Path) -> np.ndarray:
+    return load_file(path)["hashes"]

@@ -1,0 +1,60 @@
+"""An exported ONNX classifier run with ONNX Runtime on the CPU: what export checks, and what predict and the
+benchmarks run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reprotune.data.dataconfig import DataConfig
+from reprotune.pipeline.params import Clean
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """model.json, which export writes beside the ONNX files: how to feed the model and read its output."""
+
+    classes: list[str]
+    data: DataConfig
+    temperature: float
+    checks: Clean  # the rules an input image must pass, as clean applied them to the training images
+
+    @classmethod
+    def read(cls, path: Path) -> ModelCard:
+        card = json.loads(path.read_text(encoding="utf-8"))
+        preprocessing = card["preprocessing"]
+        data = DataConfig(
+            preprocessing["input_size"],
+            preprocessing["interpolation"],
+            tuple(preprocessing["mean"]),
+            tuple(preprocessing["std"]),
+            preprocessing["crop_pct"],
+        )
+        return cls(
+            card["classes"], data, card["temperature"], Clean.model_validate_json(json.dumps(card["checks"]))
+        )
+
+
+class OnnxClassifier:
+    """`logits(images)` for a float32 batch (batch, 3, side, side) preprocessed as the model card says."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    def logits_of(self, batches: Iterable[torch.Tensor]) -> np.ndarray:
+        """Every batch's logits, in order, as one array."""
+        return np.concatenate([self.logits(batch.numpy()) for batch in batches])
