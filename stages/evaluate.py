@@ -6,10 +6,12 @@
 - `reports/per_class.json`: per-class precision/recall/F1/support and the confusion matrix on test.
 - `reports/predictions.csv`: one row per test image: every model's prediction and class probabilities.
 
-With distill enabled, its students (distilled, label-only) are scored the same way after the three. On text,
-zero-shot classification (`zeroshot`: the nearest class name by cosine, reprotune/models/zero_shot.py) is
-scored beside them, and the most confident mistakes are shown as texts.
-- `reports/plots/*.png` and `reports/report.md`.
+With distill enabled, its students (distilled, label-only) are scored the same way after the three. Where
+featurize embedded the class names (texts), zero-shot classification (`zeroshot`: the nearest class name by
+cosine, reprotune/models/zero_shot.py) is scored beside them. The most confident mistakes are shown as the
+modality shows an item (reprotune/modalities/showing.py): thumbnails of images, cards of texts.
+- `reports/plots/*.png`, and `reports/report.md`: the stages' own sections (`reports/sections/`), placed by
+  reprotune/reporting/report.py around evaluate's.
 """
 
 from __future__ import annotations
