@@ -201,7 +201,7 @@ def peak_rss_mib(workdir: Path, raw: Path) -> float:
     params, _ = prepared(workdir, raw)
     code = (
         "import resource, sys, yaml\n"
-        "from reprotune import params\n"
+        "from reprotune.pipeline import params\n"
         "from stages.featurize import featurize\n"
         "featurize(params.validate(yaml.safe_load(sys.argv[1])))\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"

@@ -111,7 +111,7 @@ def section(report: dict, source: str, cleaning: Cleaning, rules: Clean) -> list
     return [
         f"- Scanned {report['scanned']} {cleaning.units} from {source}: kept {report['kept']}, dropped "
         f"{report['dropped']}" + (f" ({dropped})." if report["dropped"] else "."),
-        f"- Duplicate groups (split keeps each inside one split): {kinds['exact']} of identical "
+        f"- Duplicate groups (split keeps each in one split, unless given splits put it apart): {kinds['exact']} of identical "
         f"{cleaning.items}, {kinds['near']} of {cleaning.near_duplicates(rules)}.",
     ]
 

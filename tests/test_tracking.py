@@ -67,7 +67,7 @@ def test_sigterm_unwinds_and_leaves_no_partial_output(tmp_path: Path):
     script = (
         "import time\n"
         "from pathlib import Path\n"
-        "from reprotune import stage\n"
+        "from reprotune.pipeline import stage\n"
         "from reprotune.pipeline.atomic_io import atomic_output\n"
         "def work(params):\n"
         f"    with atomic_output(Path({str(tmp_path / 'out.txt')!r})) as temporary:\n"
