@@ -435,7 +435,7 @@ def test_a_train_head_change_reruns_only_what_depends_on_it(workspace):
 
 
 def test_turning_distill_on_reruns_only_distill_onward_and_registers_the_student(workspace):
-    """The one-line switch (README: Distillation), here with the tiny backbone as student and an unlabelled
+    """The one-line switch (docs/distillation.md), here with the tiny backbone as student and an unlabelled
     folder: only distill and what reads it re-run; the students are scored, exported and registered."""
     import mlflow
     import pandas as pd

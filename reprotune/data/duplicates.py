@@ -10,7 +10,7 @@ of the original's crops, and a copy with a border lines up once the frame is tri
 care of before hashing: clean hashes the picture upright, as its EXIF tag says it is shown.
 
 benchmarks/bench_duplicates.py measures recall per transformation and false positives on distinct photos;
-the default distance in params.yaml was chosen there (README: "Near duplicates"). clean groups images with
+the default distance in params.yaml was chosen there (docs/near-duplicates.md). clean groups images with
 this detector and split checks its splits for leakage with it, so both see the same pairs; image decoding
 (reprotune/data/images.py) is a separate module, so that a decoding change does not re-run split.
 """
