@@ -79,7 +79,8 @@ def read_relabels(path: Path, manifest: pd.DataFrame) -> dict[str, str]:
 
 def clean(params: Params) -> None:
     layout = Layout(params.paths)
-    cleaning = modality_cleaning.of(layout.modality)
+    kind = data_kind.read(layout.data_kind)
+    cleaning = modality_cleaning.of(kind.modality)
     manifest = layout.read_manifest(layout.ingest_manifest)
     relabels = read_relabels(layout.relabel, manifest)
     with atomic_output(layout.cleaned) as staging:
@@ -93,7 +94,7 @@ def clean(params: Params) -> None:
             staging,
         )
     write_reports(layout, report, cleaning.units, cleaning.items)
-    source = cleaning.sample if data_kind.read(layout.data_kind).sample else f"`{layout.raw}`"
+    source = cleaning.sample if kind.sample else f"`{layout.raw}`"
     write_text(layout.report_section("clean"), lines_of(section(report, source, cleaning, params.clean)))
     log.info(
         "kept %d of %d %s (%s)",

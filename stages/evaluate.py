@@ -29,6 +29,7 @@ from scipy.special import softmax
 from reprotune.modalities import encoding as modality_encoding
 from reprotune.modalities import exporting
 from reprotune.modalities import showing as modality_showing
+from reprotune.modalities.encoding import Encoding
 from reprotune.models.classifier import load_trained_classifier
 from reprotune.models.inference import Inference
 from reprotune.models.zero_shot import zero_shot_logits
@@ -74,6 +75,7 @@ def baseline_logits(layout: Layout, paths: dict[str, list[str]]) -> dict[str, np
 def network_logits(
     params: Params,
     layout: Layout,
+    encoding: Encoding,
     network: BackboneParams,
     weights: Path,
     paths: dict[str, list[str]],
@@ -81,7 +83,6 @@ def network_logits(
 ) -> dict:
     """A trained network's logits on val and test: the fine-tuned network, or one of distill's students."""
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
-    encoding = modality_encoding.of(layout.modality)
     device = pick_device(params.finetune.device, "finetune.device")
     model, backbone = load_trained_classifier(network, weights, len(classes), load=encoding.load)
     model.to(device)
@@ -228,13 +229,17 @@ def draw(
 
 def evaluate(params: Params) -> None:
     layout = Layout(params.paths)
+    kind = data_kind.read(layout.data_kind)
+    encoding = modality_encoding.of(kind.modality)
     meta = read_json(layout.features_meta)
     classes, paths = meta["classes"], meta["paths"]
     labels = {split: load_file(layout.features_file(split))["labels"].numpy() for split in EVALUATED_SPLITS}
     logits = {
         "baseline": baseline_logits(layout, paths),
         "head": {split: head_logits(layout, split) for split in EVALUATED_SPLITS},
-        "finetune": network_logits(params, layout, params.backbone, layout.finetuned_weights, paths, classes),
+        "finetune": network_logits(
+            params, layout, encoding, params.backbone, layout.finetuned_weights, paths, classes
+        ),
     }
     if "label_prompts" in meta:  # featurize embedded the class names: zero-shot is one more model
         logits["zeroshot"] = zero_shot(layout)
@@ -243,7 +248,7 @@ def evaluate(params: Params) -> None:
         student = BackboneParams(**distilled["student"]["registry"])
         for name in distilled["students"]:
             logits[name] = network_logits(
-                params, layout, student, layout.student_weights(name), paths, classes
+                params, layout, encoding, student, layout.student_weights(name), paths, classes
             )
     metrics = {model: score(logits[model], labels, classes, params) for model in logits}
     probabilities = {model: softmax(logits[model]["test"], axis=1) for model in logits}
@@ -252,7 +257,7 @@ def evaluate(params: Params) -> None:
         for model in logits
     }
     frame = predictions_frame(paths["test"], labels["test"], probabilities, classes)
-    showing = modality_showing.of(layout.modality)
+    showing = modality_showing.of(kind.modality)
     manifest = layout.read_manifest(layout.split_manifest)
     shown = pd.Series(manifest[showing.column].to_numpy(), index=manifest["path"])  # path -> what shows it
     if showing.column not in frame.columns:  # e.g. the text beside its path: predictions.csv reads on its own
@@ -274,10 +279,10 @@ def evaluate(params: Params) -> None:
         {stage: layout.report_section(stage).read_text(encoding="utf-8") for stage in SECTIONS},
         distilled,
         read_json(layout.latency),
-        data_kind.read(layout.data_kind),
+        kind,
         mistakes,
         showing.column,
-        exporting.not_exported(layout.modality),
+        exporting.not_exported(kind.modality),
     )
     write_text(layout.report, report)
     for model in metrics:

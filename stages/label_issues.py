@@ -147,7 +147,8 @@ def label_issues(params: Params) -> None:
     probs = out_of_fold_probabilities(embeddings, labels, rows["group"].to_numpy(), params, len(classes))
     indices = ranked_issues(labels, probs, params.label_issues.filter_by)
     frame = issues_frame(indices, rows, labels, probs, classes)
-    showing = modality_showing.of(layout.modality)
+    kind = data_kind.read(layout.data_kind)
+    showing = modality_showing.of(kind.modality)
     if showing.column not in frame.columns:  # e.g. the text itself, so that the file can be read (and
         # relabel.csv written) without looking it up
         shown = layout.read_manifest(layout.split_manifest).set_index("path")[showing.column]
@@ -169,10 +170,9 @@ def label_issues(params: Params) -> None:
     )
     showing.figure(captions, params.clean.background, title, layout.label_issues_gallery)
     written = pd.read_csv(layout.label_issues, dtype=str, keep_default_na=False)  # as the file reads
-    items = data_kind.read(layout.data_kind).items
     write_text(
         layout.report_section("label_issues"),
-        lines_of(section(written, len(labels), items, showing.column, params.paths.relabel)),
+        lines_of(section(written, len(labels), kind.items, showing.column, params.paths.relabel)),
     )
     log.info(
         "%d of %d flagged as probable label errors (%s)",
