@@ -397,7 +397,7 @@ def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) ->
         )
     with process_group() as (rank, world):
         seed_everything(settings.seed)
-        device = local_device(pick_device(params.finetune.device, "finetune.device"))
+        device = local_device(pick_device(params.finetune.device, "params.yaml: finetune.device"))
         placement = Placement(device, params.backbone.channels_last)
         manifest = layout.read_manifest(layout.split_manifest, {"label": str})
         index = {label: i for i, label in enumerate(classes)}

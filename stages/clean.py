@@ -94,8 +94,7 @@ def clean(params: Params) -> None:
             staging,
         )
     write_reports(layout, report, cleaning.units, cleaning.items)
-    source = cleaning.sample if kind.sample else f"`{layout.raw}`"
-    write_text(layout.report_section("clean"), lines_of(section(report, source, cleaning, params.clean)))
+    write_text(layout.report_section("clean"), lines_of(section(report, kind.sample, layout, cleaning, params.clean)))
     log.info(
         "kept %d of %d %s (%s)",
         report["kept"],
@@ -105,13 +104,23 @@ def clean(params: Params) -> None:
     )
 
 
-def section(report: dict, source: str, cleaning: Cleaning, rules: Clean) -> list[str]:
-    """clean's part of report.md: what was scanned, kept and dropped, and the duplicate groups."""
+def section(report: dict, sample: bool, layout: Layout, cleaning: Cleaning, rules: Clean) -> list[str]:
+    """clean's part of report.md: what was scanned, kept and dropped, and the duplicate groups; that the
+    built-in sample ran, when it did."""
+    source = cleaning.sample if sample else f"`{layout.raw}`"
     kinds = Counter(group["kind"] for group in report["duplicate_groups"])
     dropped = ", ".join(f"{k}: {v}" for k, v in report["dropped_by_reason"].items())
     return [
         f"- Scanned {report['scanned']} {cleaning.units} from {source}: kept {report['kept']}, dropped "
         f"{report['dropped']}" + (f" ({dropped})." if report["dropped"] else "."),
+        *(
+            [
+                f"- **{source.capitalize()} ran because `{layout.raw}` holds no files**: put your "
+                f"{cleaning.items} there to train on them (README: Your own images)."
+            ]
+            if sample
+            else []
+        ),
         f"- Duplicate groups (split keeps each in one split, unless given splits put it apart): {kinds['exact']} of identical "
         f"{cleaning.items}, {kinds['near']} of {cleaning.near_duplicates(rules)}.",
     ]

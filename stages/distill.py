@@ -319,7 +319,7 @@ def distill(params: Params, on_batch: Callable[[int, int], None] | None = None, 
             raise InputError(
                 f"params.yaml: finetune.batch_size={params.finetune.batch_size} must divide by the {world} processes"
             )
-        device = local_device(pick_device(params.finetune.device, "finetune.device"))
+        device = local_device(pick_device(params.finetune.device, "params.yaml: finetune.device"))
         placement = Placement(device, params.backbone.channels_last)
         classes = read_json(layout.features_meta)["classes"]
         teacher, teacher_backbone = load_trained_classifier(

@@ -83,7 +83,7 @@ def network_logits(
 ) -> dict:
     """A trained network's logits on val and test: the fine-tuned network, or one of distill's students."""
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
-    device = pick_device(params.finetune.device, "finetune.device")
+    device = pick_device(params.finetune.device, "params.yaml: finetune.device")
     model, backbone = load_trained_classifier(network, weights, len(classes), load=encoding.load)
     model.to(device)
     if network.channels_last:

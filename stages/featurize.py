@@ -123,7 +123,7 @@ def featurize(params: Params) -> None:
     classes = sorted(manifest["label"].unique())
     index = {label: i for i, label in enumerate(classes)}
     backbone = encoding.load(params.backbone)
-    run = inference(params, pick_device(params.featurize.device, "featurize.device"))
+    run = inference(params, pick_device(params.featurize.device, "params.yaml: featurize.device"))
     manifest["digest"] = [bytes.fromhex(h) for h in manifest["sha256"]]  # of each file (text), from ingest
     cache = EmbeddingCache(layout.embedding_cache, recipe(params, encoding, backbone, run))
     embedded = fill_cache(cache, manifest, encoding, backbone, run, layout)

@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from reprotune.modalities import encoding as modality_encoding
 from reprotune.modalities import training_data
 from reprotune.models.classifier import Classifier
+from reprotune.models.model_card import TrainedCard
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_text
 from reprotune.pipeline.errors import InputError
@@ -84,7 +85,7 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
                 f"params.yaml: finetune.batch_size={settings.batch_size} must divide by the {world} processes"
             )
         seed_everything(settings.seed)
-        device = local_device(pick_device(settings.device, "finetune.device"))
+        device = local_device(pick_device(settings.device, "params.yaml: finetune.device"))
         placement = Placement(device, params.backbone.channels_last)
         classes = read_json(layout.features_meta)["classes"]
         modality = layout.modality
@@ -112,7 +113,8 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
             on_batch=on_batch,
         )
         if rank == 0:
-            write_outputs(layout, settings, model, best_state, progress, device, world)
+            card = TrainedCard(modality, params.backbone, classes, params.clean)
+            write_outputs(layout, settings, model, best_state, progress, device, world, card)
             remove_run_files(layout, data)
 
 
@@ -130,6 +132,7 @@ def write_outputs(
     progress: Progress,
     device: torch.device,
     world: int,
+    card: TrainedCard,
 ) -> None:
     # No timings here: they differ run to run, and a model folder must hash the same for the same result.
     summary = {
@@ -152,6 +155,7 @@ def write_outputs(
         (staging / layout.finetuned_meta.name).write_text(
             json.dumps(summary, indent=2) + "\n", encoding="utf-8"
         )
+        card.write(staging)  # what loading the folder needs, anywhere (reprotune predict --model)
     with atomic_output(layout.finetune_history) as temporary, temporary.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=HISTORY_FIELDS)
         writer.writeheader()

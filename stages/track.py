@@ -25,11 +25,14 @@ from reprotune.pipeline.layout import SPLITS, Layout
 from reprotune.pipeline.params import Params, flatten
 from reprotune.pipeline.resolve import decisions
 from reprotune.reporting.tracking import (
+    changed_params,
     declared_artifacts,
     experiment_lineage,
     git_lineage,
     open_experiment,
     point_alias,
+    run_description,
+    run_name,
     stage_output_hashes,
     tracking_uri,
 )
@@ -196,6 +199,20 @@ def log_model(params: Params, layout: Layout, folder: Path, name: str, registere
     return version
 
 
+def previous_params(experiment_id: str) -> dict[str, str] | None:
+    """The params of the experiment's latest finished run (what this run's name and description are told
+    against), or None for its first."""
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        "attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].data.params if runs else None
+
+
 def close_abandoned_runs(experiment_id: str) -> None:
     """Mark FAILED the RUNNING runs this host started from a process that no longer exists (killed with
     SIGKILL, or a machine that went down): no run may stay RUNNING for ever. Runs of live processes, such as
@@ -243,7 +260,16 @@ def record(params: Params) -> None:
     mlflow.set_experiment(experiment_id=experiment_id)
     close_abandoned_runs(experiment_id)
     short, long = param_values(params)
-    with mlflow.start_run(tags={"host": socket.gethostname(), "pid": str(os.getpid())}) as run:
+    metrics = run_metrics(layout)
+    previous = previous_params(experiment_id)
+    lineage = git_lineage() | {"data_sha256": data_hash}
+    changed = changed_params(short, previous)
+    headline = {k: v for k, v in metrics.items() if k.endswith(".test.accuracy") and k.count(".") == 2}
+    with mlflow.start_run(
+        run_name=run_name(short, previous, experiment_lineage().get("dvc_exp_name")),
+        description=run_description(headline, changed, previous, lineage),
+        tags={"host": socket.gethostname(), "pid": str(os.getpid())},
+    ) as run:
         mlflow.log_params(short)
         kind = data_kind.read(layout.data_kind)
         kept = layout.read_manifest(layout.clean_manifest)[["path", "label", "sha256"]]
@@ -257,14 +283,12 @@ def record(params: Params) -> None:
             ),
             context="training",
         )
-        mlflow.log_metrics(run_metrics(layout))
+        mlflow.log_metrics(metrics)
         mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=epoch_history(layout))
         mlflow.set_tags(
-            git_lineage()
+            lineage
             | experiment_lineage()
-            | outputs
             | {
-                "data_sha256": data_hash,
                 "backbone": params.backbone.name,
                 "modality": kind.modality,
                 # which params were `auto` in params.yaml (their values above are what auto became)
@@ -277,6 +301,9 @@ def record(params: Params) -> None:
         with tempfile.TemporaryDirectory() as folder:
             extras = Path(folder)
             (extras / "classes.json").write_text(json.dumps(read_json(layout.head_meta)["classes"]))
+            # every earlier stage's output hash from dvc.lock: lineage, kept out of the tags, where ~45 of
+            # them would come before any metric on the run's page
+            (extras / "dvc_outputs.json").write_text(json.dumps(outputs, indent=2))
             if long:
                 (extras / "params_too_long.json").write_text(json.dumps(long, indent=2))
             mlflow.log_artifacts(folder, "lineage")

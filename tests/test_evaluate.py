@@ -9,6 +9,7 @@ from scipy.special import softmax
 from reprotune.modalities.showing import of
 from reprotune.pipeline import params as params_module
 from reprotune.pipeline.data_kind import IMAGE, TEXT, DataKind
+from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.resolve import resolve
 from reprotune.reporting import evaluation_plots as plots
 from reprotune.reporting.metrics import (
@@ -220,9 +221,14 @@ def test_each_stage_writes_its_own_section_of_the_report(tmp_path: Path):
         "dropped_by_reason": {"too_small": 1},
         "duplicate_groups": [{"kind": "exact"}, {"kind": "near"}, {"kind": "near"}],
     }
-    rules = params_module.validate(tiny_params_raw(tmp_path)).clean
-    written = "\n".join(clean.section(cleaning, "`data/raw`", images, rules))
+    params = params_module.validate(tiny_params_raw())
+    rules, layout = params.clean, Layout(params.paths)
+    written = "\n".join(clean.section(cleaning, False, layout, images, rules))
     assert "- Scanned 10 files from `data/raw`: kept 9, dropped 1 (too_small: 1)." in written
+    assert "holds no files" not in written
+    sample = "\n".join(clean.section(cleaning, True, layout, images, rules))
+    assert "- Scanned 10 files from the built-in sample (scikit-learn digits)" in sample
+    assert "- **The built-in sample (scikit-learn digits) ran because `data/raw` holds no files**" in sample
     assert (
         f"1 of identical images, 2 of near-identical ones (resized, recompressed, cropped or framed copies: hashes within {rules.near_duplicate_distance} bits"
         in written

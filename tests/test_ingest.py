@@ -61,3 +61,32 @@ def test_sample_is_written_outside_raw_and_looks_like_photos(tmp_path: Path, tin
     assert len(manifest) == 1797 and manifest["label"].nunique() == 10
     with Image.open(manifest.loc[0, "path"]) as image:
         assert image.size == (tiny_params.ingest.sample_image_size,) * 2
+
+
+def test_images_directly_in_the_data_folder_get_the_layout_they_need(tmp_path: Path, tiny_params):
+    import pytest
+
+    from reprotune.pipeline.errors import InputError
+
+    raw = Path(tiny_params.paths.raw)
+    raw.mkdir(parents=True)
+    for n in range(3):
+        Image.new("RGB", (40, 40), (n * 60, 0, 0)).save(raw / f"{n}.jpg")
+    with pytest.raises(
+        InputError,
+        match=r"none of its 3 files is at <class>/<image>: put each image in a folder "
+        r"named after its class, .*/raw/<class>/<image> \(e\.g\. .*/raw/cat/001\.jpg",
+    ):
+        ingest.ingest(tiny_params)
+    assert not Path(tiny_params.paths.ingested).exists()
+
+
+def test_an_empty_data_folder_says_the_sample_runs_and_how_to_train_on_your_own(
+    tmp_path: Path, tiny_params, caplog
+):
+    raw = Path(tiny_params.paths.raw)
+    raw.mkdir(parents=True)
+    with caplog.at_level("WARNING"):
+        ingest.ingest(tiny_params)
+    assert f"{raw} holds no files: training the built-in sample" in caplog.text
+    assert f"put them in {raw}/<class>/<image>" in caplog.text

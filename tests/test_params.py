@@ -25,7 +25,11 @@ def test_repository_params_validate():
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda r: r["train_head"].update(Cee=1.0), "train_head.Cee: unknown key"),
+        (
+            lambda r: r["train_head"].update(Cee=1.0),
+            "train_head.Cee: unknown key; train_head accepts: C, max_iter",
+        ),
+        (lambda r: r["finetune"].update(lrr=1.0), "finetune.lrr: unknown key; did you mean 'lr'?"),
         (lambda r: r.update(extra_section={}), "extra_section: unknown key"),
         (lambda r: r["finetune"].update(lr=-1.0), "finetune.lr: Input should be greater than 0"),
         (lambda r: r["finetune"].update(lr="fast"), "finetune.lr: Input should be a valid number"),

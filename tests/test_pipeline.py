@@ -198,8 +198,22 @@ def test_dvc_repro_end_to_end(built):
     )
     assert re.fullmatch(r"[0-9a-f]{40}", run_data.tags["git_commit"])
     assert re.fullmatch(r"[0-9a-f]{64}", run_data.tags["data_sha256"])
-    assert run_data.tags["dvc.featurize.data/features"].endswith(".dir")  # dvc.lock hashes of earlier stages
-    assert runs[0].inputs.dataset_inputs[0].dataset.digest == run_data.tags["dvc.clean.data/cleaned"][:36]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    lineage = json.loads(
+        Path(
+            client.download_artifacts(runs[0].info.run_id, "lineage/dvc_outputs.json", str(root.parent))
+        ).read_text()
+    )
+    assert lineage["dvc.featurize.data/features"].endswith(".dir")  # dvc.lock hashes of earlier stages
+    assert not any(tag.startswith("dvc.") for tag in run_data.tags)  # kept out of the run page's tags
+    assert runs[0].inputs.dataset_inputs[0].dataset.digest == lineage["dvc.clean.data/cleaned"][:36]
+    assert runs[0].info.run_name == "reprotune-tiny-test full"  # backbone and strategy; the first run
+    assert "finetune.test.accuracy" in run_data.tags["mlflow.note.content"]
+    assert (
+        client.get_experiment_by_name("reprotune").tags["mlflow.experimentKind"] == "custom_model_development"
+    )
     assert runs[0].info.status == "FINISHED"
 
     # The registered model loads back by its alias (models from code: nothing unpickled), takes images of
@@ -216,29 +230,45 @@ def test_dvc_repro_end_to_end(built):
         assert served["label"].tolist() == rows["finetune"].tolist() and not served["error"].any()
     assert loaded.metadata.metadata["temperature"] == metrics["finetune"]["test"]["temperature"]
 
-    # The exported model is in the run, and predict labels files with it as with the torch model.
+    # The exported model is in the run. `reprotune predict` labels files with every model form alike, inside
+    # the project and from a folder outside it, where only the model folder (or the store) tells it anything.
     exported = json.loads((root / "reports" / "export.json").read_text())
     assert exported["onnx_fp32"]["top1_agreement"] == 1.0
     assert runs[0].data.metrics["export.onnx_int8.accuracy"] == exported["onnx_int8"]["accuracy"]
+    reprotune = str(Path(sys.executable).parent / "reprotune")
+    elsewhere = built["tmp"] / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    store = ["--tracking-uri", f"sqlite:///{root / 'mlflow.db'}"]
     rows = {}
     for model in ("models/export", "models/finetuned", "models:/reprotune@candidate"):
-        out = built["tmp"] / f"predicted-{model.replace('/', '-').replace(':', '')}.csv"
-        run(
-            [
-                sys.executable,
-                "-m",
-                "reprotune.predict",
-                "data/raw/red",
-                "--model",
-                model,
-                "-o",
-                str(out),
-            ],
-            root,
-        )
-        rows[model] = out.read_text().splitlines()
-    assert len(rows["models/export"]) == 11  # a header and the ten red images
-    assert rows["models/export"] == rows["models/finetuned"] == rows["models:/reprotune@candidate"]
+        for where, folder, extra in (("inside", root, []), ("outside", elsewhere, store)):
+            out = built["tmp"] / f"predicted-{where}-{model.replace('/', '-').replace(':', '')}.csv"
+            given = model if model.startswith("models:") or where == "inside" else str(root / model)
+            images = "data/raw/red" if where == "inside" else str(root / "data" / "raw" / "red")
+            run(
+                [
+                    reprotune,
+                    "predict",
+                    images,
+                    "--model",
+                    given,
+                    "-o",
+                    str(out),
+                    *(extra if model.startswith("models:") else []),
+                ],
+                folder,
+            )
+            frame = pd.read_csv(out)
+            frame["path"] = [Path(p).name for p in frame["path"]]
+            rows[model, where] = frame
+    assert len(rows["models/export", "inside"]) == 10  # the ten red images
+    for model in ("models/export", "models/finetuned", "models:/reprotune@candidate"):
+        assert rows[model, "inside"].equals(rows[model, "outside"])
+    assert rows["models/export", "inside"].equals(rows["models:/reprotune@candidate", "inside"])
+    labels = {
+        model: rows[model, "inside"]["label"].tolist() for model in ("models/export", "models/finetuned")
+    }
+    assert labels["models/export"] == labels["models/finetuned"]  # the ONNX file agrees with torch on top-1
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root))
     assert "accuracy" in json.dumps(shown)
@@ -549,7 +579,7 @@ def test_bad_params_stop_a_stage_before_it_writes(tmp_path: Path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines == [
-        "error: params.yaml: train_head.Cee: unknown key (check the spelling against the schema in reprotune/pipeline/params.py)",
+        "error: params.yaml: train_head.Cee: unknown key; train_head accepts: C, max_iter",
         "error: params.yaml: finetune.lr: Input should be greater than 0 (got -1)",
     ]
     assert not (project / "data" / "ingested").exists()

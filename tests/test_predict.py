@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -86,9 +87,45 @@ def test_onnx_and_torch_give_the_same_rows_and_calibration_changes_only_probabil
     ):
         assert predict.main([str(folder), "--model", model, "-o", f"{name}.csv", *extra]) == 0
         outputs[name] = read_rows(project / f"{name}.csv")
-    assert outputs["onnx"] == outputs["torch"]
+    # The trained network's folder carries no temperature (evaluate fits it later): raw softmax, as the
+    # exported file gives with --no-calibration.
+    assert outputs["raw"] == outputs["torch"]
     assert [r["label"] for r in outputs["raw"]] == [r["label"] for r in outputs["onnx"]]
     assert [r["confidence"] for r in outputs["raw"]] != [r["confidence"] for r in outputs["onnx"]]
+
+
+def test_a_model_folder_loads_from_its_own_card_after_params_change_and_from_anywhere(
+    project: Path, tiny_params, tmp_path_factory, monkeypatch, capsys
+):
+    """The folder alone says how to build the network: a params.yaml that now names another backbone and
+    input size, or no params.yaml at all (another folder), changes nothing."""
+    folder = project / "incoming"
+    make_class_folder(folder, per_class=2, seed=11)
+    assert predict.main([str(folder), "--model", tiny_params.paths.finetuned, "-o", "before.csv"]) == 0
+    edited = yaml.safe_load((project / "params.yaml").read_text())
+    edited["backbone"].update(name="efficientnet_lite0", input_size=224)
+    (project / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert predict.main([str(folder), "--model", tiny_params.paths.finetuned, "-o", "edited.csv"]) == 0
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    assert predict.main([str(folder), "--model", tiny_params.paths.finetuned, "-o", "away.csv"]) == 0
+    before = read_rows(project / "before.csv")
+    assert before == read_rows(project / "edited.csv") == read_rows(elsewhere / "away.csv")
+    assert "raw softmax (this model carries no temperature" in capsys.readouterr().err
+
+
+def test_nothing_labelled_is_a_failure(project: Path, tiny_params, capsys):
+    (project / "notes.png").write_text("not an image")
+    assert predict.main(["notes.png", "--model", tiny_params.paths.exported]) == 1
+    assert "error: no file could be labelled" in capsys.readouterr().err
+
+
+def test_a_device_that_is_not_there_is_one_clear_line(project: Path, tiny_params, capsys):
+    noisy_image((1, 2, 3), 1).save(project / "one.png")
+    assert predict.main(["one.png", "--model", tiny_params.paths.exported, "--device", "cuda:3"]) == 1
+    assert "--device: cuda:3 was asked for but" in capsys.readouterr().err
+    assert predict.main(["one.png", "--model", tiny_params.paths.exported, "--device", "tpu"]) == 1
+    assert "not a device; use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
 def test_a_missing_input_or_model_is_one_clear_line(project: Path, tiny_params, capsys):
@@ -115,10 +152,11 @@ def test_on_the_sample_the_torch_model_is_read_at_the_size_it_was_trained_at(mon
     monkeypatch.chdir(ROOT)
     folder = Path("data/ingested/sample/3")
     images = sorted(folder.iterdir())[:24]
-    torch_model = predict.torch_model(Path("models/finetuned"))
+    cpu = torch.device("cpu")
+    torch_model = predict.torch_model(Path("models/finetuned"), cpu)
     assert torch_model.data.input_size == json.loads(meta.read_text())["data_config"]["input_size"]
-    exported = predict.load_model("models/export")
-    rows = [predict.predict_files(images, m, 3, True, 8, 0) for m in (torch_model, exported)]
+    exported = predict.load_model("models/export", cpu)
+    rows = [predict.predict_files(images, m, 3, False, 8, 0) for m in (torch_model, exported)]
     assert [(r["label"], r["confidence"]) for r in rows[0]] == [
         (r["label"], r["confidence"]) for r in rows[1]
     ]

@@ -54,7 +54,7 @@ def candidates(key: str, value: Any) -> list[Any]:
         found += [value[:1], [value[0], value[0]], [0.5, 1.0]]
     elif isinstance(value, str) and value != "auto":
         found += [value + "x", "other"]
-    found += [None, True, 3, 160, 0.7, [0.5, 1.0], "rand-m7-mstd0.5", "w.safetensors", "other"]
+    found += [None, True, 3, 160, 0.7, [0.5, 1.0], "rand-m7-mstd0.5", "w.safetensors", "other", "cpu"]
     return [v for v in found if v != value]
 
 

@@ -178,7 +178,7 @@ def test_two_clones_log_to_a_team_server_on_postgresql(workspace):  # noqa: F811
             text=True,
         )
         assert compared.returncode == 0, compared.stderr[-3000:]
-        assert all(r.info.run_id[:8] in compared.stdout for r in runs)  # both runs, read from the server
+        assert all(r.info.run_name in compared.stdout for r in runs)  # both runs, read from the server
         assert "baseline.test.accuracy" in compared.stdout
 
         # The server goes away while the pipeline runs: a params change re-runs track, which cannot log.

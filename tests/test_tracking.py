@@ -107,4 +107,63 @@ def test_comparison_shows_what_differs(tmp_path: Path):
     )
     table = comparison(runs)
     assert "train_head.C" in table.columns and "backbone.name" not in table.columns
-    assert table["finetune.test.accuracy"].tolist() == [0.9, 0.92]
+    assert table["finetune.test.accuracy"].tolist() == [0.92, 0.9]  # newest first, as searched
+
+
+def test_compare_lists_every_models_metrics_sorts_and_prints_csv(tmp_path: Path, monkeypatch, capsys):
+    import mlflow
+
+    from reprotune.serving.compare import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("mine")
+    for name, accuracy in (("first", 0.7), ("second", 0.9), ("third", 0.8)):
+        with mlflow.start_run(run_name=name):
+            mlflow.log_params({"finetune.lr": str(accuracy)})
+            mlflow.log_metrics(
+                {
+                    "finetune.test.accuracy": accuracy,
+                    "zero_shot.test.accuracy": 0.5,
+                    "distilled.test.macro_f1": accuracy - 0.1,
+                    "finetune.epoch.val_accuracy": 0.1,  # an epoch curve: not a column unless asked for
+                }
+            )
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: --experiment names it
+    args = [
+        "--experiment",
+        "mine",
+        "--tracking-uri",
+        uri,
+        "--sort",
+        "finetune.test.accuracy",
+        "--format",
+        "csv",
+    ]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split(",")
+    assert {"zero_shot.test.accuracy", "distilled.test.macro_f1", "finetune.lr"} <= set(header)
+    assert "finetune.epoch.val_accuracy" not in header
+    assert [line.split(",")[0] for line in lines[1:]] == ["second", "third", "first"]
+    assert main([*args[:4], "--metrics", "finetune.test.*", "--filter", "params.`finetune.lr` = '0.7'"]) == 0
+    out = capsys.readouterr().out
+    assert "first" in out and "second" not in out and "zero_shot" not in out
+    assert main([*args[:4], "--sort", "nothing"]) == 1
+    assert "--sort nothing: not a column" in capsys.readouterr().err
+    assert main(["--experiment", "absent", "--tracking-uri", uri]) == 1
+
+
+def test_run_names_and_descriptions_say_what_changed():
+    from reprotune.reporting.tracking import changed_params, run_description, run_name
+
+    now = {"backbone.name": "efficientnet_lite0", "finetune.strategy": "full", "finetune.lr": "0.001"}
+    assert run_name(now, None, None) == "efficientnet_lite0 full"
+    before = now | {"finetune.lr": "0.01"}
+    assert run_name(now, before, None) == "efficientnet_lite0 full lr=0.001"
+    assert run_name(now, before, "exp-3f2a1") == "exp-3f2a1"  # dvc exp run's name wins
+    changed = changed_params(now, before)
+    text = run_description({"finetune.test.accuracy": 0.91}, changed, before, {"git_commit": "ab" * 20})
+    assert (
+        "finetune.test.accuracy 0.9100" in text and "`finetune.lr` = 0.001" in text and "abababababab" in text
+    )

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from reprotune.data.checks import CHECK_SIDE, Rejected, decode_checked, pixels_sha256
 from reprotune.data.dataconfig import data_config
@@ -22,6 +21,7 @@ from reprotune.data.duplicates import HASHES, WORDS, image_hashes, load_hashes, 
 from reprotune.pipeline.hashing import sha256_of_file
 from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Params
+from reprotune.reporting.progress import progress
 
 
 @dataclass
@@ -77,7 +77,7 @@ def check_images(rows: pd.DataFrame, root: Path, params: Params, known: Known, d
     side = check_side(params)
     kept, pixels, hashes, dropped = [], [], [], []
     files, seen_pixels = set(known.files), set(known.pixels)
-    for row in tqdm(rows.to_dict("records"), desc=desc, unit="img", disable=None):
+    for row in progress(rows.to_dict("records"), desc, unit="img"):
         path = Path(row["path"])
         if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
             dropped.append({"path": row["path"], "reason": "outside_root", "detail": ""})

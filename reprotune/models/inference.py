@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from reprotune.reporting.progress import progress
 from reprotune.training.devices import to_device
 
 
@@ -45,7 +45,7 @@ def outputs(
     for every pass makes an image's output independent of the images it happens to be batched with. `desc`
     shows a progress bar."""
     model.eval()
-    for images, _ in tqdm(loader, desc=desc, unit="batch", disable=None if desc else True):
+    for images, _ in progress(loader, desc, unit="batch") if desc else loader:
         count = len(images)
         if pad_to is not None and count < pad_to:
             images = torch.cat([images, images.new_zeros((pad_to - count, *images.shape[1:]))])

@@ -36,6 +36,8 @@ Auto = Literal[
     "auto"
 ]  # resolved by reprotune/pipeline/resolve.py from the data ingest found (the rule is beside the key)
 Workers = Auto | Annotated[int, Field(ge=0, le=256)]
+# auto (CUDA when visible, else the CPU), cpu, cuda, or one GPU of several: cuda:1
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")]
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
 
 
@@ -123,7 +125,7 @@ class Backbone(Section):
 class Featurize(Section):
     batch_size: BatchSize
     num_workers: Workers
-    device: Literal["auto", "cpu", "cuda"]
+    device: Device
     precision: Literal["float32", "bfloat16"]
 
 
@@ -172,7 +174,7 @@ class LabelIssues(Section):
 
 class Finetune(Section):
     seed: Seed
-    device: Literal["auto", "cpu", "cuda"]
+    device: Device
     strategy: Literal["frozen", "last_n", "full", "gradual"]
     unfreeze_last_n: Annotated[int, Field(gt=0, le=1000)]
     gradual_frozen_epochs: Annotated[int, Field(ge=0, le=10_000)]
@@ -310,6 +312,24 @@ def _key_of(location: tuple) -> str:
     return ".".join(parts) or "(top level)"
 
 
+def _nearest_keys(location: tuple) -> str:
+    """Did-you-mean for a misspelt key: the closest keys its section accepts, or all of them when none is
+    close (a short list), so the line alone is enough to fix the file."""
+    import difflib
+
+    model: Any = Params
+    for part in location[:-1]:
+        model = model.model_fields[part].annotation if part in getattr(model, "model_fields", {}) else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return "check the spelling against the schema in reprotune/pipeline/params.py"
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(str(location[-1]), allowed, n=3, cutoff=0.6)
+    section = ".".join(map(str, location[:-1])) or "the top level"
+    if close:
+        return "did you mean " + " or ".join(f"'{name}'" for name in close) + "?"
+    return f"{section} accepts: {', '.join(allowed)}"
+
+
 def _describe(errors: list[dict[str, Any]], source: Path) -> list[str]:
     """One line per key: a value that may also be `auto` fails twice (not `auto`, and not valid as a value);
     the line gives the second reason and says that auto is allowed."""
@@ -324,9 +344,7 @@ def _describe(errors: list[dict[str, Any]], source: Path) -> list[str]:
             if key in RETIRED_SECTIONS:
                 lines.append(f"{source}: {key}: {RETIRED_SECTIONS[key]}")
                 continue
-            lines.append(
-                f"{source}: {key}: unknown key (check the spelling against the schema in reprotune/pipeline/params.py)"
-            )
+            lines.append(f"{source}: {key}: unknown key; {_nearest_keys(first['loc'])}")
             continue
         if first["type"] == "missing" and len(first["loc"]) == key.count(".") + 1:
             lines.append(f"{source}: {key}: missing; it must be set")

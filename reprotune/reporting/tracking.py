@@ -15,6 +15,8 @@ from reprotune.pipeline.layout import project_root
 from reprotune.pipeline.params import Paths
 
 DEFAULT_STORE = "mlflow.db"
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own tag: which kind of work the UI shows first
+DESCRIPTION = "mlflow.note.content"  # MLflow's own tag: a run's description (markdown) in the UI
 
 
 def tracking_uri(folder: Path | None = None) -> str:
@@ -25,6 +27,26 @@ def tracking_uri(folder: Path | None = None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(project_root(folder) / DEFAULT_STORE).as_posix()}"
+
+
+def command_tracking_uri(given: str | None = None) -> str:
+    """The store a command outside the pipeline reads (predict's `models:/`, compare, serve): `given`
+    (--tracking-uri), else MLFLOW_TRACKING_URI, else the project store in this folder or the nearest one
+    above it. Never a new empty store: a folder without one is an error saying how to name it."""
+    if given:
+        return given
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / DEFAULT_STORE).is_file():
+            return tracking_uri(folder)
+    from reprotune.pipeline.errors import InputError
+
+    raise InputError(
+        f"no MLflow store in {here} or above it: run the command inside the project, pass "
+        "--tracking-uri sqlite:///<project>/mlflow.db (or a server's http:// address), or set MLFLOW_TRACKING_URI"
+    )
 
 
 def artifact_location(uri: str) -> str | None:
@@ -64,9 +86,15 @@ def open_experiment(name: str) -> str:
     with store_lock(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        return client.create_experiment(name, artifact_location=artifact_location(uri))
+        experiment_id = (
+            found.experiment_id
+            if found is not None
+            else client.create_experiment(name, artifact_location=artifact_location(uri))
+        )
+        if found is None or EXPERIMENT_KIND not in found.tags:
+            # Without it, MLflow 3's UI opens the experiment on GenAI traces instead of its training runs.
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, "custom_model_development")
+        return experiment_id
 
 
 def point_alias(model_name: str, alias: str, version: str) -> None:
@@ -164,3 +192,55 @@ def _interpolate(written: str, paths: Paths) -> str:
     if "${" in filled:
         raise ValueError(f"dvc.yaml: {written}: only ${{paths.*}} is interpolated here")
     return filled
+
+
+def run_name(params: dict[str, str], previous: dict[str, str] | None, experiment: str | None) -> str:
+    """A name a person recognises: the DVC experiment's (`dvc exp run`), else the backbone and strategy and
+    the params changed since the previous run (`efficientnet_lite0 full lr=0.001`), from flattened params."""
+    if experiment:
+        return experiment
+    name = f"{params.get('backbone.name', '?')} {params.get('finetune.strategy', '?')}"
+    changed = changed_params(params, previous)
+    shown = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in list(changed.items())[:3]]
+    if len(changed) > 3:
+        shown.append(f"+{len(changed) - 3} more")
+    return " ".join([name, *shown])[:200]
+
+
+def changed_params(params: dict[str, str], previous: dict[str, str] | None) -> dict[str, str]:
+    """The params whose value differs from the previous run's (none when there is no previous run); paths
+    and the names that already make up the run's name are left out."""
+    if previous is None:
+        return {}
+    return {
+        key: value
+        for key, value in params.items()
+        if previous.get(key) != value
+        and not key.startswith("paths.")
+        and key not in ("backbone.name", "finetune.strategy")
+    }
+
+
+def run_description(
+    headline: dict[str, float],
+    changed: dict[str, str],
+    previous: dict[str, str] | None,
+    lineage: dict[str, str],
+) -> str:
+    """The run's description in MLflow's UI (markdown): the headline test metrics, what changed against the
+    previous run, and where the run came from."""
+    lines = ["**Test metrics**: " + (", ".join(f"{k} {v:.4f}" for k, v in headline.items()) or "none")]
+    if previous is None:
+        lines.append("**Changed**: the first run of this experiment.")
+    elif changed:
+        lines.append(
+            "**Changed since the previous run**: " + ", ".join(f"`{k}` = {v}" for k, v in changed.items())
+        )
+    else:
+        lines.append("**Changed since the previous run**: no param (the code or the data changed).")
+    lines.append(
+        f"**From** commit `{lineage.get('git_commit', 'unknown')[:12]}`"
+        + (" with uncommitted changes" if lineage.get("git_dirty") == "true" else "")
+        + f", data `{lineage.get('data_sha256', '')[:12]}`."
+    )
+    return "\n\n".join(lines)

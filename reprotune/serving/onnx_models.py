@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from reprotune.data.dataconfig import DataConfig
+from reprotune.pipeline.errors import InputError
 from reprotune.pipeline.params import Clean
 
 
@@ -40,16 +41,31 @@ class ModelCard:
         )
 
 
+def providers(device: torch.device | None) -> list:
+    """ONNX Runtime's execution providers for a torch device: CUDA (that GPU) when asked for and this
+    onnxruntime build has it, with the CPU after it for any operator CUDA lacks; else the CPU alone."""
+    import onnxruntime as ort
+
+    if device is not None and device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise InputError(
+                f"--device {device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu), or "
+                "use --device cpu"
+            )
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 class OnnxClassifier:
     """`logits(images)` for a float32 batch (batch, 3, side, side) preprocessed as the model card says."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, device: torch.device | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=providers(device))
         self.input = self.session.get_inputs()[0].name
 
     def logits(self, images: np.ndarray) -> np.ndarray:

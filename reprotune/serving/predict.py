@@ -1,23 +1,25 @@
 """Label new images (or texts) with a trained model.
 
-    python -m reprotune.predict <folder or files>... [--model models/export] [--top-k 3] [-o predictions.csv]
+    reprotune predict <folder or files>... [--model models/export] [--top-k 3] [-o predictions.csv]
 
-A text model (the project's data are texts) is read from `--model models/finetuned`; its inputs are CSV or
-JSON Lines files with a `text` column, or any other file with one text per line; each text gets a row named
-`<file>:<line>`, with the text beside its label. Texts longer than the encoder's max_seq_length tokens are
-read up to it, as in training.
+`--model` is any model the pipeline wrote, and the folder alone is enough to load it (it works after
+params.yaml changed, and from any directory):
+- an exported folder (`models/export`: model.onnx beside its model.json card), or an `.onnx` file with its
+  model.json beside it; calibrated with the temperature evaluate fitted on validation;
+- a trained network's folder (`models/finetuned`: model.safetensors beside its model.json card, which names
+  the modality, backbone, classes and input checks); raw softmax, since evaluate fits the temperature later;
+- a registered MLflow model (`models:/reprotune@candidate`), from --tracking-uri, MLFLOW_TRACKING_URI or the
+  project store in this folder or above it; it runs the ONNX file and card it was logged with.
 
-`--model` is an exported model folder (`models/export`: model.onnx beside its model.json card), an `.onnx`
-file with its model.json beside it, a registered MLflow model (`models:/reprotune@candidate`, from the
-project's store or MLFLOW_TRACKING_URI), or the fine-tuned torch model (`models/finetuned`, read with this
-project's params.yaml, data/features/features.json and the temperature in reports/metrics.json).
+A text model (`models/finetuned` of a project on texts) reads CSV or JSON Lines files with a `text` column, or
+any other file with one text per line; each text gets a row named `<file>:<line>`, with the text beside its
+label. Texts longer than the encoder's max_seq_length tokens are read up to it, as in training.
 
 Folders are read the way ingest and clean read data/raw: hidden files skipped, every format clean accepts,
 EXIF orientation applied, modes converted alike, large JPEGs decoded at reduced scale; then the backbone's
 own eval transform. Each file gets one row: path, label, confidence and the top-k labels with their
 probabilities, or a reason when the file cannot be used (it never stops the run; a count of them is printed
-at the end). Probabilities are calibrated with the temperature evaluate fitted on validation
-(`--no-calibration`: raw softmax). Nothing it reads is written to.
+at the end, and the exit status is 1 when no file could be labelled). Nothing it reads is written to.
 """
 
 from __future__ import annotations
@@ -34,17 +36,27 @@ import numpy as np
 import torch
 from scipy.special import softmax
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from reprotune.data.checks import Rejected, decode_checked
 from reprotune.data.dataconfig import DataConfig
 from reprotune.data.files import is_hidden, list_files
+from reprotune.pipeline.data_kind import IMAGE, TEXT
 from reprotune.pipeline.errors import InputError
 from reprotune.pipeline.params import Clean
+from reprotune.reporting.progress import progress
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path("models/export")
+
+EXAMPLES = """examples:
+  reprotune predict photos/                                  # the exported model, models/export
+  reprotune predict --model models/finetuned a.jpg b.png     # the fine-tuned torch network
+  reprotune predict --model /path/to/project/models/export photos/ -o labels.csv
+  reprotune predict --model models:/reprotune@candidate photos/ --tracking-uri sqlite:///project/mlflow.db
+  reprotune predict --model models/finetuned questions.csv   # a text project: one row per text
+  reprotune predict --device cuda:1 --batch-size 128 photos/
+"""
 
 
 @dataclass
@@ -54,12 +66,13 @@ class Model:
     logits: Callable[[torch.Tensor], np.ndarray]
     classes: list[str]
     data: DataConfig
-    temperature: float
+    temperature: float | None  # None: the model carries none (raw softmax)
     checks: Clean  # the rules an input file must pass: clean's, as the training images passed them
     source: str
+    modality: str = IMAGE
 
 
-def onnx_model(path: Path) -> Model:
+def onnx_model(path: Path, device: torch.device) -> Model:
     from reprotune.serving.onnx_models import ModelCard, OnnxClassifier
 
     onnx = path / "model.onnx" if path.is_dir() else path
@@ -69,7 +82,7 @@ def onnx_model(path: Path) -> Model:
             f"--model {path}: needs an .onnx file with its model.json beside it (as export writes them)"
         )
     card = ModelCard.read(card_path)
-    classifier = OnnxClassifier(onnx)
+    classifier = OnnxClassifier(onnx, device=device)
     return Model(
         lambda batch: classifier.logits(batch.numpy()),
         card.classes,
@@ -80,58 +93,58 @@ def onnx_model(path: Path) -> Model:
     )
 
 
-def torch_model(path: Path) -> Model:
+def torch_model(path: Path, device: torch.device) -> Model:
+    """A trained network's folder, built from its own card (reprotune/models/model_card.py), never from the
+    project's params.yaml, which may have changed since it was trained."""
     from reprotune.modalities import encoding as modality_encoding
     from reprotune.models.classifier import load_trained_classifier
-    from reprotune.pipeline import params as params_module
-    from reprotune.pipeline.atomic_io import read_json
-    from reprotune.pipeline.layout import Layout
-    from reprotune.pipeline.stage import as_run
+    from reprotune.models.model_card import TrainedCard
 
-    params = as_run(params_module.load())  # every auto as the pipeline resolved it (the sample's input size)
-    layout = Layout(params.paths)
-    classes = read_json(layout.features_meta)["classes"]
-    encoding = modality_encoding.of(layout.modality)
+    card = TrainedCard.read(path)
     model, backbone = load_trained_classifier(
-        params.backbone, path / "model.safetensors", len(classes), load=encoding.load
+        card.backbone,
+        path / "model.safetensors",
+        len(card.classes),
+        load=modality_encoding.of(card.modality).load,
     )
-    temperature = read_json(layout.metrics)["finetune"]["test"].get("temperature", 1.0)
+    model.to(device)
 
     @torch.inference_mode()
     def logits(batch: torch.Tensor) -> np.ndarray:
-        return model(batch).float().numpy()
+        return model(batch.to(device)).float().cpu().numpy()
 
-    return Model(logits, classes, backbone.data, temperature, params.clean, str(path))
+    return Model(logits, card.classes, backbone.data, None, card.checks, str(path), card.modality)
 
 
-def mlflow_model(uri: str) -> Model:
+def mlflow_model(uri: str, device: torch.device, tracking: str | None) -> Model:
     """A registered model (`models:/reprotune@candidate`): the ONNX file and card it was logged with, run as
     any exported model, so that it predicts exactly what `models/export` does."""
     import mlflow
 
-    from reprotune.reporting.tracking import tracking_uri
+    from reprotune.reporting.tracking import command_tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(command_tracking_uri(tracking))
     try:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except mlflow.exceptions.MlflowException as error:
         raise InputError(f"--model {uri}: {str(error).splitlines()[0]}") from None
-    model = onnx_model(folder / "artifacts")
+    model = onnx_model(folder / "artifacts", device)
     model.source = uri
     return model
 
 
-def load_model(spec: str) -> Model:
+def load_model(spec: str, device: torch.device, tracking: str | None = None) -> Model:
     path = Path(spec)
     if spec.startswith("models:/"):
-        return mlflow_model(spec)
+        return mlflow_model(spec, device, tracking)
     if path.suffix == ".onnx" or (path / "model.onnx").is_file():
-        return onnx_model(path)
+        return onnx_model(path, device)
     if (path / "model.safetensors").is_file():
-        return torch_model(path)
+        return torch_model(path, device)
     raise InputError(
         f"--model {spec}: not a model; give an exported folder (model.onnx + model.json, e.g. {DEFAULT_MODEL}), "
-        "an .onnx file, or the fine-tuned folder (model.safetensors, e.g. models/finetuned)"
+        "an .onnx file, a trained network's folder (model.safetensors + model.json, e.g. models/finetuned) or "
+        "a registered model (models:/<name>@<alias>)"
     )
 
 
@@ -194,11 +207,11 @@ def predict_files(
 ) -> list[dict]:
     loader = DataLoader(Files(paths, model.checks, model.data), batch_size=batch_size, num_workers=workers)
     logits, reasons = [], []
-    for images, why in tqdm(loader, desc="predict", unit="batch", disable=None):
+    for images, why in progress(loader, "predict", unit="batch"):
         logits.append(model.logits(images))
         reasons += list(why)
     scores = np.concatenate(logits) if logits else np.zeros((0, len(model.classes)))
-    probabilities = softmax(scores / (model.temperature if calibrated else 1.0), axis=1)
+    probabilities = softmax(scores / (model.temperature if calibrated and model.temperature else 1.0), axis=1)
     return rows_for(paths, probabilities, reasons, model.classes, min(top_k, len(model.classes)))
 
 
@@ -216,7 +229,7 @@ def predict_texts(
         loader = eval_texts([found[i][1] for i in readable], [0] * len(readable), model.data, batch_size)
         batches = [torch.from_numpy(model.logits(ids)) for ids, _ in loader]
         scores[readable] = in_row_order(torch.cat(batches), loader).numpy()
-    probabilities = softmax(scores / (model.temperature if calibrated else 1.0), axis=1)
+    probabilities = softmax(scores / (model.temperature if calibrated and model.temperature else 1.0), axis=1)
     rows = rows_for(
         [Path(name) for name, _, _ in found],
         probabilities,
@@ -246,54 +259,76 @@ def write_csv(rows: list[dict], out: Path | None) -> None:
         writer.writerows(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from reprotune.data.datasets import worker_count
-    from reprotune.pipeline import params as params_module
+    from reprotune.training.devices import pick_device
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Label new images (or texts) with a trained model: one CSV row per file (or text).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "inputs",
         nargs="+",
         help="image files or folders; for a text model, CSV/JSONL files with a text column or files of one "
         "text per line",
     )
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help=f"default {DEFAULT_MODEL}")
-    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help=f"an exported folder or .onnx file (default {DEFAULT_MODEL}), a trained network's folder "
+        "(models/finetuned), or a registered model (models:/reprotune@candidate)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=3, help="labels per row, most probable first (default 3)"
+    )
     parser.add_argument("-o", "--output", type=Path, help="CSV file (default: standard output)")
     parser.add_argument("--no-calibration", action="store_true", help="raw softmax, no temperature")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="default 32")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument(
+        "--tracking-uri",
+        help="the MLflow store of a models:/ model (default: MLFLOW_TRACKING_URI, else the project's mlflow.db "
+        "in this folder or above it)",
+    )
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if options.top_k < 1 or options.batch_size < 1:
             raise InputError("--top-k and --batch-size must be at least 1")
-        model = load_model(options.model)
+        device = pick_device(options.device, "--device")
+        model = load_model(options.model, device, options.tracking_uri)
         paths = files_in(options.inputs)
-        if hasattr(model.data, "tokenize"):  # a text model
-            rows = predict_texts(paths, model, options.top_k, not options.no_calibration, options.batch_size)
+        calibrated = not options.no_calibration
+        if model.modality == TEXT:
+            rows = predict_texts(paths, model, options.top_k, calibrated, options.batch_size)
         else:
             rows = predict_files(
-                paths,
-                model,
-                options.top_k,
-                not options.no_calibration,
-                options.batch_size,
-                worker_count("auto"),
+                paths, model, options.top_k, calibrated, options.batch_size, worker_count("auto")
             )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except params_module.ParamsError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
     write_csv(rows, options.output)
     failed = sum(1 for row in rows if row["reason"])
+    items = "texts" if model.modality == TEXT else "files"
+    calibration = (
+        "raw softmax (--no-calibration)"
+        if options.no_calibration
+        else f"calibrated at temperature {model.temperature:g}"
+        if model.temperature
+        else "raw softmax (this model carries no temperature; the exported and registered ones do)"
+    )
     print(
-        f"{len(rows) - failed} of {len(rows)} {'texts' if rows and 'text' in rows[0] else 'files'} labelled "
-        f"with {model.source}" + (f"; {failed} could not be read (see the reason column)" if failed else ""),
+        f"{len(rows) - failed} of {len(rows)} {items} labelled with {model.source}, {calibration}"
+        + (f"; {failed} could not be read (see the reason column)" if failed else ""),
         file=sys.stderr,
     )
+    if len(rows) == failed:
+        print(f"error: no {items[:-1]} could be labelled", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,12 +8,24 @@ from reprotune.pipeline.errors import InputError
 
 
 def pick_device(setting: str, key: str) -> torch.device:
-    """`auto` is CUDA when visible, else the CPU; `cuda` without a visible GPU is an error naming `key`."""
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"params.yaml: {key}: cuda was asked for but no CUDA device is visible")
+    """`auto` is CUDA when visible, else the CPU; `cuda` or `cuda:N` without that GPU visible is an error
+    naming `key` (params.yaml's key, or a command's option)."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise InputError(f"{key}: {setting!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= visible:
+            raise InputError(
+                f"{key}: {setting} was asked for but {visible} CUDA device(s) are visible"
+                + (f" (cuda:0 to cuda:{visible - 1})" if visible else "")
+            )
+    elif device.type != "cpu":
+        raise InputError(f"{key}: {setting!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

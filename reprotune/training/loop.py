@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from reprotune.models.inference import predict
+from reprotune.reporting.progress import duration
+from reprotune.reporting.progress import progress as shown_progress
 from reprotune.training import checkpoints
 from reprotune.training.checkpoints import Progress
 from reprotune.training.devices import to_device
@@ -126,12 +127,19 @@ def train_one_epoch(
     epoch: int,
     freeze_bn_stats: bool,
     on_batch: Callable[[int, int], None] | None = None,
+    estimate_for_epochs: int = 0,
 ) -> float:
     """One pass over `loader`, one optimizer and scheduler step per batch; returns the mean loss.
-    `on_batch(epoch, batch)` is called before every step (tests interrupt runs with it)."""
+    `on_batch(epoch, batch)` is called before every step (tests interrupt runs with it). With
+    `estimate_for_epochs`, the time those epochs will take is logged after the first batches."""
     train_mode(model, freeze_bn_stats)
     total, seen = 0.0, 0
-    for batch, (images, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=None)):
+    timed_from = None
+    for batch, (images, labels) in enumerate(shown_progress(loader, f"epoch {epoch}", unit="batch")):
+        if batch == 1:
+            timed_from = time.perf_counter()  # batch 0 pays for warm-up (allocation, worker start, compile)
+        elif estimate_for_epochs and timed_from and batch == min(ESTIMATE_AFTER_BATCHES, len(loader) - 1):
+            log_estimate((time.perf_counter() - timed_from) / (batch - 1), len(loader), estimate_for_epochs)
         if on_batch:
             on_batch(epoch, batch)
         images = to_device(images, placement.device, placement.channels_last)
@@ -145,6 +153,22 @@ def train_one_epoch(
         total += loss.item() * len(images)
         seen += len(images)
     return total / seen
+
+
+ESTIMATE_AFTER_BATCHES = 11
+
+
+def log_estimate(seconds_per_batch: float, batches: int, epochs: int) -> None:
+    epoch = seconds_per_batch * batches
+    log.info(
+        "estimate: %.2f s per batch, %s per epoch of %d batches; %s for the %d epoch(s) of this run at most "
+        "(training alone; each epoch's validation adds to it, early stopping may end it sooner)",
+        seconds_per_batch,
+        duration(epoch),
+        batches,
+        duration(epoch * epochs),
+        epochs,
+    )
 
 
 def evaluate(model: nn.Module, loader: DataLoader, labels: torch.Tensor, placement: Placement) -> Evaluation:
@@ -212,6 +236,7 @@ def fit(
             epoch=epoch,
             freeze_bn_stats=schedule.freeze_bn_stats,
             on_batch=on_batch,
+            estimate_for_epochs=schedule.epochs - progress.epoch if epochs_this_run == 0 and rank == 0 else 0,
         )
         validation = evaluate(model, data.val_loader, data.val_labels, placement)
         progress.history.append(

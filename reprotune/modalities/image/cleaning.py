@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from reprotune.data.checks import CHECK_SIDE, Rejected, decode_checked, pixels_sha256
 from reprotune.data.cleaning_steps import (
@@ -30,6 +29,7 @@ from reprotune.data.duplicates import HASHES, WORDS, image_hashes, load_hashes, 
 from reprotune.data.resized import CopyPackWriter, encode_copy
 from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Clean
+from reprotune.reporting.progress import progress
 
 KEPT_COLUMNS = [
     "path",
@@ -123,9 +123,7 @@ def inspect_all(
     altered: list[dict] = []
     relabelled: list[dict] = []
     rows: list[dict] = []
-    for row in tqdm(
-        manifest.itertuples(index=False), total=len(manifest), desc="clean", unit="img", disable=None
-    ):
+    for row in progress(manifest.itertuples(index=False), "clean", unit="img", total=len(manifest)):
         if row.issue:
             dropped.append({"path": row.path, "reason": row.issue, "detail": ""})
             continue

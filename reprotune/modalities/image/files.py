@@ -13,6 +13,7 @@ from PIL import Image
 
 from reprotune.data.files import is_hidden, list_files
 from reprotune.pipeline.hashing import sha256_of_file
+from reprotune.pipeline.errors import InputError
 from reprotune.pipeline.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,32 @@ class ImageFiles:
         return f"image folders ({claimed[0].relative_to(root).parts[0]}/, ...)"
 
     def scan(self, root: Path, files: list[Path]) -> pd.DataFrame:
-        return scan(root)
+        manifest = scan(root)
+        misplaced = manifest.loc[manifest["issue"] == "wrong_depth", "path"].tolist()
+        if misplaced:
+            layout = "<split>/<class>/<image>" if has_split_folders(root) else "<class>/<image>"
+            hint = (
+                f"put each image in a folder named after its class, {root}/{layout} "
+                f"(e.g. {root}/cat/001.jpg; the folder name is the label)"
+            )
+            if len(misplaced) == len(manifest):
+                raise InputError(f"{root}: none of its {len(manifest)} files is at {layout}: {hint}")
+            log.warning(
+                "%d file(s) are not at %s and are left out (e.g. %s): %s",
+                len(misplaced),
+                layout,
+                misplaced[0],
+                hint,
+            )
+        return manifest
 
     def sample(self, layout: Layout, staging: Path, image_side: int) -> pd.DataFrame:
-        log.info("%s holds no images: using the built-in sample (scikit-learn digits)", layout.raw)
+        log.warning(
+            "%s holds no files: training the built-in sample (scikit-learn digits) instead. To train on your "
+            "images, put them in %s/<class>/<image> and run `dvc repro` again",
+            layout.raw,
+            layout.raw,
+        )
         staged = staging / layout.sample.name
         write_sample(staged, image_side)
         # Scan the staged copy, then name rows by where they will live once the folder is in place.

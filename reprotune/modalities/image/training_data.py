@@ -13,7 +13,6 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from reprotune.data import resized
 from reprotune.data.dataconfig import DataConfig
@@ -22,6 +21,7 @@ from reprotune.data.images import Background, load_rgb
 from reprotune.pipeline.atomic_io import atomic_output
 from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Augment, Params
+from reprotune.reporting.progress import progress
 from reprotune.training.distributed import barrier
 from reprotune.training.finetuning import load_split, mixing
 from reprotune.training.loop import (
@@ -124,7 +124,7 @@ def training_copies(
             stale.unlink()
         with atomic_output(path) as temporary, resized.CopyPackWriter(temporary) as writer:
             wanted = []
-            for name in tqdm(rows["path"], desc="training copies", unit="img", disable=None):
+            for name in progress(rows["path"], "training copies", unit="img"):
                 with Image.open(name) as header:
                     small = min(header.size) <= side  # EXIF rotation keeps the shorter side
                 copy = (

@@ -76,7 +76,13 @@ class TextFiles:
         return scan(root, files)
 
     def sample(self, layout: Layout, staging: Path, image_side: int) -> pd.DataFrame:
-        log.info("%s holds no files: using the built-in text sample (%s)", layout.raw, layout.text_sample)
+        log.warning(
+            "%s holds no files: training the built-in text sample (%s) instead. To train on your texts, put "
+            "CSV or JSON Lines files with text and label columns directly in %s and run `dvc repro` again",
+            layout.raw,
+            layout.text_sample,
+            layout.raw,
+        )
         staged = staging / layout.text_sample_copy.name
         write_sample(layout.text_sample, staged)
         manifest = scan(staged, list_files(staged))

@@ -1,0 +1,57 @@
+"""model.json beside a trained network's weights: everything loading it needs, so that a model folder works
+after params.yaml changed and outside the project (`reprotune predict --model <folder>`).
+
+The card names the modality and the backbone as trained (every `auto` resolved), the classes in the head's
+order, and the rules an input must pass (clean's, as the training data passed them). It holds no temperature:
+evaluate fits that later, on validation, and export writes it into the exported model's card.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.params import Backbone as BackboneParams
+from reprotune.pipeline.params import Clean
+
+CARD_NAME = "model.json"
+FORMAT = "reprotune-torch-classifier"
+
+
+@dataclass(frozen=True)
+class TrainedCard:
+    modality: str
+    backbone: BackboneParams
+    classes: list[str]
+    checks: Clean
+
+    def write(self, folder: Path) -> None:
+        card = {
+            "format": FORMAT,
+            "modality": self.modality,
+            "backbone": self.backbone.model_dump(mode="json"),
+            "classes": self.classes,
+            "checks": self.checks.model_dump(mode="json"),
+        }
+        (folder / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, folder: Path) -> TrainedCard:
+        path = folder / CARD_NAME
+        try:
+            card = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(
+                f"{folder}: has weights but no {CARD_NAME}; it was written before model folders carried their "
+                "card: run `dvc repro` to retrain it, or predict with the exported model (models/export)"
+            ) from None
+        if card.get("format") != FORMAT:
+            raise InputError(f"{path}: not a trained-network card (format {card.get('format')!r})")
+        return cls(
+            card["modality"],
+            BackboneParams.model_validate_json(json.dumps(card["backbone"])),
+            card["classes"],
+            Clean.model_validate_json(json.dumps(card["checks"])),
+        )
