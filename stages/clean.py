@@ -94,7 +94,9 @@ def clean(params: Params) -> None:
             staging,
         )
     write_reports(layout, report, cleaning.units, cleaning.items)
-    write_text(layout.report_section("clean"), lines_of(section(report, kind.sample, layout, cleaning, params.clean)))
+    write_text(
+        layout.report_section("clean"), lines_of(section(report, kind.sample, layout, cleaning, params.clean))
+    )
     log.info(
         "kept %d of %d %s (%s)",
         report["kept"],

@@ -36,6 +36,7 @@ from reprotune.models.zero_shot import zero_shot_logits
 from reprotune.pipeline import data_kind, stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json, write_text
 from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.hashing import sha256_of_file
 from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Backbone as BackboneParams
 from reprotune.pipeline.params import Params
@@ -130,6 +131,18 @@ def adapt_metrics(adapted: dict) -> dict:
                 }
             numbers[f"{model}_{variant}"] = entry
     return numbers
+
+
+def identity(layout: Layout, device: torch.device) -> dict[str, str]:
+    """What report.md's numbers came from and ran on. The commit and date are the MLflow run's (track): here
+    they would make the same result's report differ in bytes from one run to the next."""
+    from importlib.metadata import version
+
+    return {
+        "data": sha256_of_file(layout.split_manifest)[:16],  # every file's hash, label and split
+        "device": str(device),
+        "versions": f"reprotune {version('reprotune')}, torch {torch.__version__}, timm {version('timm')}",
+    }
 
 
 def score(logits: dict, labels: dict, classes: list[str], params: Params) -> dict:
@@ -283,6 +296,7 @@ def evaluate(params: Params) -> None:
         mistakes,
         showing.column,
         exporting.not_exported(kind.modality),
+        identity(layout, pick_device(params.finetune.device, "params.yaml: finetune.device")),
     )
     write_text(layout.report, report)
     for model in metrics:

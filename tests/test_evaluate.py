@@ -170,7 +170,14 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     }
     mistakes = {"head": [], "finetune": [(paths[1], classes[0], classes[1], 0.9)]}
     arguments = (tiny_params, metrics, per_class, sections, {"enabled": False}, {})
-    text = render(*arguments, DataKind(IMAGE, sample=False), mistakes, "path", None)
+    identity = {
+        "data": "0123456789abcdef",
+        "device": "cpu",
+        "versions": "reprotune 0.1.0, torch 2.14.1, timm 1.0",
+    }
+    text = render(*arguments, DataKind(IMAGE, sample=False), mistakes, "path", None, identity)
+    assert text.splitlines()[2].startswith("Data `0123456789abcdef` (the split manifest's sha256")
+    assert "evaluated on cpu · reprotune 0.1.0, torch 2.14.1, timm 1.0" in text.split("## Data")[0]
     data = text.split("## Data")[1].split("## Model")[0]
     model = text.split("## Model")[1].split("## Params as run")[0]
     assert all(f"- {stage} says this." in data for stage in DATA)
@@ -191,7 +198,9 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     assert f"| {paths[1]} | {classes[0]} | {classes[1]} | 90% |" in text  # the mistakes, each by its path
     assert "in [`export.md`](export.md)" in text
     assert f"| `finetune.lr` | `{tiny_params.finetune.lr}` | params.yaml |" in text  # the params as run
-    unexported = render(*arguments, DataKind(TEXT, sample=False), mistakes, "text", "Not exported: why.\n")
+    unexported = render(
+        *arguments, DataKind(TEXT, sample=False), mistakes, "text", "Not exported: why.\n", identity
+    )
     assert "Not exported: why." in unexported and "resamples of the texts" in unexported
     # on the sample, with the shipped params: each auto key says what it became and why
     shipped = params_module.validate(tiny_params_raw(tmp_path, images=False))
@@ -202,6 +211,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         mistakes,
         "path",
         None,
+        identity,
     )
     assert "| `finetune.augment.hflip` | `0.0` | auto: photos: 0.5; 0 on the sample" in on_sample
     assert "| `backbone.input_size` | `32` | params.yaml |" in on_sample  # tiny params set it

@@ -73,13 +73,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def loopback_server(command: list[str], health: str, **popen) -> Iterator[str]:
-    """Run an MLflow command that serves on 127.0.0.1 (`{port}` in `command` becomes a free port), wait until
-    `health` answers, yield its URL, and always stop it (with its whole process group) on the way out."""
+def loopback_server(command: list[str], health: str, program: str = "mlflow", **popen) -> Iterator[str]:
+    """Run a command of this environment's (`program`: mlflow's, or reprotune's) that serves on 127.0.0.1
+    (`{port}` in `command` becomes a free port), wait until `health` answers, yield its URL, and always stop
+    it (with its whole process group) on the way out."""
     port = free_port()
     server = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "mlflow"),
+            str(Path(sys.executable).parent / program),
             *(part.replace("{port}", str(port)) for part in command),
         ],
         stdout=subprocess.DEVNULL,
@@ -586,7 +587,7 @@ def test_bad_params_stop_a_stage_before_it_writes(tmp_path: Path):
 
 
 def test_the_registered_model_is_served_over_http(built):
-    """`mlflow models serve` on a free loopback port answers a POSTed JPEG with its label, answers a
+    """`reprotune serve` (MLflow's scoring server) on a free loopback port answers a POSTed JPEG with its label, answers a
     non-image with an error row, refuses a malformed request, and keeps serving; it is stopped after."""
     import base64
     import io
@@ -594,9 +595,9 @@ def test_the_registered_model_is_served_over_http(built):
     from PIL import Image
 
     root = built["root"]
-    command = ["models", "serve", "-m", "models:/reprotune@candidate", "--env-manager", "local"]
-    command += ["--host", "127.0.0.1", "--port", "{port}"]
-    env = child_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
+    # `reprotune serve` with no --model: the project's registered model at its alias, from the project's store
+    command = ["serve", "--port", "{port}"]
+    env = child_env()
 
     def post(uri: str, body: bytes) -> tuple[int, dict]:
         request = urllib.request.Request(
@@ -612,7 +613,7 @@ def test_the_registered_model_is_served_over_http(built):
         rows = [[base64.b64encode(p).decode("ascii")] for p in payloads]
         return json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
 
-    with loopback_server(command, "/ping", cwd=root, env=env) as uri:
+    with loopback_server(command, "/ping", program="reprotune", cwd=root, env=env) as uri:
         jpeg = io.BytesIO()
         Image.open(root / "data" / "raw" / "red" / "000.png").convert("RGB").save(jpeg, "JPEG", quality=90)
         status, answer = post(uri, images(jpeg.getvalue(), b"not an image", jpeg.getvalue()[:200]))
@@ -624,3 +625,8 @@ def test_the_registered_model_is_served_over_http(built):
         status, _ = post(uri, b"{not json")
         assert 400 <= status < 500
         assert urllib.request.urlopen(f"{uri}/ping", timeout=5).status == 200  # still serving
+    # The exported folder, without the registry, serves the same answer.
+    exported = ["serve", "--model", str(root / "models" / "export"), "--port", "{port}"]
+    with loopback_server(exported, "/ping", program="reprotune", cwd=built["tmp"], env=env) as uri:
+        status, answer = post(uri, images(jpeg.getvalue()))
+        assert status == 200 and answer["predictions"][0]["label"] == "red"

@@ -196,14 +196,19 @@ def render(
     mistakes: dict,
     shown_as: str,
     not_exported: str | None,
+    identity: dict[str, str],
 ) -> str:
     """report.md: the stages' own sections (`sections`: stage -> the text of its section file, SECTIONS' stages)
     in their places, around evaluate's. `mistakes`: each transfer model's most confident mistakes, each item
     as the split manifest's column `shown_as` shows it; `not_exported`: why the networks of these data have
-    no ONNX export, if they have none."""
+    no ONNX export, if they have none; `identity`: the data's hash, the device and the versions."""
     settings = params.evaluate
     lines = [
         "# reprotune run report",
+        "",
+        f"Data `{identity['data']}` (the split manifest's sha256: every file, label and split) · evaluated on "
+        f"{identity['device']} · {identity['versions']}. The commit and the date are the MLflow run's "
+        "(`reports/mlflow_run.json` names it; `reprotune compare` lists it).",
         "",
         "## Data",
         "",

@@ -12,8 +12,8 @@ import pandas as pd
 from PIL import Image
 
 from reprotune.data.files import is_hidden, list_files
-from reprotune.pipeline.hashing import sha256_of_file
 from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.hashing import sha256_of_file
 from reprotune.pipeline.layout import Layout
 
 log = logging.getLogger(__name__)
