@@ -108,7 +108,7 @@ def sample_embeddings() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return np.concatenate(x), np.concatenate(y), np.array(split), np.array(group)
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # needs this checkout's `dvc repro` on the whole sample
 def test_on_the_sample_with_5_percent_of_training_labels_flipped():
     """The issue's target: recall >= 0.8 and precision >= 0.6 among the flagged images."""
     found = sample_embeddings()

@@ -136,7 +136,7 @@ def test_a_missing_input_or_model_is_one_clear_line(project: Path, tiny_params, 
     assert "not a model" in capsys.readouterr().err
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # needs this checkout's `dvc repro` on the whole sample
 def test_on_the_sample_the_torch_model_is_read_at_the_size_it_was_trained_at(monkeypatch):
     """On the built-in sample, backbone.input_size as resolved (auto: 128) applies to predict's torch
     model as to the stages; read at the global size instead, its rows differed from the exported model's."""
