@@ -134,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         photos = sorted(options.photos.rglob("*.jpg")) if options.photos.is_dir() else []
-        source = f"{len(photos)} real photos ({options.photos})"
+        source = f"{len(photos)} real photos (--photos {options.photos.name})"
         if not photos:
             photos = make_photos(work / "generated", 60, (512, 384))
             source = "60 generated photo-like JPEGs (no real photos found)"
