@@ -38,6 +38,7 @@ from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Backbone as BackboneParams
 from reprotune.pipeline.params import Params
 from reprotune.reporting.metrics import summary_metrics
+from reprotune.reporting.progress import progress
 from reprotune.serving.onnx_models import OnnxClassifier
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,9 @@ def export_checked(
         try:
             to_onnx(model, next(iter(test))[0][:1], path, settings.opset, exporter)
             without_provenance(path)
-            logits = OnnxClassifier(path).logits_of(images for images, _ in test)
+            logits = OnnxClassifier(path).logits_of(
+                images for images, _ in progress(test, f"export: check {path.name}", unit="batch")
+            )
             check = compare(reference, logits)
         except Exception as error:  # noqa: BLE001 - exporters fail in many ways; the next one is tried
             failures.append(f"{exporter}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
@@ -214,7 +217,7 @@ def export_network(
     test = manifest[manifest["split"] == "test"]
     labels = np.array([index[label] for label in test["label"]])
     test_images = image_loader(params, layout, test, data)
-    reference = predict(model, test_images, torch.device("cpu"), False).numpy()
+    reference = predict(model, test_images, torch.device("cpu"), False, desc="export: torch on test").numpy()
     train = manifest[manifest["split"] == "train"]
     chosen = train.sample(min(settings.calibration_images, len(train)), random_state=settings.seed)
     calibration = image_loader(params, layout, chosen, data)
@@ -234,7 +237,9 @@ def export_network(
         "opset": settings.opset,
     }
     (folder / layout.model_card.name).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    quantized = OnnxClassifier(int8).logits_of(images for images, _ in test_images)
+    quantized = OnnxClassifier(int8).logits_of(
+        images for images, _ in progress(test_images, "export: int8 on test", unit="batch")
+    )
     return {
         "torch_fp32": scored(reference, labels, len(classes), params)
         | compare(reference, reference)

@@ -55,7 +55,12 @@ def outputs(
 
 
 def predict(
-    model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool, bf16: bool = False
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    channels_last: bool,
+    bf16: bool = False,
+    desc: str | None = None,
 ) -> torch.Tensor:
-    """Every output of the loader's images, in order, as one tensor."""
-    return torch.cat(list(outputs(model, loader, device, channels_last, bf16)))
+    """Every output of the loader's images, in order, as one tensor (`desc`: with progress shown)."""
+    return torch.cat(list(outputs(model, loader, device, channels_last, bf16, desc=desc)))
