@@ -52,6 +52,7 @@ from reprotune.modalities.image.training_data import mixed_training_data
 from reprotune.models.backbones import Backbone, load_backbone
 from reprotune.models.classifier import Classifier, load_trained_classifier
 from reprotune.models.inference import predict
+from reprotune.models.model_card import TrainedCard
 from reprotune.models.probe import fit_linear_head
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json
@@ -439,6 +440,7 @@ def write_outputs(
     histories: dict,
     dropped: list[dict],
 ) -> None:
+    card = TrainedCard(layout.modality, student, read_json(layout.features_meta)["classes"], params.clean)
     with atomic_output(layout.distilled) as staging:
         staging.mkdir()
         for name, model in trained.items():
@@ -446,6 +448,8 @@ def write_outputs(
                 {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                 staging / layout.student_weights(name).name,
             )
+            # what loading the student needs, anywhere (reprotune predict --model models/distilled/<name>.safetensors)
+            card.write(staging / layout.student_weights(name).name)
             results[name]["megabytes"] = round(
                 (staging / layout.student_weights(name).name).stat().st_size / 2**20, 3
             )

@@ -102,9 +102,7 @@ def network_logits(
         rows = manifest[manifest["split"] == split]
         if rows["path"].tolist() != paths[split]:
             raise InputError(f"{layout.split_manifest} and {layout.features_meta} disagree; run dvc repro")
-        outputs = encoding.outputs(
-            model, rows, backbone, run, layout, desc=f"evaluate {weights} on {split}"
-        )
+        outputs = encoding.outputs(model, rows, backbone, run, layout, desc=f"evaluate {weights} on {split}")
         logits[split] = torch.cat(list(outputs)).numpy()
     return logits
 

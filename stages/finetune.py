@@ -155,7 +155,9 @@ def write_outputs(
         (staging / layout.finetuned_meta.name).write_text(
             json.dumps(summary, indent=2) + "\n", encoding="utf-8"
         )
-        card.write(staging)  # what loading the folder needs, anywhere (reprotune predict --model)
+        card.write(
+            staging / layout.finetuned_weights.name
+        )  # what loading it needs, anywhere (reprotune predict)
     with atomic_output(layout.finetune_history) as temporary, temporary.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=HISTORY_FIELDS)
         writer.writeheader()

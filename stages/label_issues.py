@@ -31,6 +31,7 @@ from reprotune.pipeline.errors import InputError
 from reprotune.pipeline.layout import SPLITS, Layout
 from reprotune.pipeline.params import Params
 from reprotune.reporting.markdown import lines_of
+from reprotune.reporting.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def out_of_fold_probabilities(
         warnings.simplefilter(
             "ignore", UserWarning
         )  # "least populated class has fewer members than n_splits"
-        for train, held_out in splitter.split(embeddings, labels, groups):
+        folded = splitter.split(embeddings, labels, groups)
+        for train, held_out in progress(folded, "label_issues: cross-validation", unit="fold", total=folds):
             weight, bias, _ = fit_linear_head(
                 embeddings[train], labels[train], params.train_head.C, params.train_head.max_iter, num_classes
             )

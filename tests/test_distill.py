@@ -193,6 +193,20 @@ def test_unlabelled_folder_is_checked_and_never_overlaps_the_labelled_images(tin
         "u00-again.png": "duplicate_in_folder",
     }
     assert record["students"]["distilled"]["unlabeled_images"] == 3
+    # The student carries its card, so predict loads it on its own (no params.yaml in this folder).
+    from reprotune.serving import predict
+
+    student = Path(params.paths.distilled, "distilled.safetensors")
+    assert json.loads(student.with_suffix(".json").read_text())["backbone"]["name"] == "reprotune-tiny-test"
+    rows = predict.predict_files(
+        sorted((raw / "red").iterdir())[:2],
+        predict.load_model(str(student), torch.device("cpu")),
+        1,
+        True,
+        8,
+        0,
+    )
+    assert [row["reason"] for row in rows] == ["", ""] and all(row["label"] for row in rows)
     assert sorted((p.relative_to(raw), p.read_bytes()) for p in raw.rglob("*") if p.is_file()) == raw_before
     assert (
         sorted((p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file())

@@ -1,5 +1,6 @@
-"""model.json beside a trained network's weights: everything loading it needs, so that a model folder works
-after params.yaml changed and outside the project (`reprotune predict --model <folder>`).
+"""The card beside a trained network's weights (`model.safetensors` -> `model.json`, a student's
+`distilled.safetensors` -> `distilled.json`): everything loading it needs, so that a model works after
+params.yaml changed and outside the project (`reprotune predict --model <folder or weights file>`).
 
 The card names the modality and the backbone as trained (every `auto` resolved), the classes in the head's
 order, and the rules an input must pass (clean's, as the training data passed them). It holds no temperature:
@@ -16,7 +17,6 @@ from reprotune.pipeline.errors import InputError
 from reprotune.pipeline.params import Backbone as BackboneParams
 from reprotune.pipeline.params import Clean
 
-CARD_NAME = "model.json"
 FORMAT = "reprotune-torch-classifier"
 
 
@@ -27,7 +27,8 @@ class TrainedCard:
     classes: list[str]
     checks: Clean
 
-    def write(self, folder: Path) -> None:
+    def write(self, weights: Path) -> None:
+        """The card of `weights` (written beside it; the weights themselves are the caller's)."""
         card = {
             "format": FORMAT,
             "modality": self.modality,
@@ -35,17 +36,17 @@ class TrainedCard:
             "classes": self.classes,
             "checks": self.checks.model_dump(mode="json"),
         }
-        (folder / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        card_path(weights).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def read(cls, folder: Path) -> TrainedCard:
-        path = folder / CARD_NAME
+    def read(cls, weights: Path) -> TrainedCard:
+        path = card_path(weights)
         try:
             card = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise InputError(
-                f"{folder}: has weights but no {CARD_NAME}; it was written before model folders carried their "
-                "card: run `dvc repro` to retrain it, or predict with the exported model (models/export)"
+                f"{weights}: has no {path.name} beside it (it was written before trained networks carried their "
+                "card): run `dvc repro` to write it, or predict with the exported model (models/export)"
             ) from None
         if card.get("format") != FORMAT:
             raise InputError(f"{path}: not a trained-network card (format {card.get('format')!r})")
@@ -55,3 +56,7 @@ class TrainedCard:
             card["classes"],
             Clean.model_validate_json(json.dumps(card["checks"])),
         )
+
+
+def card_path(weights: Path) -> Path:
+    return weights.with_suffix(".json")

@@ -94,16 +94,17 @@ def onnx_model(path: Path, device: torch.device) -> Model:
 
 
 def torch_model(path: Path, device: torch.device) -> Model:
-    """A trained network's folder, built from its own card (reprotune/models/model_card.py), never from the
-    project's params.yaml, which may have changed since it was trained."""
+    """A trained network (its folder, or its weights file), built from the card beside its weights
+    (reprotune/models/model_card.py), never from the project's params.yaml, which may have changed since."""
     from reprotune.modalities import encoding as modality_encoding
     from reprotune.models.classifier import load_trained_classifier
     from reprotune.models.model_card import TrainedCard
 
-    card = TrainedCard.read(path)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    card = TrainedCard.read(weights)
     model, backbone = load_trained_classifier(
         card.backbone,
-        path / "model.safetensors",
+        weights,
         len(card.classes),
         load=modality_encoding.of(card.modality).load,
     )
@@ -139,12 +140,13 @@ def load_model(spec: str, device: torch.device, tracking: str | None = None) -> 
         return mlflow_model(spec, device, tracking)
     if path.suffix == ".onnx" or (path / "model.onnx").is_file():
         return onnx_model(path, device)
-    if (path / "model.safetensors").is_file():
+    if (path / "model.safetensors").is_file() or (path.suffix == ".safetensors" and path.is_file()):
         return torch_model(path, device)
     raise InputError(
         f"--model {spec}: not a model; give an exported folder (model.onnx + model.json, e.g. {DEFAULT_MODEL}), "
         "an .onnx file, a trained network's folder (model.safetensors + model.json, e.g. models/finetuned) or "
-        "a registered model (models:/<name>@<alias>)"
+        "weights file with its card (models/distilled/distilled.safetensors + distilled.json), or a registered "
+        "model (models:/<name>@<alias>)"
     )
 
 
