@@ -167,3 +167,6 @@ def test_run_names_and_descriptions_say_what_changed():
     assert (
         "finetune.test.accuracy 0.9100" in text and "`finetune.lr` = 0.001" in text and "abababababab" in text
     )
+    other = now | {"finetune.strategy": "frozen"}
+    assert run_name(other, now, None) == "efficientnet_lite0 frozen"  # the strategy is in the name already
+    assert "`finetune.strategy` = frozen" in run_description({}, changed_params(other, now), now, {})

@@ -199,8 +199,9 @@ def run_name(params: dict[str, str], previous: dict[str, str] | None, experiment
     the params changed since the previous run (`efficientnet_lite0 full lr=0.001`), from flattened params."""
     if experiment:
         return experiment
-    name = f"{params.get('backbone.name', '?')} {params.get('finetune.strategy', '?')}"
-    changed = changed_params(params, previous)
+    named = ("backbone.name", "finetune.strategy")
+    name = " ".join(params.get(key, "?") for key in named)
+    changed = {k: v for k, v in changed_params(params, previous).items() if k not in named}
     shown = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in list(changed.items())[:3]]
     if len(changed) > 3:
         shown.append(f"+{len(changed) - 3} more")
@@ -208,16 +209,14 @@ def run_name(params: dict[str, str], previous: dict[str, str] | None, experiment
 
 
 def changed_params(params: dict[str, str], previous: dict[str, str] | None) -> dict[str, str]:
-    """The params whose value differs from the previous run's (none when there is no previous run); paths
-    and the names that already make up the run's name are left out."""
+    """The params whose value differs from the previous run's (none when there is no previous run); paths,
+    which name where files go, are left out."""
     if previous is None:
         return {}
     return {
         key: value
         for key, value in params.items()
-        if previous.get(key) != value
-        and not key.startswith("paths.")
-        and key not in ("backbone.name", "finetune.strategy")
+        if previous.get(key) != value and not key.startswith("paths.")
     }
 
 
