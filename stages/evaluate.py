@@ -85,7 +85,7 @@ def network_logits(
     """A trained network's logits on val and test: the fine-tuned network, or one of distill's students."""
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     device = pick_device(params.finetune.device, "params.yaml: finetune.device")
-    model, backbone = load_trained_classifier(network, weights, len(classes), load=encoding.load)
+    model, backbone = load_trained_classifier(network, weights, len(classes), load=encoding.architecture)
     model.to(device)
     if network.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -114,6 +114,24 @@ def test_a_model_folder_loads_from_its_own_card_after_params_change_and_from_any
     assert "raw softmax (this model carries no temperature" in capsys.readouterr().err
 
 
+def test_a_trained_folder_needs_no_pretrained_weights(project: Path, tiny_params, tmp_path_factory):
+    """Every weight is in the folder's own file: the backbone's pretrained file (here a path that exists on
+    no machine) is never read, so the folder works where that file, or the network, is not."""
+    import json
+    import shutil
+
+    copied = tmp_path_factory.mktemp("moved") / "finetuned"
+    shutil.copytree(tiny_params.paths.finetuned, copied)
+    card = json.loads((copied / "model.json").read_text())
+    card["backbone"]["weights"] = "/nowhere/pretrained.safetensors"
+    (copied / "model.json").write_text(json.dumps(card))
+    folder = project / "incoming"
+    make_class_folder(folder, per_class=1, seed=13)
+    assert predict.main([str(folder), "--model", str(copied), "-o", "moved.csv"]) == 0
+    assert predict.main([str(folder), "--model", tiny_params.paths.finetuned, "-o", "original.csv"]) == 0
+    assert read_rows(project / "moved.csv") == read_rows(project / "original.csv")
+
+
 def test_nothing_labelled_is_a_failure(project: Path, tiny_params, capsys):
     (project / "notes.png").write_text("not an image")
     assert predict.main(["notes.png", "--model", tiny_params.paths.exported]) == 1

@@ -28,6 +28,11 @@ class Encoding(Protocol):
         """The pretrained encoder params.yaml's `backbone` names, returning pooled embeddings."""
         ...
 
+    def architecture(self, backbone: BackboneParams) -> Backbone:
+        """The same encoder with its weights as built, not pretrained: for a trained network, whose own file
+        then sets every weight (reprotune/models/classifier.py)."""
+        ...
+
     def describe(self, backbone: Backbone) -> dict:
         """Its preprocessing, as features.json records it."""
         ...

@@ -37,6 +37,9 @@ SHIPPED = {
 }
 
 
+ARCHITECTURE_ONLY = "none: the architecture alone, for a trained network's own weights"
+
+
 def shipped_weights(name: str) -> Path | None:
     """Weights that an installed package carries, so that no download is needed."""
     if name not in SHIPPED:
@@ -58,10 +61,12 @@ def _no_weights(name: str, error: Exception) -> InputError:
     )
 
 
-def _timm(params: BackboneParams, data: DataConfig, keep_classifier: bool) -> Backbone:
+def _timm(params: BackboneParams, data: DataConfig, keep_classifier: bool, pretrained: bool) -> Backbone:
     model = timm.create_model(params.name, pretrained=False)
     shipped = shipped_weights(params.name)
-    if params.weights:
+    if not pretrained:
+        source = ARCHITECTURE_ONLY
+    elif params.weights:
         source = file_weights(model, Path(params.weights))
     elif shipped is not None:
         source = file_weights(model, shipped, f"shipped {shipped.name}")
@@ -90,20 +95,24 @@ def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     return linears[-1]
 
 
-def _torchvision(params: BackboneParams, data: DataConfig, keep_classifier: bool) -> Backbone:
+def _torchvision(
+    params: BackboneParams, data: DataConfig, keep_classifier: bool, pretrained: bool
+) -> Backbone:
     import torchvision
 
     name = params.name.removeprefix(TORCHVISION_PREFIX)
     model = torchvision.models.get_model(name, weights=None)
-    pretrained = torchvision.models.get_model_weights(name).DEFAULT
-    if params.weights:
+    published = torchvision.models.get_model_weights(name).DEFAULT
+    if not pretrained:
+        source = ARCHITECTURE_ONLY
+    elif params.weights:
         source = file_weights(model, Path(params.weights))
     else:
         try:
-            model.load_state_dict(pretrained.get_state_dict(progress=False))
+            model.load_state_dict(published.get_state_dict(progress=False))
         except Exception as error:  # noqa: BLE001 - network errors come in many types
             raise _no_weights(params.name, error) from error
-        source = f"torchvision {pretrained}"
+        source = f"torchvision {published}"
     layer_name, classifier = _last_linear(model)
     num_features = classifier.in_features
     if not keep_classifier:
@@ -145,9 +154,12 @@ class TinyTestNet(nn.Module):
         return self.pool(self.blocks(self.stem(images))).flatten(1)
 
 
-def _tiny(params: BackboneParams, data: DataConfig) -> Backbone:
+def _tiny(params: BackboneParams, data: DataConfig, pretrained: bool) -> Backbone:
     model = TinyTestNet()
-    source = file_weights(model, Path(params.weights)) if params.weights else "fixed random init (seed 0)"
+    if not pretrained:
+        source = ARCHITECTURE_ONLY
+    else:
+        source = file_weights(model, Path(params.weights)) if params.weights else "fixed random init (seed 0)"
     groups = [[f"stem.{p}" for p, _ in model.stem.named_parameters()]] + [
         [f"blocks.{i}.{p}" for p, _ in block.named_parameters()] for i, block in enumerate(model.blocks)
     ]
@@ -160,17 +172,19 @@ def _tiny(params: BackboneParams, data: DataConfig) -> Backbone:
     )
 
 
-def load_backbone(params: BackboneParams, keep_classifier: bool = False) -> Backbone:
+def load_backbone(params: BackboneParams, keep_classifier: bool = False, pretrained: bool = True) -> Backbone:
     """Build the image backbone named in params with its weights; with keep_classifier the model keeps its
-    pretrained classifier (used to check the weights), otherwise it returns pooled embeddings. (Text
-    encoders: reprotune/models/text_encoders.py; which one a stage loads: reprotune/modalities/encoding.py.)"""
+    pretrained classifier (used to check the weights), otherwise it returns pooled embeddings. Without
+    `pretrained`, the architecture alone (for a trained network, whose own file holds every weight: no
+    pretrained file or download is needed then). (Text encoders: reprotune/models/text_encoders.py; which one
+    a stage loads: reprotune/modalities/encoding.py.)"""
     data = data_config(params.name, params.input_size)
     if params.name == TINY_TEST:
-        backbone = _tiny(params, data)
+        backbone = _tiny(params, data, pretrained)
     elif params.name.startswith(TORCHVISION_PREFIX):
-        backbone = _torchvision(params, data, keep_classifier)
+        backbone = _torchvision(params, data, keep_classifier, pretrained)
     else:
-        backbone = _timm(params, data, keep_classifier)
+        backbone = _timm(params, data, keep_classifier, pretrained)
     backbone.model.eval()
     log.info("backbone %s, weights: %s, input %dpx", params.name, backbone.weights, backbone.data.input_size)
     return backbone

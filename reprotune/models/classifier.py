@@ -25,15 +25,19 @@ class Classifier(nn.Module):
         return self.head(self.backbone(images))
 
 
+def image_architecture(params: BackboneParams) -> Backbone:
+    return load_backbone(params, pretrained=False)
+
+
 def load_trained_classifier(
     params: BackboneParams,
     weights: Path,
     num_classes: int,
-    load: Callable[[BackboneParams], Backbone] = load_backbone,
+    load: Callable[[BackboneParams], Backbone] = image_architecture,
 ) -> tuple[Classifier, Backbone]:
     """The network finetune saved: architecture and preprocessing from the registry (`load`: the modality's
-    encoder, reprotune/modalities/encoding.py), every weight from `weights`. Returns it in eval mode, with
-    its Backbone (for the preprocessing)."""
+    encoder architecture, reprotune/modalities/encoding.py), every weight from `weights`, so no pretrained
+    file is read. Returns it in eval mode, with its Backbone (for the preprocessing)."""
     backbone = load(params)
     model = Classifier(backbone.model, backbone.num_features, num_classes)
     model.load_state_dict(load_file(weights))

@@ -106,7 +106,7 @@ def torch_model(path: Path, device: torch.device) -> Model:
         card.backbone,
         weights,
         len(card.classes),
-        load=modality_encoding.of(card.modality).load,
+        load=modality_encoding.of(card.modality).architecture,
     )
     model.to(device)
 

@@ -22,6 +22,9 @@ class ImageEncoding:
     def load(self, backbone: BackboneParams) -> Backbone:
         return load_backbone(backbone)
 
+    def architecture(self, backbone: BackboneParams) -> Backbone:
+        return load_backbone(backbone, pretrained=False)
+
     def describe(self, backbone: Backbone) -> dict:
         return {"data_config": backbone.data.__dict__}
 

@@ -21,6 +21,9 @@ class TextEncoding:
     def load(self, backbone: BackboneParams) -> Backbone:
         return load_text_encoder(backbone)
 
+    def architecture(self, backbone: BackboneParams) -> Backbone:
+        return load_text_encoder(backbone)  # a sentence encoder's files are its architecture and tokenizer
+
     def describe(self, backbone: Backbone) -> dict:
         return {"modality": "text", "text_config": backbone.data.describe()}
 
