@@ -118,7 +118,7 @@ def section(report: dict, sample: bool, layout: Layout, cleaning: Cleaning, rule
         *(
             [
                 f"- **{source.capitalize()} ran because `{layout.raw}` holds no files**: put your "
-                f"{cleaning.items} there to train on them (README: Your own images)."
+                f"{cleaning.items} there to train on them (README: Your own data)."
             ]
             if sample
             else []

@@ -126,6 +126,7 @@ def test_compare_lists_every_models_metrics_sorts_and_prints_csv(tmp_path: Path,
                     "finetune.test.accuracy": accuracy,
                     "zero_shot.test.accuracy": 0.5,
                     "distilled.test.macro_f1": accuracy - 0.1,
+                    "adapt.finetune.adapted.target_test.accuracy": 0.6,
                     "finetune.epoch.val_accuracy": 0.1,  # an epoch curve: not a column unless asked for
                 }
             )
@@ -144,6 +145,7 @@ def test_compare_lists_every_models_metrics_sorts_and_prints_csv(tmp_path: Path,
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split(",")
     assert {"zero_shot.test.accuracy", "distilled.test.macro_f1", "finetune.lr"} <= set(header)
+    assert "adapt.finetune.adapted.target_test.accuracy" in header
     assert "finetune.epoch.val_accuracy" not in header
     assert [line.split(",")[0] for line in lines[1:]] == ["second", "third", "first"]
     assert main([*args[:4], "--metrics", "finetune.test.*", "--filter", "params.`finetune.lr` = '0.7'"]) == 0

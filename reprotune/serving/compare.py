@@ -16,9 +16,9 @@ import pandas as pd
 
 from reprotune.pipeline.errors import InputError
 
-# The metrics shown by default: every model's test accuracy and macro-F1, plus the fine-tuned network's
-# calibration error. --metrics picks others (names or glob patterns over the runs' metric names).
-DEFAULT_METRICS = ["*.test.accuracy", "*.test.macro_f1", "finetune.test.ece"]
+# The metrics shown by default: every model's test accuracy and macro-F1 (an adapted model's on the target's
+# test images), plus the fine-tuned network's calibration error. --metrics picks others (names or glob patterns over the runs' metric names).
+DEFAULT_METRICS = ["*.test.accuracy", "*.target_test.accuracy", "*.test.macro_f1", "finetune.test.ece"]
 
 EXAMPLES = """examples:
   reprotune compare                                   # the last 5 runs, every model's test accuracy and macro-F1
