@@ -321,6 +321,7 @@ def store_runs(uri: str) -> list:
     return [] if experiment is None else client.search_runs([experiment.experiment_id])
 
 
+@pytest.mark.slow  # stress tier: a whole extra `dvc repro` of the tiny project (CI keeps within 15 minutes)
 def test_parallel_writers_on_a_fresh_store(workspace):
     """Two track stages start at once on a store that does not exist yet: MLflow's first-use migrations
     collide without the store lock. Both runs land, FINISHED, each with its own model version."""
@@ -340,7 +341,15 @@ def test_parallel_writers_on_a_fresh_store(workspace):
     )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize(
+    "signum",
+    # SIGINT in the full suite; SIGTERM unwinds the same way, and SIGKILL's clean-up is the next run's
+    [
+        signal.SIGINT,
+        pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param(signal.SIGKILL, marks=pytest.mark.slow),
+    ],
+)
 def test_interrupted_track_leaves_no_finished_or_running_run(workspace, signum):
     """Stopped inside its MLflow run, track leaves that run FAILED (SIGINT, SIGTERM) and writes no run record.
     SIGKILL cannot be caught: the run stays RUNNING until the next track marks it FAILED and records the
@@ -439,6 +448,7 @@ def test_dvc_queue_sweep_logs_every_experiment(workspace):
         (root / "mlflow.db.before-sweep").rename(root / "mlflow.db")
 
 
+@pytest.mark.slow  # stress tier: a whole extra `dvc repro` of the tiny project (CI keeps within 15 minutes)
 def test_a_train_head_change_reruns_only_what_depends_on_it(workspace):
     root = workspace["root"]
     before = mlflow_runs(root)
@@ -465,6 +475,7 @@ def test_a_train_head_change_reruns_only_what_depends_on_it(workspace):
     assert tree_digest(root / "data" / "raw") == workspace["raw_before"]
 
 
+@pytest.mark.slow  # stress tier: a whole extra `dvc repro` of the tiny project (CI keeps within 15 minutes)
 def test_turning_distill_on_reruns_only_distill_onward_and_registers_the_student(workspace):
     """The one-line switch (docs/distillation.md), here with the tiny backbone as student and an unlabelled
     folder: only distill and what reads it re-run; the students are scored, exported and registered."""
@@ -501,6 +512,7 @@ def test_turning_distill_on_reruns_only_distill_onward_and_registers_the_student
     assert "distilled" not in json.loads((root / "reports" / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # stress tier: a whole extra `dvc repro` of the tiny project (CI keeps within 15 minutes)
 def test_adapting_to_a_target_folder_reruns_only_adapt_onward(workspace):
     """Target images alone change nothing (`adapt.method: none`); with a method, only adapt and what reads
     it re-run, and the comparison reaches metrics.json, the report and MLflow."""
@@ -524,6 +536,7 @@ def test_adapting_to_a_target_folder_reruns_only_adapt_onward(workspace):
     assert "adapt.head.adapted.domain_accuracy" in latest.data.metrics
 
 
+@pytest.mark.slow  # stress tier: a whole extra `dvc repro` of the tiny project (CI keeps within 15 minutes)
 def test_a_relabel_row_reruns_clean_and_what_it_changes_and_leaves_the_images_alone(workspace):
     """The user's fix for a label issue: a row in data/relabel.csv, versioned, applied by clean."""
     root = workspace["root"]

@@ -24,7 +24,7 @@ import yaml
 from tests.conftest import child_env
 from tests.test_pipeline import built, free_port, loopback_server, workspace  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # two clones' pipelines: the stress tier
 
 
 def postgres_bin() -> Path | None:
