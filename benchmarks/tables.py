@@ -46,8 +46,8 @@ def bench_readme(bench: dict) -> str:
     parts = [INTRO]
     for section in sorted(bench):
         rows = flat(bench[section])
-        parts.append(f"## {section}\n\n| figure | value |\n|---|---|\n")
-        parts.append("".join(f"| `{name}` | {value} |\n" for name, value in rows))
+        table = "".join(f"| `{name}` | {value} |\n" for name, value in rows)
+        parts.append(f"## {section}\n\n| figure | value |\n|---|---|\n{table}")
     return "\n".join(parts)
 
 
