@@ -34,6 +34,7 @@ def test_doctor_outside_a_project_warns_and_does_not_fail(tmp_path: Path, monkey
     lines = capsys.readouterr().out.splitlines()
     by_check = {line.split()[1]: line.split()[0] for line in lines if line.strip()}
     assert by_check["versions"] == "ok" and by_check["params"] == "warn" and by_check["mlflow"] == "warn"
+    assert by_check["dvc"] == "warn"
     assert not (tmp_path / "mlflow.db").exists()  # looking for a store never creates one
 
 

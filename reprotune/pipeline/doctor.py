@@ -128,6 +128,9 @@ def mlflow_store() -> tuple[str, str]:
 
 
 def dvc_remote() -> tuple[str, str]:
+    here = Path.cwd().resolve()
+    if not any((folder / ".dvc").is_dir() for folder in (here, *here.parents)):
+        return WARN, "not in a DVC project: run the doctor in the project folder to check its remote"
     beside = Path(sys.executable).parent / "dvc"  # this environment's, even when it is not activated
     try:
         done = subprocess.run(
