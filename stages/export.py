@@ -5,8 +5,11 @@ distill enabled, the distilled student the same way in `student/` inside the exp
   split: every top-1 prediction the same and no logit more than `export.max_logit_difference` apart. The
   dynamo exporter is tried first; when it fails or fails the check, the TorchScript one; when that fails the
   check too, the stage stops, naming the exporter and the figures.
-- `model.int8.onnx`: ONNX Runtime post-training static quantization (QDQ, per-channel int8 weights, uint8
-  activations), calibrated on `export.calibration_images` training images chosen by `export.seed`.
+- `model.int8.onnx`: ONNX Runtime post-training static quantization (QDQ, per-channel weights, uint8
+  activations), calibrated on `export.calibration_images` training images chosen by `export.seed`. Checked
+  like the float file: the first setting of INT8_SETTINGS whose top-1 agreement with torch on val reaches
+  `export.min_int8_agreement` is kept, and shipped only if its agreement on the test split does too; otherwise
+  no int8 file ships, and the card and export.md say why (never a silently degraded one).
 - `model.json`: what a user of the files needs: class names, preprocessing, and the temperature evaluate
   fitted on validation (divide the logits by it before the softmax for calibrated probabilities).
 - `reports/export.json` (for `dvc metrics`) and `reports/export.md`: torch float32, ONNX float32 and ONNX
@@ -128,9 +131,20 @@ def export_checked(
     )
 
 
-def quantize(fp32: Path, int8: Path, calibration: DataLoader) -> None:
-    """Static int8 quantization (QDQ, per-channel weights) with ONNX Runtime, after its own pre-processing
-    (shape inference and graph optimisation), which its documentation asks for."""
+# The int8 settings tried, in order: ONNX Runtime's default (uint8 activations x int8 weights, per-channel),
+# then the two remedies its documentation gives for that format's saturation on x86 CPUs without VNNI (AVX2,
+# AVX-512 without VNNI): 7-bit weights (reduce_range), and uint8 weights. The first that agrees with torch on
+# validation is kept; the test split then accepts it or not.
+INT8_SETTINGS = {
+    "u8s8": {"weight_type": "QInt8", "reduce_range": False},
+    "u8s8_reduce_range": {"weight_type": "QInt8", "reduce_range": True},
+    "u8u8": {"weight_type": "QUInt8", "reduce_range": False},
+}
+
+
+def quantize(fp32: Path, int8: Path, calibration: DataLoader, setting: str = "u8s8") -> None:
+    """Static int8 quantization (QDQ, per-channel weights, `INT8_SETTINGS[setting]`) with ONNX Runtime, after
+    its own pre-processing (shape inference and graph optimisation), which its documentation asks for."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -144,6 +158,7 @@ def quantize(fp32: Path, int8: Path, calibration: DataLoader) -> None:
             batch = next(self.batches, None)
             return None if batch is None else {"images": batch.numpy()}
 
+    chosen = INT8_SETTINGS[setting]
     prepared = int8.with_name("prepared.onnx")
     quant_pre_process(str(fp32), str(prepared))
     quantize_static(
@@ -152,10 +167,60 @@ def quantize(fp32: Path, int8: Path, calibration: DataLoader) -> None:
         Calibration(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
+        reduce_range=chosen["reduce_range"],
         activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        weight_type=getattr(QuantType, chosen["weight_type"]),
     )
     prepared.unlink()
+
+
+def quantized_checked(
+    fp32: Path,
+    int8: Path,
+    calibration: DataLoader,
+    checks: dict[str, tuple[DataLoader, np.ndarray]],
+    minimum: float,
+) -> tuple[dict, np.ndarray | None]:
+    """An int8 file checked as the float one is: each setting in turn until one agrees with torch's top-1 on
+    at least `minimum` of the validation images (`checks["val"]`: loader and torch's logits); that one is
+    shipped only if it agrees as well on the test split. Returns the decision (for the card and the report)
+    and the shipped file's test logits, or None with no file left at `int8`."""
+
+    def agreement(split: str) -> tuple[float, np.ndarray]:
+        loader, reference = checks[split]
+        logits = OnnxClassifier(int8).logits_of(
+            images for images, _ in progress(loader, f"export: int8 on {split}", unit="batch")
+        )
+        return compare(reference, logits)["top1_agreement"], logits
+
+    tried: dict[str, float] = {}
+    for setting in INT8_SETTINGS:
+        quantize(fp32, int8, calibration, setting)
+        tried[setting], _ = agreement("val")
+        log.info("int8 %s: top-1 agreement with torch on val %.4f", setting, tried[setting])
+        if tried[setting] >= minimum:
+            test_agreement, logits = agreement("test")
+            decision = {
+                "setting": setting,
+                "val_top1_agreement": tried,
+                "test_top1_agreement": test_agreement,
+            }
+            if test_agreement >= minimum:
+                return decision | {"shipped": True, "why": ""}, logits
+            int8.unlink()
+            why = (
+                f"int8 ({setting}) agreed with torch on {tried[setting]:.4f} of val but {test_agreement:.4f} "
+                f"of test, below export.min_int8_agreement={minimum}"
+            )
+            log.warning("no int8 file: %s", why)
+            return decision | {"shipped": False, "why": why}, None
+    int8.unlink()
+    why = (
+        "no int8 setting agreed with torch on export.min_int8_agreement="
+        f"{minimum} of val (" + ", ".join(f"{k} {v:.4f}" for k, v in tried.items()) + ")"
+    )
+    log.warning("no int8 file: %s", why)
+    return {"setting": None, "val_top1_agreement": tried, "shipped": False, "why": why}, None
 
 
 def image_loader(params: Params, layout: Layout, rows: pd.DataFrame, data: DataConfig) -> DataLoader:
@@ -179,7 +244,16 @@ def scored(logits: np.ndarray, labels: np.ndarray, num_classes: int, params: Par
     return {k: metrics[k] for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1")}
 
 
-def table(comparison: dict) -> str:
+def int8_record(decisions: dict[str, dict]) -> dict:
+    """export.json's numbers about int8 (MLflow metrics: numbers only): shipped or not, and each setting's
+    agreement with torch on val; the chosen setting's name and the reason are in the card and export.md."""
+    return {
+        name: {"shipped": decision["shipped"], "val_top1_agreement": decision["val_top1_agreement"]}
+        for name, decision in decisions.items()
+    }
+
+
+def table(comparison: dict, decisions: dict[str, dict], minimum: float) -> str:
     lines = [
         "# Exported models",
         "",
@@ -195,6 +269,21 @@ def table(comparison: dict) -> str:
             f"| {row['macro_f1']:.4f} | {row['top1_agreement']:.4f} | {row['max_logit_difference']:.2e} "
             f"| {row['megabytes']:.2f} MB |"
         )
+    lines.append("")
+    for name, decision in decisions.items():
+        tried = ", ".join(f"`{k}` {v:.4f}" for k, v in decision["val_top1_agreement"].items())
+        if decision["shipped"]:
+            lines.append(
+                f"- {name}: setting `{decision['setting']}`, the first whose top-1 agreement with torch on val "
+                f"reached export.min_int8_agreement={minimum} (tried: {tried}); on test "
+                f"{decision['test_top1_agreement']:.4f}."
+            )
+        else:
+            lines.append(f"- **{name}: no int8 file ships**: {decision['why']}. Use the float32 file.")
+    lines.append(
+        "- int8 kernels differ between CPUs (VNNI or not); the agreement above holds for the CPU that ran "
+        "export. `python -m benchmarks.bench_export` measures it and the speed on yours."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -207,9 +296,10 @@ def export_network(
     temperature: float,
     folder: Path,
     layout: Layout,
-) -> dict:
-    """One trained network into `folder` (ONNX float32 checked against torch, int8, the card); its rows of
-    the comparison on the test split (torch float32, ONNX float32, ONNX int8)."""
+) -> tuple[dict, dict]:
+    """One trained network into `folder` (ONNX float32 checked against torch, int8 where it holds, the card);
+    its rows of the comparison on the test split (torch float32, ONNX float32, ONNX int8 if shipped), and the
+    int8 decision."""
     settings = params.export
     classes = read_json(layout.features_meta)["classes"]
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
@@ -218,6 +308,10 @@ def export_network(
     labels = np.array([index[label] for label in test["label"]])
     test_images = image_loader(params, layout, test, data)
     reference = predict(model, test_images, torch.device("cpu"), False, desc="export: torch on test").numpy()
+    val_images = image_loader(params, layout, manifest[manifest["split"] == "val"], data)
+    val_reference = predict(
+        model, val_images, torch.device("cpu"), False, desc="export: torch on val"
+    ).numpy()
     train = manifest[manifest["split"] == "train"]
     chosen = train.sample(min(settings.calibration_images, len(train)), random_state=settings.seed)
     calibration = image_loader(params, layout, chosen, data)
@@ -225,7 +319,13 @@ def export_network(
     folder.mkdir()
     fp32, int8 = folder / layout.onnx_model.name, folder / layout.int8_model.name
     exporter, check, onnx_logits = export_checked(model, test_images, reference, fp32, params)
-    quantize(fp32, int8, calibration)
+    int8_decision, quantized = quantized_checked(
+        fp32,
+        int8,
+        calibration,
+        {"val": (val_images, val_reference), "test": (test_images, reference)},
+        settings.min_int8_agreement,
+    )
     card = {
         "classes": classes,
         "backbone": backbone_name,
@@ -235,22 +335,25 @@ def export_network(
         "temperature": temperature,
         "exporter": exporter,
         "opset": settings.opset,
+        # which int8 setting was chosen on val and why, or why no int8 file ships
+        "int8": int8_decision | {"file": int8.name if int8_decision["shipped"] else None},
     }
     (folder / layout.model_card.name).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    quantized = OnnxClassifier(int8).logits_of(
-        images for images, _ in progress(test_images, "export: int8 on test", unit="batch")
-    )
-    return {
+    rows = {
         "torch_fp32": scored(reference, labels, len(classes), params)
         | compare(reference, reference)
         | {"megabytes": round(weights.stat().st_size / 2**20, 3)},
         "onnx_fp32": scored(onnx_logits, labels, len(classes), params)
         | check
         | {"megabytes": round(fp32.stat().st_size / 2**20, 3)},
-        "onnx_int8": scored(quantized, labels, len(classes), params)
-        | compare(reference, quantized)
-        | {"megabytes": round(int8.stat().st_size / 2**20, 3)},
     }
+    if quantized is not None:
+        rows["onnx_int8"] = (
+            scored(quantized, labels, len(classes), params)
+            | compare(reference, quantized)
+            | {"megabytes": round(int8.stat().st_size / 2**20, 3)}
+        )
+    return rows, int8_decision
 
 
 def export(params: Params) -> None:
@@ -269,7 +372,7 @@ def export(params: Params) -> None:
     distilled = read_json(layout.distill_meta)
     with atomic_output(layout.exported) as staging:
         model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(classes))
-        comparison = export_network(
+        comparison, int8 = export_network(
             params,
             model,
             backbone.data,
@@ -283,7 +386,7 @@ def export(params: Params) -> None:
             student = BackboneParams(**distilled["student"]["registry"])
             weights = layout.student_weights("distilled")
             model, backbone = load_trained_classifier(student, weights, len(classes))
-            rows = export_network(
+            rows, student_int8 = export_network(
                 params,
                 model,
                 backbone.data,
@@ -294,8 +397,9 @@ def export(params: Params) -> None:
                 layout,
             )
             comparison |= {f"student_{name}": row for name, row in rows.items()}
-    write_json(layout.export_report, comparison)
-    write_text(layout.export_summary, table(comparison))
+    decisions = {"onnx_int8": int8} | ({"student_onnx_int8": student_int8} if distilled["enabled"] else {})
+    write_json(layout.export_report, comparison | {"int8": int8_record(decisions)})
+    write_text(layout.export_summary, table(comparison, decisions, params.export.min_int8_agreement))
     for name, row in comparison.items():
         log.info("%s: %s", name, row)
 

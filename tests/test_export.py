@@ -25,7 +25,14 @@ def test_export_writes_checked_onnx_int8_and_a_card(trained_tiny):
     assert card["temperature"] == metrics["finetune"]["test"]["temperature"]
     assert card["preprocessing"]["input_size"] == 32 and card["input"]["shape"] == ["batch", 3, 32, 32]
     report = json.loads(layout.export_report.read_text())
-    assert set(report) == {"torch_fp32", "onnx_fp32", "onnx_int8"}
+    assert set(report) == {"torch_fp32", "onnx_fp32", "onnx_int8", "int8"}
+    # int8 ships only after the same kind of check: agreement with torch on val chose it, test accepted it
+    assert card["int8"]["shipped"] and card["int8"]["file"] == "model.int8.onnx"
+    assert (
+        card["int8"]["val_top1_agreement"][card["int8"]["setting"]] >= tiny_params.export.min_int8_agreement
+    )
+    assert report["onnx_int8"]["top1_agreement"] == card["int8"]["test_top1_agreement"]
+    assert report["int8"]["onnx_int8"]["shipped"] is True
     assert report["onnx_fp32"]["top1_agreement"] == 1.0
     assert report["onnx_fp32"]["max_logit_difference"] <= tiny_params.export.max_logit_difference
     assert report["onnx_fp32"]["accuracy"] == report["torch_fp32"]["accuracy"]
@@ -60,3 +67,63 @@ def test_a_file_that_disagrees_with_torch_stops_the_stage_naming_every_exporter(
 class _Shift(torch.nn.Module):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         return logits + 1.0
+
+
+def test_an_int8_file_that_disagrees_with_torch_is_not_shipped(trained_tiny, tmp_path):
+    """The gate itself, on real quantization: against a reference whose top-1 no int8 file can match (torch's
+    logits reversed), every setting is tried on val, none is kept, and no file is left."""
+    layout = Layout(trained_tiny.paths)
+    manifest = layout.read_manifest(layout.split_manifest, {"label": str})
+    from reprotune.serving.onnx_models import ModelCard
+
+    card = ModelCard.read(layout.model_card)
+    loaders = {
+        split: export.image_loader(trained_tiny, layout, manifest[manifest["split"] == split], card.data)
+        for split in ("train", "val", "test")
+    }
+    fp32, int8 = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
+    fp32.write_bytes(layout.onnx_model.read_bytes())
+    reversed_logits = {
+        split: -OnnxClassifier(fp32).logits_of(images for images, _ in loaders[split])
+        for split in ("val", "test")
+    }
+    checks = {split: (loaders[split], reversed_logits[split]) for split in ("val", "test")}
+    decision, logits = export.quantized_checked(fp32, int8, loaders["train"], checks, 0.99)
+    assert logits is None and not int8.exists() and not decision["shipped"]
+    assert list(decision["val_top1_agreement"]) == list(export.INT8_SETTINGS)  # every setting was tried
+    assert decision["why"].startswith(
+        "no int8 setting agreed with torch on export.min_int8_agreement=0.99 of val"
+    )
+
+
+def test_without_an_int8_file_the_report_and_card_say_why(trained_tiny, monkeypatch, tmp_path):
+    import shutil
+
+    # its own export folder and reports (a copy), so the shared trained project stays as it was
+    shutil.copytree(trained_tiny.paths.reports, tmp_path / "reports")
+    paths = trained_tiny.paths.model_copy(
+        update={"exported": str(tmp_path / "export"), "reports": str(tmp_path / "reports")}
+    )
+    params = trained_tiny.model_copy(update={"paths": paths})
+    layout = Layout(params.paths)
+    why = "no int8 setting agreed with torch on export.min_int8_agreement=0.99 of val (u8s8 0.5000)"
+
+    def refused(fp32, int8, calibration, checks, minimum):
+        return {"setting": None, "val_top1_agreement": {"u8s8": 0.5}, "shipped": False, "why": why}, None
+
+    monkeypatch.setattr(export, "quantized_checked", refused)
+    export.export(params)
+    report = json.loads(layout.export_report.read_text())
+    assert "onnx_int8" not in report and report["int8"]["onnx_int8"]["shipped"] is False
+    assert not layout.int8_model.exists()
+    assert json.loads(layout.model_card.read_text())["int8"] == {
+        "setting": None,
+        "val_top1_agreement": {"u8s8": 0.5},
+        "shipped": False,
+        "why": why,
+        "file": None,
+    }
+    assert (
+        f"**onnx_int8: no int8 file ships**: {why}. Use the float32 file."
+        in layout.export_summary.read_text()
+    )

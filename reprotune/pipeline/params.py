@@ -240,6 +240,7 @@ class Export(Section):
     calibration_images: Annotated[int, Field(gt=0, le=100_000)]
     seed: Seed
     max_logit_difference: Annotated[float, Field(gt=0, le=1)]
+    min_int8_agreement: Annotated[float, Field(ge=0, le=1)]
 
 
 class Track(Section):
