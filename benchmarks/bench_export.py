@@ -20,6 +20,7 @@ import torch
 
 from benchmarks.photos import SIZES, make_photos
 from benchmarks.results import print_table, save
+from reprotune.training.devices import cpu_instruction_sets
 
 
 def latency(run, image: np.ndarray, runs: int) -> dict:
@@ -97,6 +98,8 @@ def main() -> None:
         "export",
         {
             "threads": torch.get_num_threads(),
+            # int8 kernels differ by instruction set (VNNI or not): the figures hold for this class of CPU
+            "cpu_instruction_sets": " ".join(cpu_instruction_sets()) or "unknown",
             "models": models,
             **(
                 {
@@ -118,7 +121,7 @@ def main() -> None:
         },
     )
     print_table(
-        f"exported models, {side} px input, {result['threads']} threads",
+        f"exported models, {side} px input, {result['threads']} threads, CPU: {result['cpu_instruction_sets']}",
         [
             (
                 name,

@@ -47,15 +47,9 @@ def versions() -> tuple[str, str]:
 
 
 def cpu() -> tuple[str, str]:
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = [name for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if name in flags]
+    from reprotune.training.devices import cpu_instruction_sets
+
+    isa = cpu_instruction_sets()
     return OK, f"{platform.machine()}, {os.cpu_count()} cores" + (f", {' '.join(isa)}" if isa else "")
 
 

@@ -33,3 +33,20 @@ def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -
     return (
         images.contiguous(memory_format=torch.channels_last) if channels_last and images.ndim == 4 else images
     )
+
+
+def cpu_instruction_sets() -> list[str]:
+    """The x86 vector and int8 instruction sets this CPU reports (Linux), which decide the kernels ONNX
+    Runtime's int8 and bf16 paths run: avx2, avx512f, avx512_vnni, avx_vnni, amx_int8. Empty elsewhere."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [
+                    name
+                    for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+                    if name in flags
+                ]
+    except OSError:
+        pass
+    return []
