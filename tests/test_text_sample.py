@@ -27,6 +27,14 @@ SUBSET_CLASSES = (
 )
 
 
+def repro_every_stage(root: Path, message: str) -> None:
+    """The copy committed to its own git repository, then one `dvc repro` that runs every stage."""
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", message], root)
+    assert re.findall(r"Running stage '(\w+)'", run(["dvc", "repro"], root)) == PIPELINE_STAGES
+
+
 def subset(source: Path, target: Path, per_class: int) -> int:
     """The first `per_class` rows of each SUBSET_CLASSES class of a Banking77 CSV file."""
     with source.open(newline="") as stream:
@@ -56,11 +64,7 @@ def test_a_banking77_subset_as_your_own_csv_files_end_to_end(tmp_path: Path):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["finetune"].update(epochs=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-q", "-m", "five intents"], root)
-    output = run(["dvc", "repro"], root)
-    assert re.findall(r"Running stage '(\w+)'", output) == PIPELINE_STAGES
+    repro_every_stage(root, "five intents")
 
     reports = root / "reports"
     assert json.loads((root / "data" / "ingested" / "data_kind.json").read_text())["modality"] == "text"
@@ -93,11 +97,7 @@ def test_the_text_sample_end_to_end(tmp_path: Path):
     params = (root / "params.yaml").read_text()
     assert "\n  modality: auto " in params
     (root / "params.yaml").write_text(params.replace("\n  modality: auto ", "\n  modality: text ", 1))
-    run(["git", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-q", "-m", "text sample"], root)
-    output = run(["dvc", "repro"], root)
-    assert re.findall(r"Running stage '(\w+)'", output) == PIPELINE_STAGES
+    repro_every_stage(root, "text sample")
 
     reports = root / "reports"
     metrics = json.loads((reports / "metrics.json").read_text())

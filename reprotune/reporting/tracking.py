@@ -15,8 +15,7 @@ from reprotune.pipeline.layout import project_root
 from reprotune.pipeline.params import Paths
 
 DEFAULT_STORE = "mlflow.db"
-EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own tag: which kind of work the UI shows first
-DESCRIPTION = "mlflow.note.content"  # MLflow's own tag: a run's description (markdown) in the UI
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own tag: which kind of work the experiment holds
 
 
 def tracking_uri(folder: Path | None = None) -> str:
@@ -92,7 +91,8 @@ def open_experiment(name: str) -> str:
             else client.create_experiment(name, artifact_location=artifact_location(uri))
         )
         if found is None or EXPERIMENT_KIND not in found.tags:
-            # Without it, MLflow 3's UI opens the experiment on GenAI traces instead of its training runs.
+            # What kind of work this is, for MLflow's own tools; the 3.17 UI goes by its own toggle instead
+            # (docs/mlflow.md gives the URL that opens the training runs).
             client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, "custom_model_development")
         return experiment_id
 
