@@ -27,7 +27,6 @@ from safetensors.torch import load_file
 from scipy.special import softmax
 
 from reprotune.modalities import encoding as modality_encoding
-from reprotune.modalities import exporting
 from reprotune.modalities import showing as modality_showing
 from reprotune.modalities.encoding import Encoding
 from reprotune.models.classifier import load_trained_classifier
@@ -296,7 +295,6 @@ def evaluate(params: Params) -> None:
         kind,
         mistakes,
         showing.column,
-        exporting.not_exported(kind.modality),
         identity(layout, pick_device(params.finetune.device, "params.yaml: finetune.device")),
     )
     write_text(layout.report, report)

@@ -1,17 +1,22 @@
 """export: the fine-tuned network for use outside PyTorch, as ONNX (float32) and int8, with a model card; with
-distill enabled, the distilled student the same way in `student/` inside the export folder.
+distill enabled, the distilled student the same way in `student/` inside the export folder. Images and texts
+alike: what differs (the graph's input, a tokenizer's files, how int8 is made) comes from the modality
+(reprotune/modalities/exporting.py).
 
-- `model.onnx`: fixed image size, dynamic batch. Accepted only after a check against torch on the whole test
-  split: every top-1 prediction the same and no logit more than `export.max_logit_difference` apart. The
-  dynamo exporter is tried first; when it fails or fails the check, the TorchScript one; when that fails the
-  check too, the stage stops, naming the exporter and the figures.
-- `model.int8.onnx`: ONNX Runtime post-training static quantization (QDQ, per-channel weights, uint8
-  activations), calibrated on `export.calibration_images` training images chosen by `export.seed`. Checked
-  like the float file: the first setting of INT8_SETTINGS whose top-1 agreement with torch on val reaches
-  `export.min_int8_agreement` is kept, and shipped only if its agreement on the test split does too; otherwise
-  no int8 file ships, and the card and export.md say why (never a silently degraded one).
-- `model.json`: what a user of the files needs: class names, preprocessing, and the temperature evaluate
-  fitted on validation (divide the logits by it before the softmax for calibrated probabilities).
+- `model.onnx`: dynamic batch (and, for texts, token count). Accepted only after a check against torch on the
+  whole test split: every top-1 prediction the same and no logit more than `export.max_logit_difference`
+  apart. The dynamo exporter is tried first; when it fails or fails the check, the TorchScript one; when
+  that fails the check too, the stage stops, naming the exporter and the figures.
+- `model.int8.onnx`: images by static quantization (QDQ, per-channel weights, uint8 activations, calibrated
+  on `export.calibration_images` training images chosen by `export.seed`); texts by dynamic quantization.
+  Checked like the float file: the first of the modality's int8 settings whose top-1 agreement with torch on
+  val reaches `export.min_int8_agreement` is kept, and shipped only if its agreement on the test split does
+  too; otherwise no int8 file ships, and the card and export.md say why (never a silently degraded one).
+  With it, `int8_check.npz`: a sample of val inputs with torch's and the int8 file's logits, on which
+  predict and the served model check the int8 file once per machine (reprotune/serving/int8_check.py).
+- `model.json`: what a user of the files needs: modality, class names, preprocessing (for texts, the
+  tokenizer's files in `tokenizer/`), the temperature evaluate fitted on validation (divide the logits by it
+  before the softmax for calibrated probabilities), and the int8 decision.
 - `reports/export.json` (for `dvc metrics`) and `reports/export.md`: torch float32, ONNX float32 and ONNX
   int8 side by side on the test split: accuracy with its bootstrap interval, macro-F1, top-1 agreement with
   torch, largest logit difference, file size. Latency varies run to run, and outputs must be the same bytes
@@ -23,15 +28,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from reprotune.data.dataconfig import DataConfig
-from reprotune.data.datasets import eval_images, make_loader
-from reprotune.modalities import exporting
+from reprotune.modalities import encoding as modality_encoding
+from reprotune.modalities import exporting as modality_exporting
+from reprotune.modalities.exporting import Exporting
 from reprotune.models.classifier import Classifier, load_trained_classifier
 from reprotune.models.inference import predict
 from reprotune.pipeline import stage
@@ -42,25 +47,32 @@ from reprotune.pipeline.params import Backbone as BackboneParams
 from reprotune.pipeline.params import Params
 from reprotune.reporting.metrics import summary_metrics
 from reprotune.reporting.progress import progress
+from reprotune.serving import int8_check
 from reprotune.serving.onnx_models import OnnxClassifier
 
 log = logging.getLogger(__name__)
 
 EXPORTERS = ("dynamo", "torchscript")
+MAX_DIMENSION = 65_536  # the most a dynamic axis (batch, tokens) is declared to take
 
 
-def to_onnx(model: Classifier, example: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
-    """`model` as ONNX at `path`: input `images` (batch, 3, side, side), output `logits`, any batch size."""
+def to_onnx(
+    model: Classifier, example: torch.Tensor, path: Path, opset: int, exporter: str, io: Exporting
+) -> None:
+    """`model` as ONNX at `path`: input `io.input_name`, output `logits`, the input's `io.dynamic_axes` of any
+    size."""
     if exporter == "dynamo":
-        batch = torch.export.Dim("batch", min=1, max=65_536)
-        options: dict = {"dynamo": True, "dynamic_shapes": ({0: batch},), "external_data": False}
+        dims = {
+            axis: torch.export.Dim(name, min=1, max=MAX_DIMENSION) for axis, name in io.dynamic_axes.items()
+        }
+        options: dict = {"dynamo": True, "dynamic_shapes": (dims,), "external_data": False}
     else:
-        options = {"dynamo": False, "dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}}}
+        options = {"dynamo": False, "dynamic_axes": {io.input_name: io.dynamic_axes, "logits": {0: "batch"}}}
     torch.onnx.export(
         model,
         (example,),
         str(path),
-        input_names=["images"],
+        input_names=[io.input_name],
         output_names=["logits"],
         opset_version=opset,
         **options,
@@ -101,20 +113,23 @@ def compare(reference: np.ndarray, logits: np.ndarray) -> dict:
     }
 
 
+def onnx_logits(path: Path, loader: DataLoader, desc: str) -> np.ndarray:
+    """The file's logits over the loader, in the loader's order."""
+    return OnnxClassifier(path).logits_of(batch for batch, _ in progress(loader, desc, unit="batch"))
+
+
 def export_checked(
-    model: Classifier, test: DataLoader, reference: np.ndarray, path: Path, params: Params
+    model: Classifier, test: DataLoader, reference: np.ndarray, path: Path, params: Params, io: Exporting
 ) -> tuple[str, dict, np.ndarray]:
-    """Export with the first exporter whose file agrees with torch on every test image; return its name, the
-    check's figures and the file's test logits."""
+    """Export with the first exporter whose file agrees with torch on every test input; return its name, the
+    check's figures and the file's test logits (in the loader's order)."""
     settings = params.export
     failures = []
     for exporter in EXPORTERS:
         try:
-            to_onnx(model, next(iter(test))[0][:1], path, settings.opset, exporter)
+            to_onnx(model, next(iter(test))[0][:1], path, settings.opset, exporter, io)
             without_provenance(path)
-            logits = OnnxClassifier(path).logits_of(
-                images for images, _ in progress(test, f"export: check {path.name}", unit="batch")
-            )
+            logits = onnx_logits(path, test, f"export: check {path.name}")
             check = compare(reference, logits)
         except Exception as error:  # noqa: BLE001 - exporters fail in many ways; the next one is tried
             failures.append(f"{exporter}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
@@ -131,71 +146,27 @@ def export_checked(
     )
 
 
-# The int8 settings tried, in order: ONNX Runtime's default (uint8 activations x int8 weights, per-channel),
-# then the two remedies its documentation gives for that format's saturation on x86 CPUs without VNNI (AVX2,
-# AVX-512 without VNNI): 7-bit weights (reduce_range), and uint8 weights. The first that agrees with torch on
-# validation is kept; the test split then accepts it or not.
-INT8_SETTINGS = {
-    "u8s8": {"weight_type": "QInt8", "reduce_range": False},
-    "u8s8_reduce_range": {"weight_type": "QInt8", "reduce_range": True},
-    "u8u8": {"weight_type": "QUInt8", "reduce_range": False},
-}
-
-
-def quantize(fp32: Path, int8: Path, calibration: DataLoader, setting: str = "u8s8") -> None:
-    """Static int8 quantization (QDQ, per-channel weights, `INT8_SETTINGS[setting]`) with ONNX Runtime, after
-    its own pre-processing (shape inference and graph optimisation), which its documentation asks for."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Calibration(CalibrationDataReader):
-        """The calibration images, a batch at a time, as ONNX Runtime asks for them."""
-
-        def __init__(self) -> None:
-            self.batches = (images for images, _ in calibration)
-
-        def get_next(self) -> dict | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"images": batch.numpy()}
-
-    chosen = INT8_SETTINGS[setting]
-    prepared = int8.with_name("prepared.onnx")
-    quant_pre_process(str(fp32), str(prepared))
-    quantize_static(
-        str(prepared),
-        str(int8),
-        Calibration(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=chosen["reduce_range"],
-        activation_type=QuantType.QUInt8,
-        weight_type=getattr(QuantType, chosen["weight_type"]),
-    )
-    prepared.unlink()
-
-
 def quantized_checked(
     fp32: Path,
     int8: Path,
-    calibration: DataLoader,
+    calibration: DataLoader | None,
     checks: dict[str, tuple[DataLoader, np.ndarray]],
     minimum: float,
+    io: Exporting,
 ) -> tuple[dict, np.ndarray | None]:
-    """An int8 file checked as the float one is: each setting in turn until one agrees with torch's top-1 on
-    at least `minimum` of the validation images (`checks["val"]`: loader and torch's logits); that one is
-    shipped only if it agrees as well on the test split. Returns the decision (for the card and the report)
-    and the shipped file's test logits, or None with no file left at `int8`."""
+    """An int8 file checked as the float one is: each of the modality's settings in turn until one agrees
+    with torch's top-1 on at least `minimum` of the validation inputs (`checks["val"]`: loader and torch's
+    logits); that one is shipped only if it agrees as well on the test split. Returns the decision (for the
+    card and the report) and the shipped file's test logits, or None with no file left at `int8`."""
 
     def agreement(split: str) -> tuple[float, np.ndarray]:
         loader, reference = checks[split]
-        logits = OnnxClassifier(int8).logits_of(
-            images for images, _ in progress(loader, f"export: int8 on {split}", unit="batch")
-        )
+        logits = onnx_logits(int8, loader, f"export: int8 on {split}")
         return compare(reference, logits)["top1_agreement"], logits
 
     tried: dict[str, float] = {}
-    for setting in INT8_SETTINGS:
-        quantize(fp32, int8, calibration, setting)
+    for setting in io.int8_settings:
+        io.quantize(fp32, int8, calibration, setting)
         tried[setting], _ = agreement("val")
         log.info("int8 %s: top-1 agreement with torch on val %.4f", setting, tried[setting])
         if tried[setting] >= minimum:
@@ -221,13 +192,6 @@ def quantized_checked(
     )
     log.warning("no int8 file: %s", why)
     return {"setting": None, "val_top1_agreement": tried, "shipped": False, "why": why}, None
-
-
-def image_loader(params: Params, layout: Layout, rows: pd.DataFrame, data: DataConfig) -> DataLoader:
-    """The rows' images through the eval transform, in order, a batch at a time: read again on each pass, so
-    memory does not grow with the test split."""
-    dataset = eval_images(rows, [0] * len(rows), data, tuple(params.clean.background), layout.resized_copies)
-    return make_loader(dataset, params.featurize.batch_size, 0)
 
 
 def scored(logits: np.ndarray, labels: np.ndarray, num_classes: int, params: Params) -> dict:
@@ -282,68 +246,91 @@ def table(comparison: dict, decisions: dict[str, dict], minimum: float) -> str:
             lines.append(f"- **{name}: no int8 file ships**: {decision['why']}. Use the float32 file.")
     lines.append(
         "- int8 kernels differ between CPUs (VNNI or not); the agreement above holds for the CPU that ran "
-        "export. `python -m benchmarks.bench_export` measures it and the speed on yours."
+        "export. `reprotune predict` and the served model check the int8 file once on each machine against "
+        "`int8_check.npz` and use the float32 file where it no longer agrees; "
+        "`python -m benchmarks.bench_export` measures agreement and speed on yours."
     )
     return "\n".join(lines) + "\n"
 
 
 def export_network(
     params: Params,
+    layout: Layout,
     model: Classifier,
-    data: DataConfig,
-    backbone_name: str,
+    data: Any,
+    network: BackboneParams,
     weights: Path,
     temperature: float,
     folder: Path,
-    layout: Layout,
 ) -> tuple[dict, dict]:
     """One trained network into `folder` (ONNX float32 checked against torch, int8 where it holds, the card);
     its rows of the comparison on the test split (torch float32, ONNX float32, ONNX int8 if shipped), and the
     int8 decision."""
     settings = params.export
+    io = modality_exporting.of(layout.modality)
     classes = read_json(layout.features_meta)["classes"]
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     index = {label: i for i, label in enumerate(classes)}
-    test = manifest[manifest["split"] == "test"]
-    labels = np.array([index[label] for label in test["label"]])
-    test_images = image_loader(params, layout, test, data)
-    reference = predict(model, test_images, torch.device("cpu"), False, desc="export: torch on test").numpy()
-    val_images = image_loader(params, layout, manifest[manifest["split"] == "val"], data)
-    val_reference = predict(
-        model, val_images, torch.device("cpu"), False, desc="export: torch on val"
-    ).numpy()
-    train = manifest[manifest["split"] == "train"]
-    chosen = train.sample(min(settings.calibration_images, len(train)), random_state=settings.seed)
-    calibration = image_loader(params, layout, chosen, data)
+    test_rows, val_rows = manifest[manifest["split"] == "test"], manifest[manifest["split"] == "val"]
+    test, test_order = io.inputs(params, layout, test_rows, data)
+    labels = np.array([index[label] for label in test_rows["label"]])[test_order]  # in the loader's order
+    reference = predict(model, test, torch.device("cpu"), False, desc="export: torch on test").numpy()
+    val, _ = io.inputs(params, layout, val_rows, data)
+    val_reference = predict(model, val, torch.device("cpu"), False, desc="export: torch on val").numpy()
+    chosen = io.calibration_rows(params, manifest[manifest["split"] == "train"])
+    calibration = None if chosen is None else io.inputs(params, layout, chosen, data)[0]
 
     folder.mkdir()
     fp32, int8 = folder / layout.onnx_model.name, folder / layout.int8_model.name
-    exporter, check, onnx_logits = export_checked(model, test_images, reference, fp32, params)
+    exporter, check, onnx_test = export_checked(model, test, reference, fp32, params, io)
     int8_decision, quantized = quantized_checked(
         fp32,
         int8,
         calibration,
-        {"val": (val_images, val_reference), "test": (test_images, reference)},
+        {"val": (val, val_reference), "test": (test, reference)},
         settings.min_int8_agreement,
+        io,
     )
+    if int8_decision["shipped"]:  # the sample predict and the served model check int8 on, on each machine
+        sample = val_rows.sample(min(int8_check.SAMPLE_ROWS, len(val_rows)), random_state=settings.seed)
+        loader, _ = io.inputs(params, layout, sample, data)
+        batches = [batch.numpy() for batch, _ in loader]
+        int8_check.write_sample(
+            folder / int8_check.CHECK_FILE,
+            batches,
+            predict(model, loader, torch.device("cpu"), False).numpy(),
+            int8_check.run(OnnxClassifier(int8), batches),
+        )
+    io.save_preprocessor(data, folder)
+    example = next(iter(test))[0]
     card = {
+        "modality": layout.modality,
         "classes": classes,
-        "backbone": backbone_name,
-        "input": {"name": "images", "shape": ["batch", 3, data.input_size, data.input_size]},
-        "preprocessing": data.__dict__ | {"resize_side": data.eval_decode_side},
+        "backbone": network.name,
+        "input": {
+            "name": io.input_name,
+            "shape": [io.dynamic_axes.get(axis, size) for axis, size in enumerate(example.shape)],
+        },
+        "preprocessing": io.preprocessing(data),
         "checks": params.clean.model_dump(mode="json"),
         "temperature": temperature,
         "exporter": exporter,
         "opset": settings.opset,
-        # which int8 setting was chosen on val and why, or why no int8 file ships
-        "int8": int8_decision | {"file": int8.name if int8_decision["shipped"] else None},
+        # which int8 setting was chosen on val and why, or why no int8 file ships; and what predict and the
+        # served model check it against on each machine
+        "int8": int8_decision
+        | (
+            {"file": int8.name, "check": int8_check.CHECK_FILE, "min_agreement": settings.min_int8_agreement}
+            if int8_decision["shipped"]
+            else {"file": None}
+        ),
     }
     (folder / layout.model_card.name).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     rows = {
         "torch_fp32": scored(reference, labels, len(classes), params)
         | compare(reference, reference)
         | {"megabytes": round(weights.stat().st_size / 2**20, 3)},
-        "onnx_fp32": scored(onnx_logits, labels, len(classes), params)
+        "onnx_fp32": scored(onnx_test, labels, len(classes), params)
         | check
         | {"megabytes": round(fp32.stat().st_size / 2**20, 3)},
     }
@@ -358,43 +345,37 @@ def export_network(
 
 def export(params: Params) -> None:
     layout = Layout(params.paths)
-    reason = exporting.not_exported(layout.modality)
-    if reason is not None:
-        with atomic_output(layout.exported) as staging:
-            staging.mkdir()
-            (staging / "README.md").write_text(reason, encoding="utf-8")
-        write_json(layout.export_report, {"onnx_exported": False})
-        write_text(layout.export_summary, "# Export\n\n" + reason)
-        log.info("%s", reason.strip())
-        return
+    architecture = modality_encoding.of(layout.modality).architecture
     classes = read_json(layout.features_meta)["classes"]
     metrics = read_json(layout.metrics)
     distilled = read_json(layout.distill_meta)
     with atomic_output(layout.exported) as staging:
-        model, backbone = load_trained_classifier(params.backbone, layout.finetuned_weights, len(classes))
+        model, backbone = load_trained_classifier(
+            params.backbone, layout.finetuned_weights, len(classes), load=architecture
+        )
         comparison, int8 = export_network(
             params,
+            layout,
             model,
             backbone.data,
-            params.backbone.name,
+            params.backbone,
             layout.finetuned_weights,
             metrics["finetune"]["test"].get("temperature", 1.0),
             staging,
-            layout,
         )
         if distilled["enabled"]:  # the distilled student too, beside the fine-tuned network's files
             student = BackboneParams(**distilled["student"]["registry"])
             weights = layout.student_weights("distilled")
-            model, backbone = load_trained_classifier(student, weights, len(classes))
+            model, backbone = load_trained_classifier(student, weights, len(classes), load=architecture)
             rows, student_int8 = export_network(
                 params,
+                layout,
                 model,
                 backbone.data,
-                student.name,
+                student,
                 weights,
                 metrics["distilled"]["test"].get("temperature", 1.0),
                 staging / layout.student_export.name,
-                layout,
             )
             comparison |= {f"student_{name}": row for name, row in rows.items()}
     decisions = {"onnx_int8": int8} | ({"student_onnx_int8": student_int8} if distilled["enabled"] else {})

@@ -155,44 +155,45 @@ def epoch_history(layout: Layout) -> list:
 
 
 def log_model(params: Params, layout: Layout, folder: Path, name: str, registered: str) -> str:
-    """Log the model MLflow serves (reprotune/serving/pyfunc.py: images in, label, confidence and probabilities out,
-    running the exported ONNX file in `folder`) as "models from code", so that loading it unpickles nothing;
-    with a signature and two real test images as input example, registered as `registered`, with the alias
-    pointed at it."""
-    import base64
-
+    """Log the model MLflow serves (reprotune/serving/pyfunc.py: images or texts in, label, confidence and
+    probabilities out, running the exported folder `folder`) as "models from code", so that loading it
+    unpickles nothing; with a signature and two real test rows as input example, registered as `registered`,
+    with the alias pointed at it."""
     import mlflow
-    import pandas as pd
     from mlflow.models import infer_signature
 
     import reprotune
+    from reprotune.modalities import exporting
     from reprotune.serving import pyfunc as serving
 
-    meta = read_json(layout.features_meta)
-    first_two = (meta["paths"]["test"] * 2)[:2]  # a one-image test split lends its image twice
-    example = pd.DataFrame(
-        {"image": [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in first_two]}
-    )
-    artifacts = {"model": str(folder / layout.onnx_model.name), "card": str(folder / layout.model_card.name)}
-    model = serving.ImageClassifier()
-    model.load_context(type("Context", (), {"artifacts": artifacts})())
-    output = model.predict(None, example)
-    if output["error"].any():
-        raise AssertionError(f"the served model refused its own input example: {output['error'].tolist()}")
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=serving.__file__,
-        artifacts=artifacts,
-        code_paths=[str(Path(reprotune.__file__).parent)],
-        signature=infer_signature(example, output),
-        input_example=example,
-        registered_model_name=registered,
-        metadata={
-            "classes": meta["classes"],
-            "preprocessing": read_json(folder / layout.model_card.name)["preprocessing"],
-            "temperature": read_json(folder / layout.model_card.name)["temperature"],
-        },
-    )
+    manifest = layout.read_manifest(layout.split_manifest, {"label": str})
+    test = manifest[manifest["split"] == "test"]
+    example = exporting.of(layout.modality).served_example(layout, pd.concat([test, test]).head(2))
+    card = read_json(folder / layout.model_card.name)
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts = serving.artifacts_of(folder, Path(scratch))
+        model = serving.Classifier()
+        model.load_context(type("Context", (), {"artifacts": artifacts})())
+        output = model.predict(None, example)
+        if output["error"].any():
+            raise AssertionError(
+                f"the served model refused its own input example: {output['error'].tolist()}"
+            )
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=serving.__file__,
+            artifacts=artifacts,
+            code_paths=[str(Path(reprotune.__file__).parent)],
+            signature=infer_signature(example, output),
+            input_example=example,
+            registered_model_name=registered,
+            metadata={
+                "modality": card["modality"],
+                "classes": card["classes"],
+                "preprocessing": card["preprocessing"],
+                "temperature": card["temperature"],
+            },
+        )
     version = str(info.registered_model_version)
     point_alias(registered, params.track.alias, version)
     log.info("registered %s version %s as @%s", registered, version, params.track.alias)
@@ -314,12 +315,7 @@ def record(params: Params) -> None:
                 mlflow.log_artifact(str(artifact.path), artifact.folder)
         for model, table in per_class_tables(layout).items():
             mlflow.log_table(table, f"reports/per_class_{model}.json")
-        # The served model runs the exported ONNX file, which not every modality has (export.md says why);
-        # the fine-tuned weights are logged above as files either way.
-        exported = read_json(layout.export_report).get("onnx_exported", True)  # false: no ONNX file made
-        version = (
-            log_model(params, layout, layout.exported, "model", params.track.model_name) if exported else None
-        )
+        version = log_model(params, layout, layout.exported, "model", params.track.model_name)
         if read_json(layout.distill_meta)["enabled"]:
             log_model(params, layout, layout.student_export, "student", student_model_name(params))
     write_json(

@@ -175,7 +175,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         "device": "cpu",
         "versions": "reprotune 0.1.0, torch 2.14.1, timm 1.0",
     }
-    text = render(*arguments, DataKind(IMAGE, sample=False), mistakes, "path", None, identity)
+    text = render(*arguments, DataKind(IMAGE, sample=False), mistakes, "path", identity)
     assert text.splitlines()[2].startswith("Data `0123456789abcdef` (the split manifest's sha256")
     assert "evaluated on cpu · reprotune 0.1.0, torch 2.14.1, timm 1.0" in text.split("## Data")[0]
     data = text.split("## Data")[1].split("## Model")[0]
@@ -198,10 +198,8 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     assert f"| {paths[1]} | {classes[0]} | {classes[1]} | 90% |" in text  # the mistakes, each by its path
     assert "in [`export.md`](export.md)" in text
     assert f"| `finetune.lr` | `{tiny_params.finetune.lr}` | params.yaml |" in text  # the params as run
-    unexported = render(
-        *arguments, DataKind(TEXT, sample=False), mistakes, "text", "Not exported: why.\n", identity
-    )
-    assert "Not exported: why." in unexported and "resamples of the texts" in unexported
+    on_texts = render(*arguments, DataKind(TEXT, sample=False), mistakes, "text", identity)
+    assert "in [`export.md`](export.md)" in on_texts and "resamples of the texts" in on_texts
     # on the sample, with the shipped params: each auto key says what it became and why
     shipped = params_module.validate(tiny_params_raw(tmp_path, images=False))
     on_sample = render(
@@ -210,7 +208,6 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         DataKind(IMAGE, True),
         mistakes,
         "path",
-        None,
         identity,
     )
     assert "| `finetune.augment.hflip` | `0.0` | auto: photos: 0.5; 0 on the sample" in on_sample

@@ -51,9 +51,9 @@ def test_a_file_that_disagrees_with_torch_stops_the_stage_naming_every_exporter(
     before = {p.name: p.read_bytes() for p in exported.iterdir()}
     real = export.to_onnx
 
-    def off_by_one(model, example, path, opset, exporter):  # an exporter bug: every logit shifted
+    def off_by_one(model, example, path, opset, exporter, io):  # an exporter bug: every logit shifted
         shifted = torch.nn.Sequential(model, _Shift()).eval()
-        real(shifted, example, path, opset, exporter)
+        real(shifted, example, path, opset, exporter, io)
 
     monkeypatch.setattr(export, "to_onnx", off_by_one)
     with pytest.raises(
@@ -74,11 +74,12 @@ def test_an_int8_file_that_disagrees_with_torch_is_not_shipped(trained_tiny, tmp
     logits reversed), every setting is tried on val, none is kept, and no file is left."""
     layout = Layout(trained_tiny.paths)
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
+    from reprotune.modalities.exporting import of
     from reprotune.serving.onnx_models import ModelCard
 
-    card = ModelCard.read(layout.model_card)
+    card, io = ModelCard.read(layout.model_card), of("image")
     loaders = {
-        split: export.image_loader(trained_tiny, layout, manifest[manifest["split"] == split], card.data)
+        split: io.inputs(trained_tiny, layout, manifest[manifest["split"] == split], card.data)[0]
         for split in ("train", "val", "test")
     }
     fp32, int8 = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
@@ -88,9 +89,9 @@ def test_an_int8_file_that_disagrees_with_torch_is_not_shipped(trained_tiny, tmp
         for split in ("val", "test")
     }
     checks = {split: (loaders[split], reversed_logits[split]) for split in ("val", "test")}
-    decision, logits = export.quantized_checked(fp32, int8, loaders["train"], checks, 0.99)
+    decision, logits = export.quantized_checked(fp32, int8, loaders["train"], checks, 0.99, io)
     assert logits is None and not int8.exists() and not decision["shipped"]
-    assert list(decision["val_top1_agreement"]) == list(export.INT8_SETTINGS)  # every setting was tried
+    assert list(decision["val_top1_agreement"]) == list(io.int8_settings)  # every setting was tried
     assert decision["why"].startswith(
         "no int8 setting agreed with torch on export.min_int8_agreement=0.99 of val"
     )
@@ -108,14 +109,14 @@ def test_without_an_int8_file_the_report_and_card_say_why(trained_tiny, monkeypa
     layout = Layout(params.paths)
     why = "no int8 setting agreed with torch on export.min_int8_agreement=0.99 of val (u8s8 0.5000)"
 
-    def refused(fp32, int8, calibration, checks, minimum):
+    def refused(fp32, int8, calibration, checks, minimum, io):
         return {"setting": None, "val_top1_agreement": {"u8s8": 0.5}, "shipped": False, "why": why}, None
 
     monkeypatch.setattr(export, "quantized_checked", refused)
     export.export(params)
     report = json.loads(layout.export_report.read_text())
     assert "onnx_int8" not in report and report["int8"]["onnx_int8"]["shipped"] is False
-    assert not layout.int8_model.exists()
+    assert not layout.int8_model.exists() and not (layout.exported / "int8_check.npz").exists()
     assert json.loads(layout.model_card.read_text())["int8"] == {
         "setting": None,
         "val_top1_agreement": {"u8s8": 0.5},

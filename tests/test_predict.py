@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -75,23 +76,62 @@ def test_a_folder_with_bad_files_is_labelled_with_a_reason_for_each_bad_one(proj
 
 
 def test_onnx_and_torch_give_the_same_rows_and_calibration_changes_only_probabilities(
-    project: Path, tiny_params
+    project: Path, tiny_params, capsys
 ):
     folder = project / "incoming"
     make_class_folder(folder, per_class=3, seed=9)
     outputs = {}
     for name, model, extra in (
-        ("onnx", tiny_params.paths.exported, []),
+        ("onnx", tiny_params.paths.exported, ["--precision", "fp32"]),
         ("torch", tiny_params.paths.finetuned, []),
-        ("raw", tiny_params.paths.exported, ["--no-calibration"]),
+        ("raw", tiny_params.paths.exported, ["--precision", "fp32", "--no-calibration"]),
+        ("int8", tiny_params.paths.exported, []),  # auto: the int8 file, which passes its check here
     ):
         assert predict.main([str(folder), "--model", model, "-o", f"{name}.csv", *extra]) == 0
         outputs[name] = read_rows(project / f"{name}.csv")
+        assert ("model.int8.onnx" in capsys.readouterr().err) == (name == "int8")
     # The trained network's folder carries no temperature (evaluate fits it later): raw softmax, as the
     # exported file gives with --no-calibration.
     assert outputs["raw"] == outputs["torch"]
     assert [r["label"] for r in outputs["raw"]] == [r["label"] for r in outputs["onnx"]]
     assert [r["confidence"] for r in outputs["raw"]] != [r["confidence"] for r in outputs["onnx"]]
+    assert [r["label"] for r in outputs["int8"]] == [r["label"] for r in outputs["onnx"]]
+
+
+def test_an_int8_file_that_no_longer_agrees_on_this_cpu_falls_back_to_float32(
+    project: Path, tiny_params, tmp_path_factory, monkeypatch, capsys, caplog
+):
+    """The per-machine check: an int8 file whose logits here are not what the exporting machine recorded
+    (stood in for by editing the recorded ones) is not used: auto runs the float32 file with a WARNING,
+    `--precision int8` refuses; the answer is cached per machine, and a passing file is used."""
+    import shutil
+
+    import numpy as np
+
+    from reprotune.serving import int8_check
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    exported = tmp_path_factory.mktemp("copy") / "export"
+    shutil.copytree(tiny_params.paths.exported, exported)
+    folder = project / "incoming"
+    make_class_folder(folder, per_class=1, seed=3)
+
+    assert predict.main([str(folder), "--model", str(exported), "-o", "ok.csv"]) == 0
+    assert "model.int8.onnx" in capsys.readouterr().err
+    check = exported / int8_check.CHECK_FILE
+    with np.load(check) as stored:
+        arrays = dict(stored)
+    arrays["int8_logits"] = arrays["int8_logits"] + np.arange(arrays["int8_logits"].shape[1]) * 5.0
+    np.savez_compressed(check, **arrays)  # as a CPU whose int8 kernels saturate would compute them
+    assert predict.main([str(folder), "--model", str(exported), "-o", "fallback.csv"]) == 0
+    assert "model.int8.onnx not used: on this CPU the int8 file's logits differ" in caplog.text
+    assert "labelled with " + str(exported / "model.onnx") in capsys.readouterr().err
+    assert predict.main([str(folder), "--model", str(exported), "--precision", "int8"]) == 1
+    assert "use the float32 file" in capsys.readouterr().err
+    answers = json.loads(int8_check.cache_file().read_text())
+    assert len(answers) == 2 and sorted(bool(v) for v in answers.values()) == [False, True]
+    monkeypatch.setattr(int8_check, "verdict", lambda *_: pytest.fail("checked twice on one machine"))
+    assert predict.main([str(folder), "--model", str(exported), "-o", "again.csv"]) == 0
 
 
 def test_a_model_folder_loads_from_its_own_card_after_params_change_and_from_anywhere(

@@ -9,12 +9,13 @@ import io
 import json
 import re
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PIPELINE_STAGES, copy_project
-from tests.test_pipeline import run
+from tests.test_pipeline import child_env, loopback_server, run
 
 pytestmark = pytest.mark.e2e
 
@@ -53,8 +54,9 @@ def subset(source: Path, target: Path, per_class: int) -> int:
 
 def test_a_banking77_subset_as_your_own_csv_files_end_to_end(tmp_path: Path):
     """Five Banking77 intents as train.csv and test.csv in data/raw: ingest finds texts (modality auto), every
-    stage runs, the shipped MiniLM transfers, zero-shot is measured, and `reprotune predict` labels new
-    queries with the fine-tuned folder."""
+    stage runs, the shipped MiniLM transfers, zero-shot is measured, the network is exported (ONNX, tokenizer)
+    and registered, `reprotune predict` labels new queries with the exported and the fine-tuned folder, and
+    `reprotune serve` answers a POST of two queries with their labels."""
     import yaml
 
     root = copy_project(tmp_path / "project")
@@ -75,20 +77,44 @@ def test_a_banking77_subset_as_your_own_csv_files_end_to_end(tmp_path: Path):
     assert 0.2 < metrics["zeroshot"]["test"]["accuracy"]  # class names as prompts: above chance
     report = (reports / "report.md").read_text()
     assert "## Most confident mistakes (test)" in report and "resamples of the texts" in report
-    assert json.loads((reports / "mlflow_run.json").read_text())["model_version"] is None  # no ONNX for text
+    # exported like an image network: ONNX checked against torch, int8 where it holds, tokenizer beside it
+    exported = json.loads((reports / "export.json").read_text())
+    assert exported["onnx_fp32"]["top1_agreement"] == 1.0
+    card = json.loads((root / "models" / "export" / "model.json").read_text())
+    assert card["modality"] == "text" and card["input"]["shape"] == ["batch", "tokens"]
+    assert (root / "models" / "export" / "tokenizer" / "tokenizer.json").is_file()
+    assert json.loads((reports / "mlflow_run.json").read_text())["model_version"] == "1"
 
     queries = tmp_path / "queries.txt"
     queries.write_text(
         "I still have not received my new card, when will it arrive?\nWhat is the exchange rate?\n"
     )
     reprotune = str(Path(sys.executable).parent / "reprotune")
-    out = tmp_path / "labels.csv"
-    run(
-        [reprotune, "predict", "--model", str(root / "models" / "finetuned"), str(queries), "-o", str(out)],
-        tmp_path,
-    )
-    rows = list(csv.DictReader(out.open(newline="")))
-    assert [row["label"] for row in rows] == ["card_arrival", "exchange_rate"]
+    for model in ("models/export", "models/finetuned"):
+        out = tmp_path / "labels.csv"
+        used = run(
+            [reprotune, "predict", "--model", str(root / model), str(queries), "-o", str(out)],
+            tmp_path,
+        )
+        assert (".onnx" in used) == (model == "models/export"), used  # the exported model runs ONNX
+        rows = list(csv.DictReader(out.open(newline="")))
+        assert [row["label"] for row in rows] == ["card_arrival", "exchange_rate"]
+
+    # the registered model, served by MLflow's scoring server: a `text` column in, labels out
+    body = {
+        "dataframe_split": {"columns": ["text"], "data": [["Where is my new card?"], ["the rate for euros"]]}
+    }
+    with loopback_server(
+        ["serve", "--port", "{port}"], "/ping", program="reprotune", cwd=root, env=child_env()
+    ) as uri:
+        request = urllib.request.Request(
+            f"{uri}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())["predictions"]
+    assert [row["label"] for row in answer] == ["card_arrival", "exchange_rate"]
+    assert all(row["error"] == "" and 0 < row["confidence"] <= 1 for row in answer)
+    assert {f"p:{name}" for name in SUBSET_CLASSES} <= set(answer[0])
 
 
 @pytest.mark.slow
@@ -116,7 +142,7 @@ def test_the_text_sample_end_to_end(tmp_path: Path):
     report = (reports / "report.md").read_text()
     assert "built-in text sample (Banking77)" in report and "## Most confident mistakes (test)" in report
     run_record = json.loads((reports / "mlflow_run.json").read_text())
-    assert run_record["model_version"] is None  # no served model for text (export.md says why)
+    assert run_record["model_version"] is not None  # the exported text model is registered
     assert "up to date" in run(["dvc", "status"], root)
 
     queries = root / "queries.txt"
@@ -127,8 +153,6 @@ def test_the_text_sample_end_to_end(tmp_path: Path):
         [
             str(Path(sys.executable).parent / "reprotune"),
             "predict",
-            "--model",
-            "models/finetuned",
             str(queries),
         ],
         root,

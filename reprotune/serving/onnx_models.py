@@ -1,5 +1,5 @@
-"""An exported ONNX classifier run with ONNX Runtime on the CPU: what export checks, and what predict and the
-benchmarks run."""
+"""An exported ONNX classifier run with ONNX Runtime (CPU, or CUDA when asked for and present): what export
+checks, and what predict, the served model and the benchmarks run; and its card, model.json."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from reprotune.data.dataconfig import DataConfig
+from reprotune.pipeline.data_kind import IMAGE, TEXT
 from reprotune.pipeline.errors import InputError
 from reprotune.pipeline.params import Clean
 
@@ -20,24 +22,37 @@ from reprotune.pipeline.params import Clean
 class ModelCard:
     """model.json, which export writes beside the ONNX files: how to feed the model and read its output."""
 
+    modality: str
     classes: list[str]
-    data: DataConfig
+    data: Any  # DataConfig for images, TextConfig (the folder's tokenizer) for texts
     temperature: float
-    checks: Clean  # the rules an input image must pass, as clean applied them to the training images
+    checks: Clean  # the rules an input must pass, as clean applied them to the training data
+    int8: dict  # export's int8 decision: the file shipped (or None) and the agreement it was accepted at
 
     @classmethod
     def read(cls, path: Path) -> ModelCard:
         card = json.loads(path.read_text(encoding="utf-8"))
         preprocessing = card["preprocessing"]
-        data = DataConfig(
-            preprocessing["input_size"],
-            preprocessing["interpolation"],
-            tuple(preprocessing["mean"]),
-            tuple(preprocessing["std"]),
-            preprocessing["crop_pct"],
-        )
+        modality = card.get("modality", IMAGE)
+        if modality == TEXT:
+            from reprotune.models.text_encoders import exported_text_config
+
+            data = exported_text_config(path.parent, preprocessing)
+        else:
+            data = DataConfig(
+                preprocessing["input_size"],
+                preprocessing["interpolation"],
+                tuple(preprocessing["mean"]),
+                tuple(preprocessing["std"]),
+                preprocessing["crop_pct"],
+            )
         return cls(
-            card["classes"], data, card["temperature"], Clean.model_validate_json(json.dumps(card["checks"]))
+            modality,
+            card["classes"],
+            data,
+            card["temperature"],
+            Clean.model_validate_json(json.dumps(card["checks"])),
+            card.get("int8") or {"file": None},
         )
 
 
@@ -57,7 +72,8 @@ def providers(device: torch.device | None) -> list:
 
 
 class OnnxClassifier:
-    """`logits(images)` for a float32 batch (batch, 3, side, side) preprocessed as the model card says."""
+    """`logits(batch)` for a batch preprocessed as the model card says: float32 images (batch, 3, side,
+    side) or int64 token ids (batch, tokens)."""
 
     def __init__(self, path: Path, threads: int | None = None, device: torch.device | None = None) -> None:
         import onnxruntime as ort
@@ -66,10 +82,12 @@ class OnnxClassifier:
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=providers(device))
-        self.input = self.session.get_inputs()[0].name
+        graph_input = self.session.get_inputs()[0]
+        self.input = graph_input.name
+        self.dtype = np.int64 if graph_input.type == "tensor(int64)" else np.float32
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: np.ascontiguousarray(images, dtype=np.float32)})[0]
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: np.ascontiguousarray(batch, dtype=self.dtype)})[0]
 
     def logits_of(self, batches: Iterable[torch.Tensor]) -> np.ndarray:
         """Every batch's logits, in order, as one array."""

@@ -5,13 +5,15 @@
 `--model` is any model the pipeline wrote, and the folder alone is enough to load it (it works after
 params.yaml changed, and from any directory):
 - an exported folder (`models/export`: model.onnx beside its model.json card), or an `.onnx` file with its
-  model.json beside it; calibrated with the temperature evaluate fitted on validation;
+  model.json beside it; calibrated with the temperature evaluate fitted on validation. From a folder it runs
+  the int8 file where export shipped one and it passes its check on this CPU (once per machine), else the
+  float32 file (`--precision auto|fp32|int8`);
 - a trained network's folder (`models/finetuned`: model.safetensors beside its model.json card, which names
   the modality, backbone, classes and input checks); raw softmax, since evaluate fits the temperature later;
 - a registered MLflow model (`models:/reprotune@candidate`), from --tracking-uri, MLFLOW_TRACKING_URI or the
   project store in this folder or above it; it runs the ONNX file and card it was logged with.
 
-A text model (`models/finetuned` of a project on texts) reads CSV or JSON Lines files with a `text` column, or
+A text model (`models/export` or `models/finetuned` of a project on texts) reads CSV or JSON Lines files with a `text` column, or
 any other file with one text per line; each text gets a row named `<file>:<line>`, with the text beside its
 label. Texts longer than the encoder's max_seq_length tokens are read up to it, as in training.
 
@@ -54,7 +56,7 @@ EXAMPLES = """examples:
   reprotune predict --model models/finetuned a.jpg b.png     # the fine-tuned torch network
   reprotune predict --model /path/to/project/models/export photos/ -o labels.csv
   reprotune predict --model models:/reprotune@candidate photos/ --tracking-uri sqlite:///project/mlflow.db
-  reprotune predict --model models/finetuned questions.csv   # a text project: one row per text
+  reprotune predict questions.csv                            # a text project: one row per text
   reprotune predict --device cuda:1 --batch-size 128 photos/
 """
 
@@ -72,16 +74,23 @@ class Model:
     modality: str = IMAGE
 
 
-def onnx_model(path: Path, device: torch.device) -> Model:
+def onnx_model(path: Path, device: torch.device, precision: str = "auto") -> Model:
+    """An exported folder (the int8 file where it holds on this machine, per `precision`: see
+    reprotune/serving/int8_check.py) or an .onnx file, with the card beside it."""
+    from reprotune.serving.int8_check import chosen_file
     from reprotune.serving.onnx_models import ModelCard, OnnxClassifier
 
-    onnx = path / "model.onnx" if path.is_dir() else path
-    card_path = onnx.with_name("model.json")
-    if not onnx.is_file() or not card_path.is_file():
+    folder = path if path.is_dir() else path.parent
+    card_path = folder / "model.json"
+    if (
+        not (path.suffix == ".onnx" and path.is_file() or (folder / "model.onnx").is_file())
+        or not card_path.is_file()
+    ):
         raise InputError(
             f"--model {path}: needs an .onnx file with its model.json beside it (as export writes them)"
         )
     card = ModelCard.read(card_path)
+    onnx = chosen_file(folder, card, precision) if path.is_dir() else path
     classifier = OnnxClassifier(onnx, device=device)
     return Model(
         lambda batch: classifier.logits(batch.numpy()),
@@ -90,6 +99,7 @@ def onnx_model(path: Path, device: torch.device) -> Model:
         card.temperature,
         card.checks,
         str(onnx),
+        card.modality,
     )
 
 
@@ -117,8 +127,8 @@ def torch_model(path: Path, device: torch.device) -> Model:
     return Model(logits, card.classes, backbone.data, None, card.checks, str(path), card.modality)
 
 
-def mlflow_model(uri: str, device: torch.device, tracking: str | None) -> Model:
-    """A registered model (`models:/reprotune@candidate`): the ONNX file and card it was logged with, run as
+def mlflow_model(uri: str, device: torch.device, tracking: str | None, precision: str = "auto") -> Model:
+    """A registered model (`models:/reprotune@candidate`): the exported folder it was logged with, run as
     any exported model, so that it predicts exactly what `models/export` does."""
     import mlflow
 
@@ -129,18 +139,25 @@ def mlflow_model(uri: str, device: torch.device, tracking: str | None) -> Model:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except mlflow.exceptions.MlflowException as error:
         raise InputError(f"--model {uri}: {str(error).splitlines()[0]}") from None
-    model = onnx_model(folder / "artifacts", device)
-    model.source = uri
+    cards = sorted((folder / "artifacts").rglob("model.json"), key=lambda p: len(p.parts))
+    if not cards:
+        raise InputError(f"--model {uri}: holds no exported model (model.json)")
+    model = onnx_model(cards[0].parent, device, precision)
+    model.source = f"{uri} ({Path(model.source).name})"
     return model
 
 
-def load_model(spec: str, device: torch.device, tracking: str | None = None) -> Model:
+def load_model(
+    spec: str, device: torch.device, tracking: str | None = None, precision: str = "auto"
+) -> Model:
     path = Path(spec)
     if spec.startswith("models:/"):
-        return mlflow_model(spec, device, tracking)
+        return mlflow_model(spec, device, tracking, precision)
     if path.suffix == ".onnx" or (path / "model.onnx").is_file():
-        return onnx_model(path, device)
+        return onnx_model(path, device, precision)
     if (path / "model.safetensors").is_file() or (path.suffix == ".safetensors" and path.is_file()):
+        if precision == "int8":
+            raise InputError(f"--precision int8: {spec} is a torch network; int8 files are in models/export")
         return torch_model(path, device)
     raise InputError(
         f"--model {spec}: not a model; give an exported folder (model.onnx + model.json, e.g. {DEFAULT_MODEL}), "
@@ -291,6 +308,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="default 32")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="exported models: auto (default) runs the int8 file where export shipped one and it passes its "
+        "check on this CPU, else float32; fp32 always float32; int8 refuses to run without a passing int8 file",
+    )
+    parser.add_argument(
         "--tracking-uri",
         help="the MLflow store of a models:/ model (default: MLFLOW_TRACKING_URI, else the project's mlflow.db "
         "in this folder or above it)",
@@ -301,7 +325,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if options.top_k < 1 or options.batch_size < 1:
             raise InputError("--top-k and --batch-size must be at least 1")
         device = pick_device(options.device, "--device")
-        model = load_model(options.model, device, options.tracking_uri)
+        model = load_model(options.model, device, options.tracking_uri, options.precision)
         paths = files_in(options.inputs)
         calibrated = not options.no_calibration
         if model.modality == TEXT:

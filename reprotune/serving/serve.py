@@ -1,11 +1,12 @@
 """Serve a trained model over HTTP: MLflow's scoring server (`mlflow models serve`) on the registered model, or
-on an exported folder, which is wrapped as the same MLflow model first (reprotune/serving/pyfunc.py).
+on an exported folder, which is wrapped as the same MLflow model first (reprotune/serving/pyfunc.py). It runs
+the int8 file where export shipped one and it passes its check on this CPU, else the float32 file.
 
     reprotune serve [--model models:/reprotune@candidate] [--host 127.0.0.1] [--port 5001]
 
-POST /invocations takes `{"dataframe_split": {"columns": ["image"], "data": [["<base64 image>"], ...]}}` and
-answers one row per image: label, confidence, error and p:<class> (docs/use-the-model.md); GET /ping is the
-health check. It runs in this environment (`--env-manager local`): nothing is installed or downloaded.
+POST /invocations takes `{"dataframe_split": {"columns": ["image"], "data": [["<base64 image>"], ...]}}` (for a
+text model: `"columns": ["text"], "data": [["<text>"], ...]`) and answers one row per item: label, confidence,
+error and p:<class> (docs/use-the-model.md); GET /ping is the health check. It runs in this environment (`--env-manager local`): nothing is installed or downloaded.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ EXAMPLES = """examples:
 
   curl -s localhost:5001/invocations -H 'Content-Type: application/json' \\
     -d "{\\"dataframe_split\\": {\\"columns\\": [\\"image\\"], \\"data\\": [[\\"$(base64 -w0 cat.jpg)\\"]]}}"
+  curl -s localhost:5001/invocations -H 'Content-Type: application/json' \\
+    -d '{"dataframe_split": {"columns": ["text"], "data": [["I lost my card"], ["top up failed"]]}}'
 """
 
 
@@ -60,8 +63,7 @@ def wrapped(folder: Path, into: Path) -> Path:
     import reprotune
     from reprotune.serving import pyfunc
 
-    onnx, card = folder / "model.onnx", folder / "model.json"
-    if not onnx.is_file() or not card.is_file():
+    if not (folder / "model.onnx").is_file() or not (folder / "model.json").is_file():
         raise InputError(
             f"--model {folder}: not an exported folder (model.onnx + model.json, as export writes them); "
             "serve a registered model (models:/<name>@<alias>) or an exported one (models/export)"
@@ -70,7 +72,7 @@ def wrapped(folder: Path, into: Path) -> Path:
     mlflow.pyfunc.save_model(
         path=str(path),
         python_model=pyfunc.__file__,
-        artifacts={"model": str(onnx), "card": str(card)},
+        artifacts=pyfunc.artifacts_of(folder, into),
         code_paths=[str(Path(reprotune.__file__).parent)],
     )
     return path
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Serve a trained model over HTTP (MLflow's scoring server): images in, labels out.",
+        description="Serve a trained model over HTTP (MLflow's scoring server): images or texts in, labels out.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
