@@ -294,11 +294,12 @@ def export_network(
     if int8_decision["shipped"]:  # the sample predict and the served model check int8 on, on each machine
         sample = val_rows.sample(min(int8_check.SAMPLE_ROWS, len(val_rows)), random_state=settings.seed)
         loader, _ = io.inputs(params, layout, sample, data)
-        batches = [batch.numpy() for batch, _ in loader]
+        batches = [int8_check.as_stored(batch.numpy()) for batch, _ in loader]
+        rounded = [(torch.from_numpy(batch), None) for batch in batches]
         int8_check.write_sample(
             folder / int8_check.CHECK_FILE,
             batches,
-            predict(model, loader, torch.device("cpu"), False).numpy(),
+            predict(model, rounded, torch.device("cpu"), False).numpy(),
             int8_check.run(OnnxClassifier(int8), batches),
         )
     io.save_preprocessor(data, folder)
@@ -320,7 +321,7 @@ def export_network(
         # served model check it against on each machine
         "int8": int8_decision
         | (
-            {"file": int8.name, "check": int8_check.CHECK_FILE, "min_agreement": settings.min_int8_agreement}
+            {"file": int8.name, "check": int8_check.CHECK_FILE}
             if int8_decision["shipped"]
             else {"file": None}
         ),

@@ -7,6 +7,7 @@ import importlib
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -267,7 +268,15 @@ def test_text_stages_score_zero_shot_and_predict_labels_texts(
 
     params = trained_text_project(tmp_path, tiny_encoder)
     params = run(
-        params, "baseline", "learning_curve", "label_issues", "finetune", "distill", "adapt", "evaluate"
+        params,
+        "baseline",
+        "learning_curve",
+        "label_issues",
+        "finetune",
+        "distill",
+        "adapt",
+        "evaluate",
+        "export",
     )
     reports = Path(params.paths.reports)
     metrics = json.loads((reports / "metrics.json").read_text())
@@ -292,6 +301,26 @@ def test_text_stages_score_zero_shot_and_predict_labels_texts(
     assert lines[0].startswith("path,text,label,confidence")
     assert [line.split(",")[0].rsplit(":", 1)[1] for line in lines[1:]] == ["1", "3", "4"]
     assert lines[3].endswith("bytes that are not UTF-8")
+    # the exported graph (token ids in, tokenizer beside it) labels them as the torch network does
+    exported = json.loads((reports / "export.json").read_text())
+    assert exported["onnx_fp32"]["top1_agreement"] == 1.0
+    card = json.loads((Path(params.paths.exported) / "model.json").read_text())
+    assert card["modality"] == "text" and card["input"] == {"name": "ids", "shape": ["batch", "tokens"]}
+    onnx_out = tmp_path / "onnx.csv"
+    arguments = [str(tmp_path / "new.txt"), "--model", params.paths.exported, "--precision", "fp32"]
+    assert predict.main([*arguments, "-o", str(onnx_out)]) == 0
+    labels = [line.split(",")[2] for line in onnx_out.read_text().splitlines()[1:]]
+    assert labels == [line.split(",")[2] for line in lines[1:]]
+    # and the served model takes a `text` column: labels, calibrated confidence, an error row for a non-text
+    from reprotune.serving import pyfunc
+
+    served = pyfunc.Classifier()
+    artifacts = pyfunc.artifacts_of(Path(params.paths.exported), tmp_path)
+    served.load_context(type("Context", (), {"artifacts": artifacts})())
+    answer = served.predict(None, pd.DataFrame({"text": ["my card lost pin", "", 3]}))
+    assert answer["label"].tolist()[0] in card["classes"] and answer["label"].tolist()[1:] == ["", ""]
+    assert answer["error"].tolist() == ["", "empty_text", "not_a_text: a int"]
+    assert {f"p:{name}" for name in card["classes"]} <= set(answer.columns)
 
 
 def test_distillation_is_refused_on_text(tmp_path: Path, tiny_encoder: Path):

@@ -6,11 +6,14 @@ exporting machine can lose points on another (ONNX Runtime's quantization docs).
 otherwise exact, so a CPU whose kernels do not saturate gives the int8 file's logits again up to float
 rounding in the (de)quantizing steps.
 
-export stores a sample of validation inputs beside the files (`int8_check.npz`: the inputs, torch's logits and
-the int8 file's logits on the exporting machine). Before predict or the served model use int8, they run it on
-the sample here: it passes when its logits are within TOLERANCE of the exporting machine's (relative to their
-largest magnitude) and its top-1 agrees with torch's on at least the card's min_int8_agreement of the rows;
-otherwise they use the float32 file and log a WARNING saying why. The answer is kept per file, CPU and ONNX
+export accepted the int8 file after measuring its agreement with torch on val and test on the exporting
+machine, and stores a sample of validation inputs beside the files (`int8_check.npz`: the inputs, torch's
+logits and the int8 file's logits there). Before predict or the served model use int8, they run it on the
+sample here: where its logits are the exporting machine's within TOLERANCE (relative to their largest
+magnitude), the int8 file computes here what was measured there, and export's agreement holds; otherwise
+they use the float32 file and log a WARNING saying why (with the sample's top-1 agreement with torch).
+Comparing logits, not only top-1 on a few rows, catches a saturating CPU from 32 rows without failing on
+a near-tie the exporting machine also had. The answer is kept per file, CPU and ONNX
 Runtime version in the user's cache folder (`~/.cache/reprotune/int8_checks.json`), so the check runs once
 per machine.
 """
@@ -35,11 +38,18 @@ SAMPLE_ROWS = 32  # validation rows stored (float16 images: about 9.6 MB at 224 
 TOLERANCE = 0.01  # largest logit difference from the exporting machine's int8, over the largest |logit|
 
 
+def as_stored(batch: np.ndarray) -> np.ndarray:
+    """A batch as the sample file gives it back: float images rounded through float16 (half the size).
+    Both logits export records are of these rounded inputs: int8 activations land on other quantization
+    steps for inputs a float16 rounding apart (4.5% of the logits' scale on the sample)."""
+    return batch.astype(np.float16).astype(np.float32) if batch.dtype.kind == "f" else batch
+
+
 def write_sample(
     path: Path, batches: list[np.ndarray], torch_logits: np.ndarray, int8_logits: np.ndarray
 ) -> None:
-    """The check's sample: the input batches as the graph reads them (float images stored as float16, which
-    the check feeds to both runs alike), torch's logits and the int8 file's on this machine."""
+    """The check's sample: the input batches (as_stored), torch's logits and the int8 file's on this
+    machine."""
     arrays = {
         f"input_{i}": batch.astype(np.float16) if batch.dtype.kind == "f" else batch
         for i, batch in enumerate(batches)
@@ -50,26 +60,27 @@ def write_sample(
 def sample_inputs(path: Path) -> list[np.ndarray]:
     with np.load(path) as stored:
         count = sum(1 for name in stored.files if name.startswith("input_"))
-        return [stored[f"input_{i}"] for i in range(count)]
+        return [as_stored(stored[f"input_{i}"]) for i in range(count)]
 
 
 def run(model, inputs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([model.logits(batch) for batch in inputs])
 
 
-def verdict(path: Path, int8_logits_here: np.ndarray, minimum: float) -> str:
-    """'' when the int8 logits computed here pass (see the module's docstring), else why not."""
+def verdict(path: Path, int8_logits_here: np.ndarray) -> str:
+    """'' when the int8 logits computed here are the exporting machine's (see the module's docstring), else
+    why not."""
     with np.load(path) as stored:
         expected, reference = stored["int8_logits"], stored["torch_logits"]
     scale = max(float(np.abs(expected).max()), 1e-6)
     difference = float(np.abs(int8_logits_here - expected).max()) / scale
-    agreement = float((int8_logits_here.argmax(1) == reference.argmax(1)).mean())
-    if difference <= TOLERANCE and agreement >= minimum:
+    if difference <= TOLERANCE:
         return ""
+    agreement = float((int8_logits_here.argmax(1) == reference.argmax(1)).mean())
     return (
         f"on this CPU the int8 file's logits differ from the exporting machine's by {difference:.3f} of their "
-        f"scale (allowed {TOLERANCE}) and its top-1 agrees with torch on {agreement:.3f} of {len(expected)} "
-        f"validation rows (needed {minimum})"
+        f"scale (allowed {TOLERANCE}; its top-1 agrees with torch on {agreement:.3f} of {len(expected)} "
+        "validation rows), so export's agreement check does not hold here"
     )
 
 
@@ -119,15 +130,15 @@ def remember(key: str, why: str) -> None:
         log.info("int8 check not cached (%s)", error)
 
 
-def int8_holds(int8: Path, check: Path, minimum: float, threads: int | None = None) -> str:
+def int8_holds(int8: Path, check: Path) -> str:
     """'' when the int8 file passes on this machine (checked once per machine), else why not."""
     from reprotune.serving.onnx_models import OnnxClassifier
 
     digest = hashlib.sha256(int8.read_bytes() + check.read_bytes()).hexdigest()
-    key = f"{digest} {minimum} {machine()}"
+    key = f"{digest} {machine()}"
     answer = cached(key)
     if answer is None:
-        answer = verdict(check, run(OnnxClassifier(int8, threads), sample_inputs(check)), minimum)
+        answer = verdict(check, run(OnnxClassifier(int8), sample_inputs(check)))
         remember(key, answer)
     return answer
 
@@ -144,7 +155,8 @@ def chosen_file(folder: Path, card, precision: str = "auto") -> Path:
             raise InputError(f"{folder}: has no int8 file ({card.int8.get('why') or 'export shipped none'})")
         return fp32
     int8 = folder / card.int8["file"]
-    why = int8_holds(int8, folder / card.int8["check"], card.int8["min_agreement"])
+    check = folder / card.int8.get("check", CHECK_FILE)
+    why = int8_holds(int8, check) if check.is_file() else f"no {check.name} beside it to check it on this CPU"
     if not why:
         return int8
     if precision == "int8":

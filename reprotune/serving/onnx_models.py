@@ -75,12 +75,22 @@ class OnnxClassifier:
     """`logits(batch)` for a batch preprocessed as the model card says: float32 images (batch, 3, side,
     side) or int64 token ids (batch, tokens)."""
 
-    def __init__(self, path: Path, threads: int | None = None, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        threads: int | None = None,
+        device: torch.device | None = None,
+        spinning: bool = True,
+    ) -> None:
+        """`spinning=False` where the caller works between batches (predict decodes the next images): ONNX
+        Runtime's threads otherwise spin-wait after each run and take the cores that work needs."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=providers(device))
         graph_input = self.session.get_inputs()[0]
         self.input = graph_input.name
