@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from reprotune.data.dataconfig import data_config
-from reprotune.data.duplicates import HASHES, WORDS, frame, near_pairs
+from reprotune.data.duplicates import HASHES, WHOLE, WORDS, frame, image_hashes, near_pairs
 from reprotune.modalities.image import cleaning as image_cleaning
 from reprotune.pipeline import params as params_module
 from reprotune.pipeline.resolve import for_data
@@ -133,3 +133,44 @@ def test_pairs_are_the_least_distance_over_whole_and_crop_hashes():
     assert near_pairs(hashes, 0) == {(0, 1): 0}
     hashes[1, 5, 0] = np.uint64(0b111)
     assert near_pairs(hashes, 2) == {} and near_pairs(hashes, 3) == {(0, 1): 3}
+
+
+def brute_force_pairs(hashes: np.ndarray, max_distance: int) -> dict[tuple[int, int], int]:
+    """The definition, pair by pair: the least popcount of whole-of-one XOR any-of-the-other, both ways."""
+    bits = np.unpackbits(np.ascontiguousarray(hashes, dtype=">u8").view(np.uint8), axis=-1).astype(bool)
+    pairs = {}
+    for i in range(len(hashes)):
+        for j in range(i + 1, len(hashes)):
+            one_way = (bits[i, :WHOLE, None] != bits[j, None, :]).sum(-1).min()
+            other_way = (bits[j, :WHOLE, None] != bits[i, None, :]).sum(-1).min()
+            if (distance := int(min(one_way, other_way))) <= max_distance:
+                pairs[(i, j)] = distance
+    return pairs
+
+
+def test_the_index_finds_exactly_the_pairs_brute_force_finds():
+    """On random hash sets with planted copies (whole-to-whole and whole-to-crop, at and around the
+    distance), and on the real hash sets of photos with resized, cropped and framed copies."""
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, size=(120, HASHES, WORDS), dtype=np.uint64)
+    for k in range(0, 110, 6):
+        flips = rng.choice(256, size=rng.integers(30, 50), replace=False)  # some within 40 bits, some not
+        mask = np.zeros(256, dtype=bool)
+        mask[flips] = True
+        noise = np.packbits(mask).view(">u8").astype(np.uint64)
+        hashes[k + 1, 0] = hashes[k, 0] ^ noise  # whole to whole
+        hashes[k + 2, rng.integers(WHOLE, HASHES)] = (
+            hashes[k, 1] ^ noise
+        )  # a crop of one to the other's whole
+    for distance in (0, 35, 40, 45):
+        assert near_pairs(hashes, distance) == brute_force_pairs(hashes, distance)
+    assert len(near_pairs(hashes, 45)) > len(near_pairs(hashes, 35)) > 0
+
+    photos = [photo_like(seed) for seed in range(6)]
+    copies = [resized(0.5), cropped(0.05, 0, 0, 0.05), lambda im: ImageOps.expand(im, 20, fill=(0, 0, 0))]
+    real = np.stack(
+        [image_hashes(image) for photo in photos for image in (photo, *(c(photo) for c in copies))]
+    )
+    found = near_pairs(real, 40)
+    assert found == brute_force_pairs(real, 40) and list(found) == sorted(found)
+    assert all((4 * k, 4 * k + c) in found for k in range(6) for c in (1, 2, 3))  # every copy found

@@ -38,8 +38,7 @@ CROPS = [
     if (left, top, right, bottom) != (0.0, 0.0, 0.0, 0.0)
 ] + [(0.025, 0.025, 0.025, 0.025)]
 HASHES = WHOLE + len(CROPS)
-# Images per block of the pair search: the block's similarity matrix takes 2 x block x 18 x n x 4 bytes.
-BLOCK_BYTES = 128 * 2**20
+QUERY_BLOCK = 65_536  # whole-picture hashes per range search: bounds the result arrays' memory
 
 
 def frame(grey: np.ndarray) -> tuple[int, int, int, int]:
@@ -97,34 +96,42 @@ def image_hashes(image: Image.Image) -> np.ndarray:
     return np.stack([_phash(picture) for picture in pictures])
 
 
-def _signs(hashes: np.ndarray) -> np.ndarray:
-    """Hashes (..., WORDS) as +-1 float32 vectors of their bits: for two such vectors of `bits` entries,
-    bit distance = (bits - dot product) / 2, so one matrix product compares every pair (exactly: the dot
-    products are integers far below float32's 2^24)."""
-    bits = np.unpackbits(np.ascontiguousarray(hashes, dtype=">u8").view(np.uint8), axis=-1)
-    return bits.astype(np.float32) * 2 - 1
-
-
 def near_pairs(hashes: np.ndarray, max_distance: int) -> dict[tuple[int, int], int]:
     """{(i, j): distance} for every pair i < j of images whose hash sets are within `max_distance` bits: the
-    least of whole-to-whole, whole-of-i-to-crop-of-j and crop-of-i-to-whole-of-j. Every pair is compared
-    (n^2 work, as one matrix product a block of images at a time, so memory stays bounded)."""
+    least of whole-to-whole, whole-of-i-to-crop-of-j and crop-of-i-to-whole-of-j; in (i, j) order.
+
+    Exact, by FAISS's exhaustive binary index (popcount over every pair of codes, on every core): each
+    image's whole-picture hashes are range-searched among every hash of every image, QUERY_BLOCK of them
+    at a time so that memory stays bounded. tests/test_duplicates.py checks it against brute force;
+    benchmarks/bench_duplicates.py times it."""
+    import faiss
+
     hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(hashes), HASHES, WORDS)
-    count, bits = len(hashes), WORDS * 64
-    every = _signs(hashes).reshape(count * HASHES, bits)  # each image's whole and crop hashes
-    block = max(1, BLOCK_BYTES // (4 * WHOLE * HASHES * max(1, count)))
-    pairs: dict[tuple[int, int], int] = {}
-    for start in range(0, count, block):
-        whole = _signs(hashes[start : start + block, :WHOLE]).reshape(-1, bits)
-        dot = (whole @ every.T).reshape(-1, WHOLE, count, HASHES).max(axis=(1, 3))
-        distance = np.rint((bits - dot) / 2).astype(np.int64)  # (block, count): whole of i to any of j
-        rows, columns = np.nonzero(distance <= max_distance)
-        for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
-            i = row + start
-            if i != column:
-                key = (min(i, column), max(i, column))
-                pairs[key] = min(pairs.get(key, bits), int(distance[row, column]))
-    return pairs
+    count = len(hashes)
+    if count < 2:
+        return {}
+    codes = np.ascontiguousarray(hashes, dtype=">u8").view(np.uint8)  # (count, HASHES, 32) bytes, MSB first
+    index = faiss.IndexBinaryFlat(WORDS * 64)
+    index.add(codes.reshape(count * HASHES, WORDS * 8))
+    whole = np.ascontiguousarray(codes[:, :WHOLE]).reshape(count * WHOLE, WORDS * 8)
+    found_i, found_j, found_distance = [], [], []
+    for start in range(0, len(whole), QUERY_BLOCK):
+        limits, distances, ids = index.range_search(whole[start : start + QUERY_BLOCK], max_distance + 1)
+        query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
+        i, j = query // WHOLE, ids // HASHES
+        other = i != j
+        found_i.append(np.minimum(i, j)[other])
+        found_j.append(np.maximum(i, j)[other])
+        found_distance.append(distances[other])
+    i, j, distance = (np.concatenate(found) for found in (found_i, found_j, found_distance))
+    order = np.lexsort((distance, j, i))  # by pair, the least distance first
+    i, j, distance = i[order], j[order], distance[order]
+    first = np.ones(len(i), dtype=bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return {
+        (int(a), int(b)): int(d)
+        for a, b, d in zip(i[first].tolist(), j[first].tolist(), distance[first].tolist(), strict=True)
+    }
 
 
 def save_hashes(path: Path, hashes: np.ndarray) -> None:
