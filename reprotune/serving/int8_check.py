@@ -98,7 +98,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.machine()} {model_name or platform.processor()} [{cpu_instruction_sets()}] ort {onnxruntime.__version__}"
+    return f"{platform.machine()} {model_name or platform.processor()} [{' '.join(cpu_instruction_sets())}] ort {onnxruntime.__version__}"
 
 
 def cache_file() -> Path:
