@@ -98,7 +98,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.machine()} {model_name or platform.processor()} [{' '.join(cpu_instruction_sets())}] ort {onnxruntime.__version__}"
+    sets = " ".join(cpu_instruction_sets())
+    return f"{platform.machine()} {model_name or platform.processor()} [{sets}] ort {onnxruntime.__version__}"
 
 
 def cache_file() -> Path:

@@ -13,9 +13,9 @@ params.yaml changed, and from any directory):
 - a registered MLflow model (`models:/reprotune@candidate`), from --tracking-uri, MLFLOW_TRACKING_URI or the
   project store in this folder or above it; it runs the ONNX file and card it was logged with.
 
-A text model (`models/export` or `models/finetuned` of a project on texts) reads CSV or JSON Lines files with a `text` column, or
-any other file with one text per line; each text gets a row named `<file>:<line>`, with the text beside its
-label. Texts longer than the encoder's max_seq_length tokens are read up to it, as in training.
+A text model (`models/export` or `models/finetuned` of a project on texts) reads CSV or JSON Lines files
+with a `text` column, or any other file with one text per line; each text gets a row named `<file>:<line>`,
+with the text beside its label. Texts longer than the encoder's max_seq_length tokens are read up to it, as in training.
 
 Folders are read the way ingest and clean read data/raw: hidden files skipped, every format clean accepts,
 EXIF orientation applied, modes converted alike, large JPEGs decoded at reduced scale; then the backbone's
@@ -91,6 +91,8 @@ def onnx_model(path: Path, device: torch.device, precision: str = "auto") -> Mod
             f"--model {path}: needs an .onnx file with its model.json beside it (as export writes them)"
         )
     card = ModelCard.read(card_path)
+    if device.type == "cuda" and precision == "auto":
+        precision = "fp32"  # int8 pays on CPUs, and its check is a CPU's; a GPU runs the float32 file
     onnx = chosen_file(folder, card, precision) if path.is_dir() else path
     classifier = OnnxClassifier(onnx, device=device, spinning=False)
     return Model(
@@ -228,10 +230,10 @@ def predict_files(
     loader = DataLoader(Files(paths, model.checks, model.data), batch_size=batch_size, num_workers=workers)
     logits, reasons = [], []
     threads = torch.get_num_threads()
-    if model.onnx:  # torch only preprocesses: its small per-image ops gain nothing from threads that would
-        torch.set_num_threads(
-            1
-        )  # contend with ONNX Runtime's (about 1.2x on 2 cores, benchmarks/bench_export.py)
+    # With ONNX Runtime running the model, torch only preprocesses: its small per-image ops gain nothing from
+    # threads, which would contend with ONNX Runtime's for the same cores.
+    if model.onnx:
+        torch.set_num_threads(1)
     try:
         for images, why in progress(loader, "predict", unit="batch"):
             logits.append(model.logits(images))
@@ -320,8 +322,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         "--precision",
         choices=("auto", "fp32", "int8"),
         default="auto",
-        help="exported models: auto (default) runs the int8 file where export shipped one and it passes its "
-        "check on this CPU, else float32; fp32 always float32; int8 refuses to run without a passing int8 file",
+        help="exported models: auto (default) runs the int8 file on a CPU where export shipped one and it "
+        "passes its check there, else float32; fp32 always float32; int8 refuses to run without a passing "
+        "int8 file",
     )
     parser.add_argument(
         "--tracking-uri",

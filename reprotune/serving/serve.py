@@ -6,7 +6,8 @@ the int8 file where export shipped one and it passes its check on this CPU, else
 
 POST /invocations takes `{"dataframe_split": {"columns": ["image"], "data": [["<base64 image>"], ...]}}` (for a
 text model: `"columns": ["text"], "data": [["<text>"], ...]`) and answers one row per item: label, confidence,
-error and p:<class> (docs/use-the-model.md); GET /ping is the health check. It runs in this environment (`--env-manager local`): nothing is installed or downloaded.
+error and p:<class> (docs/use-the-model.md); GET /ping is the health check. It runs in this environment
+(`--env-manager local`): nothing is installed or downloaded.
 """
 
 from __future__ import annotations
