@@ -11,6 +11,12 @@ photos of the same class, and of same-digit images of the built-in sample (8x8 s
 distinct digits differ in a few pixels). Reported per threshold: recall per transformation, false-positive
 pairs, and the largest group that transitive grouping would form on the sample, beside the 64-bit
 perceptual hash at 4 bits that clean used before. Results go to reports/bench.json under "duplicates".
+
+The embedding check (the `leakage` stage, `leakage.min_cosine`): the same copies and pairs embedded by the
+image backbone as featurize embeds them (params.yaml's backbone, resolved for photos), plus NOISY copies
+the hashes miss: noisy, high-frequency pictures beside a half-size copy recompressed at JPEG quality 70.
+Reported per cosine: recall on the copies, on the copies beyond the grouping distance, and on the noisy
+ones, against the distinct same-class photo pairs above it (false pairs) and the closest of them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from benchmarks.photos import make_photos
 from benchmarks.results import print_table, save
 
 THRESHOLDS = [24, 32, 40, 48, 56]
+COSINES = [0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98]
+NOISY = 20  # noisy pictures and their half-size recompressed copies
 OLD_THRESHOLD = 4  # 64-bit imagehash.phash, the detector clean used before
 
 
@@ -95,6 +103,22 @@ def save_copy(image: Image.Image, path: Path, how: dict) -> Path:
     return path
 
 
+def noisy_pictures(folder: Path, count: int, seed: int = 1) -> list[Path]:
+    """Noisy pictures (faint grain, sigma 10 grey levels, over a flat colour), as 256 px PNGs: their hashes
+    come from the grain, which a half-size JPEG copy smooths away, so the copy lands beyond the grouping
+    distance (the kind of copy the `leakage` stage is for)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for n in range(count):
+        flat = np.broadcast_to(rng.integers(60, 200, 3), (256, 256, 3))
+        noisy = (flat + rng.normal(0, 10, flat.shape)).clip(0, 255).astype(np.uint8)
+        path = folder / f"noisy_{n:03d}.png"
+        Image.fromarray(noisy).save(path)
+        paths.append(path)
+    return paths
+
+
 def sample_digits(folder: Path, side: int) -> list[Path]:
     from reprotune.modalities.image.files import write_sample
 
@@ -113,6 +137,9 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=Path("../shared/data/cats-dogs"))
     options = parser.parse_args()
 
+    import torch
+
+    from reprotune.data.checks import decode_checked
     from reprotune.data.dataconfig import data_config
     from reprotune.data.duplicates import near_pairs
     from reprotune.data.images import to_rgb, upright
@@ -123,6 +150,17 @@ def main() -> None:
     params = for_data(params_module.load())
     rules = params.clean.model_copy(update={"min_side": 1, "max_aspect_ratio": 100.0})
     data = data_config(params.backbone.name, params.backbone.input_size)
+
+    from reprotune.data.similar_embeddings import normalised
+    from reprotune.models.backbones import load_backbone
+
+    backbone = load_backbone(params.backbone)
+
+    def embedded(path: Path) -> np.ndarray:
+        """The backbone's unit embedding of the file, decoded and transformed as featurize's eval path does."""
+        decoded = decode_checked(path, rules, data.eval_decode_side).rgb
+        with torch.no_grad():
+            return normalised(backbone.model(data.eval_transform()(decoded)[None]).numpy())[0]
 
     def inspected(path: Path) -> tuple[np.ndarray, int]:
         """The hash set clean computes for the file, and the old 64-bit hash of the same decoded picture."""
@@ -140,9 +178,11 @@ def main() -> None:
             source = "60 generated photo-like JPEGs (no real photos found)"
         labels = [p.parent.name for p in photos]
         originals = [inspected(p) for p in photos]
+        original_embeddings = np.stack([embedded(p) for p in photos])
         recall: dict[str, dict[str, float]] = {}
+        copy_cosines: list[tuple[float, int]] = []  # every copy: (cosine to its original, hash distance)
         for name, (transform, how) in COPIES.items():
-            distances, old = [], []
+            distances, old, cosines = [], [], []
             for index, photo in enumerate(photos):
                 with Image.open(photo) as image:
                     picture = to_rgb(upright(image)[0], tuple(rules.background))
@@ -151,13 +191,36 @@ def main() -> None:
                 pair = near_pairs(np.stack([originals[index][0], hashes]), 256)
                 distances.append(pair[(0, 1)])
                 old.append(bin(originals[index][1] ^ old_copy).count("1"))
+                cosines.append(float(original_embeddings[index] @ embedded(copy)))
+                copy_cosines.append((cosines[-1], distances[-1]))
             recall[name] = {
                 "max_distance": int(max(distances)),
                 **{f"recall_at_{t}": round(float(np.mean(np.array(distances) <= t)), 3) for t in THRESHOLDS},
                 f"recall_old_phash64_at_{OLD_THRESHOLD}": round(
                     float(np.mean(np.array(old) <= OLD_THRESHOLD)), 3
                 ),
+                "least_cosine": round(min(cosines), 4),
             }
+
+        noisy, noisy_distances, noisy_cosines = noisy_pictures(work / "noisy", NOISY), [], []
+        noisy_embeddings: list[np.ndarray] = []
+        for picture in noisy:
+            with Image.open(picture) as image:
+                copy = save_copy(
+                    resized(0.5)(image.convert("RGB")),
+                    work / "noisy_copy.jpg",
+                    {"format": "JPEG", "quality": 70},
+                )
+            pair = near_pairs(np.stack([inspected(picture)[0], inspected(copy)[0]]), 256)
+            noisy_distances.append(pair[(0, 1)])
+            noisy_embeddings.append(embedded(picture))
+            noisy_cosines.append(float(noisy_embeddings[-1] @ embedded(copy)))
+        photo_cosines = original_embeddings @ original_embeddings.T
+        same_class_cosines = [
+            float(photo_cosines[i, j])
+            for i, j in itertools.combinations(range(len(photos)), 2)
+            if labels[i] == labels[j]
+        ]
 
         photo_pairs = near_pairs(np.stack([h for h, _ in originals]), 256)
         same_class = [d for (i, j), d in photo_pairs.items() if labels[i] == labels[j]]
@@ -207,6 +270,32 @@ def main() -> None:
         "digit_pairs_across_labels": sum(digit_labels[i] != digit_labels[j] for i, j in old_pairs),
         "digit_largest_group": largest_group(old_pairs, len(digits)),
     }
+    grouping = params.clean.near_duplicate_distance
+    noisy_similarity = np.stack(noisy_embeddings) @ np.stack(noisy_embeddings).T
+    distinct_noisy = [float(noisy_similarity[i, j]) for i, j in itertools.combinations(range(NOISY), 2)]
+    missed = [cosine for cosine, distance in copy_cosines if distance > grouping]
+    embedding = {
+        "backbone": f"{params.backbone.name} at {data.input_size} px",
+        "copies": len(copy_cosines),
+        "copies_beyond_grouping": len(missed),
+        "noisy_copies": NOISY,
+        "noisy_copies_beyond_grouping": int(sum(d > grouping for d in noisy_distances)),
+        "noisy_least_distance": int(min(noisy_distances)),
+        "same_class_pairs_greatest_cosine": round(max(same_class_cosines), 4),
+        "noisy_pictures_greatest_cosine": round(max(distinct_noisy), 4),
+        "per_cosine": {
+            str(c): {
+                "copy_recall": round(float(np.mean([x > c for x, _ in copy_cosines])), 3),
+                "recall_beyond_grouping": round(float(np.mean([x > c for x in missed])), 3)
+                if missed
+                else None,
+                "noisy_recall": round(float(np.mean([x > c for x in noisy_cosines])), 3),
+                "same_class_false_pairs": int(sum(x > c for x in same_class_cosines)),
+                "distinct_noisy_false_pairs": int(sum(x > c for x in distinct_noisy)),
+            }
+            for c in COSINES
+        },
+    }
     result = save(
         "duplicates",
         {
@@ -216,6 +305,7 @@ def main() -> None:
             "digits": len(digits),
             "recall": recall,
             "negatives": negatives,
+            "embedding": embedding,
         },
     )
     print_table(
@@ -241,6 +331,23 @@ def main() -> None:
                 f"largest group {row['digit_largest_group']}",
             )
             for threshold, row in result["negatives"].items()
+        ],
+    )
+
+    print_table(
+        f"embedding check ({embedding['backbone']}): {embedding['copies']} copies "
+        f"({embedding['copies_beyond_grouping']} beyond the grouping distance), {NOISY} noisy half-size q70 "
+        f"copies ({embedding['noisy_copies_beyond_grouping']} beyond it), {len(same_class_cosines)} same-class "
+        f"photo pairs (greatest cosine {embedding['same_class_pairs_greatest_cosine']}; distinct noisy pictures "
+        f"{embedding['noisy_pictures_greatest_cosine']})",
+        [
+            (
+                f"cosine > {c}",
+                f"copies {row['copy_recall']:.3f}",
+                f"beyond grouping {row['recall_beyond_grouping']}, noisy {row['noisy_recall']:.3f}; false pairs: "
+                f"photos {row['same_class_false_pairs']}, noisy {row['distinct_noisy_false_pairs']}",
+            )
+            for c, row in embedding["per_cosine"].items()
         ],
     )
 

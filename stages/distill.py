@@ -57,6 +57,7 @@ from reprotune.models.probe import fit_linear_head
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json
 from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.input_checks import input_checks
 from reprotune.pipeline.layout import STUDENTS, Layout
 from reprotune.pipeline.params import Backbone as BackboneParams
 from reprotune.pipeline.params import Params
@@ -440,7 +441,9 @@ def write_outputs(
     histories: dict,
     dropped: list[dict],
 ) -> None:
-    card = TrainedCard(layout.modality, student, read_json(layout.features_meta)["classes"], params.clean)
+    card = TrainedCard(
+        layout.modality, student, read_json(layout.features_meta)["classes"], input_checks(params)
+    )
     with atomic_output(layout.distilled) as staging:
         staging.mkdir()
         for name, model in trained.items():

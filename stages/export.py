@@ -39,9 +39,11 @@ from reprotune.modalities import exporting as modality_exporting
 from reprotune.modalities.exporting import Exporting
 from reprotune.models.classifier import Classifier, load_trained_classifier
 from reprotune.models.inference import predict
+from reprotune.models.model_card import card_checks
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json, write_text
 from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.input_checks import input_checks
 from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Backbone as BackboneParams
 from reprotune.pipeline.params import Params
@@ -313,7 +315,7 @@ def export_network(
             "shape": [io.dynamic_axes.get(axis, size) for axis, size in enumerate(example.shape)],
         },
         "preprocessing": io.preprocessing(data),
-        "checks": params.clean.model_dump(mode="json"),
+        "checks": card_checks(input_checks(params)),
         "temperature": temperature,
         "exporter": exporter,
         "opset": settings.opset,

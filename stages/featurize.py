@@ -11,6 +11,11 @@ cache, so memory does not grow with the number of images, and are byte-identical
 Images are read from clean's resized copies where they have one (reprotune/data/resized.py), so no image file is
 decoded here twice over.
 
+Under torchrun (`torchrun --nproc-per-node N -m stages.featurize`, on one node or many, as for finetune)
+each process embeds one contiguous share of the items the cache lacks into its own cache shard; after every
+process has finished, the first writes the split files from the cache. An item's embedding does not depend
+on its batchmates (every batch is padded to one shape), so the files are the same bytes as one process's.
+
 Texts go the same way: the cache key is the text's sha256 (taken at clean) under the encoder's recipe.
 Where the encoder embeds text, each class name is embedded too (`labels.safetensors`, and
 `label_prompts` in features.json), for zero-shot classification: the nearest class name by cosine, with no
@@ -36,10 +41,12 @@ from reprotune.models.inference import Inference
 from reprotune.models.pretrained import Backbone
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, write_text
+from reprotune.pipeline.errors import InputError
 from reprotune.pipeline.layout import SPLITS, Layout
 from reprotune.pipeline.params import Params
 from reprotune.reporting.markdown import lines_of
 from reprotune.training.devices import pick_device
+from reprotune.training.distributed import barrier, local_device, process_group
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +90,33 @@ def recipe(params: Params, encoding: Encoding, backbone: Backbone, run: Inferenc
     }
 
 
+def missing(cache: EmbeddingCache, manifest: pd.DataFrame) -> pd.DataFrame:
+    """The items whose content the cache lacks, each distinct content once, in manifest order."""
+    return manifest[~manifest["digest"].map(cache.__contains__)].drop_duplicates("digest")
+
+
+def share(rows: pd.DataFrame, rank: int, world: int) -> pd.DataFrame:
+    """Process `rank`'s contiguous share of `rows` among `world` (no padding: shares differ by one at most)."""
+    bounds = np.linspace(0, len(rows), world + 1).round().astype(int)
+    return rows.iloc[bounds[rank] : bounds[rank + 1]]
+
+
 def fill_cache(
     cache: EmbeddingCache,
-    manifest: pd.DataFrame,
+    missing: pd.DataFrame,
     encoding: Encoding,
     backbone: Backbone,
     run: Inference,
     layout: Layout,
-) -> int:
-    """Embed the items whose content the cache lacks (each distinct content once); return how many."""
-    missing = manifest[~manifest["digest"].map(cache.__contains__)].drop_duplicates("digest")
+) -> None:
+    """Embed `missing` into a new shard of the cache."""
     if missing.empty:
-        return 0
+        return
     model = prepare(backbone, run.device, run.channels_last)
     with cache.new_shard(len(missing), backbone.num_features) as shard:
         shard.write(np.frombuffer(b"".join(missing["digest"]), np.uint8).reshape(len(missing), -1))
         for embeddings in encoding.outputs(model, missing, backbone, run, layout, desc="featurize"):
             shard.write(embeddings.numpy())
-    return len(missing)
 
 
 def write_split(
@@ -120,14 +136,49 @@ def featurize(params: Params) -> None:
     layout = Layout(params.paths)
     encoding = modality_encoding.of(layout.modality)
     manifest = layout.read_manifest(layout.split_manifest, {"label": str})
+    backbone = encoding.load(params.backbone)
+    manifest["digest"] = [bytes.fromhex(h) for h in manifest["sha256"]]  # of each file (text), from ingest
+    with process_group() as (rank, world):
+        device = local_device(pick_device(params.featurize.device, "params.yaml: featurize.device"))
+        run = inference(params, device)
+        key = recipe(params, encoding, backbone, run)
+        cache = EmbeddingCache(layout.embedding_cache, key)
+        lacking = missing(cache, manifest)
+        barrier()  # every process has read the cache before any adds to it, so the shares are one partition
+        fill_cache(cache, share(lacking, rank, world), encoding, backbone, run, layout)
+        if rank == 0:
+            log.info(
+                "embedded %d, %d from the cache %s%s",
+                len(lacking),
+                len(manifest) - len(lacking),
+                cache.folder,
+                f" ({world} processes)" if world > 1 else "",
+            )
+        barrier()
+        if rank == 0:  # the cache read again: it now holds every process's shard
+            cache = EmbeddingCache(layout.embedding_cache, key)
+            absent = missing(cache, manifest)
+            if not absent.empty:
+                raise InputError(
+                    f"{len(absent)} embeddings the other processes made are not in {cache.folder}: under torchrun "
+                    "on several machines, paths.embedding_cache must be a folder that every machine sees (a "
+                    "shared filesystem)"
+                )
+            write_features(params, layout, encoding, backbone, run, manifest, cache)
+
+
+def write_features(
+    params: Params,
+    layout: Layout,
+    encoding: Encoding,
+    backbone: Backbone,
+    run: Inference,
+    manifest: pd.DataFrame,
+    cache: EmbeddingCache,
+) -> None:
+    """The split files from the cache, features.json and featurize's report section."""
     classes = sorted(manifest["label"].unique())
     index = {label: i for i, label in enumerate(classes)}
-    backbone = encoding.load(params.backbone)
-    run = inference(params, pick_device(params.featurize.device, "params.yaml: featurize.device"))
-    manifest["digest"] = [bytes.fromhex(h) for h in manifest["sha256"]]  # of each file (text), from ingest
-    cache = EmbeddingCache(layout.embedding_cache, recipe(params, encoding, backbone, run))
-    embedded = fill_cache(cache, manifest, encoding, backbone, run, layout)
-    log.info("embedded %d, %d from the cache %s", embedded, len(manifest) - embedded, cache.folder)
     meta = {
         "backbone": params.backbone.name,
         "weights": backbone.weights,

@@ -46,6 +46,7 @@ from reprotune.models.model_card import TrainedCard
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_text
 from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.input_checks import input_checks
 from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Finetune, Params
 from reprotune.reporting.markdown import lines_of
@@ -113,7 +114,7 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
             on_batch=on_batch,
         )
         if rank == 0:
-            card = TrainedCard(modality, params.backbone, classes, params.clean)
+            card = TrainedCard(modality, params.backbone, classes, input_checks(params))
             write_outputs(layout, settings, model, best_state, progress, device, world, card)
             remove_run_files(layout, data)
 

@@ -87,6 +87,7 @@ def run_metrics(layout: Layout) -> dict[str, float]:
     numbers |= {
         "split.leakage_pairs": splits["leakage"]["near_duplicate_pairs_across_splits"],
         "split.similar_pairs": splits["leakage"]["similar_pairs_across_splits"],
+        "leakage.embedding_pairs": read_json(layout.leakage_report)["pairs_across_splits"],
     }
     numbers |= {f"export.{k}": float(v) for k, v in flatten(read_json(layout.export_report)).items()}
     finetuned = read_json(layout.finetuned_meta)

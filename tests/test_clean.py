@@ -221,3 +221,29 @@ def test_a_bad_relabel_row_is_refused_naming_the_file_and_line(tiny_params, rows
         clean.clean(tiny_params)
     assert message in str(error.value) and str(relabel) in str(error.value)
     assert not Path(tiny_params.paths.cleaned).exists()  # nothing written
+
+
+def test_clean_in_worker_processes_writes_the_same_bytes_as_in_one(tiny_params, monkeypatch):
+    """clean.num_workers: 2 worker processes (forced even for a few files) give every output byte that clean's
+    own process gives: kept rows, resized copies, and each bad file's reason and detail."""
+    raw = make_class_folder(Path(tiny_params.paths.raw), per_class=4)
+    (raw / "red" / "text.jpg").write_text("not an image")
+    Image.new("RGB", (10, 10)).save(raw / "green" / "tiny.png")
+    (raw / "red" / "copy.png").write_bytes((raw / "red" / "001.png").read_bytes())
+    outputs = sorted(
+        [Path(tiny_params.paths.cleaned), Path(tiny_params.paths.reports) / "cleaning.json"], key=str
+    )
+
+    def written() -> dict[str, bytes]:
+        files = [p for o in outputs for p in ([o] if o.is_file() else sorted(o.rglob("*"))) if p.is_file()]
+        return {str(p): p.read_bytes() for p in files}
+
+    monkeypatch.setattr(image_cleaning, "PARALLEL_FROM", 1)
+    by_count = {}
+    for workers in (0, 2):
+        clean_section = tiny_params.clean.model_copy(update={"num_workers": workers})
+        run_clean(tiny_params.model_copy(update={"clean": clean_section}))
+        by_count[workers] = written()
+    assert by_count[0] == by_count[2] and len(by_count[0]) >= 3
+    report = json.loads((Path(tiny_params.paths.reports) / "cleaning.json").read_text())
+    assert {d["reason"] for d in report["dropped_files"]} == {"not_an_image", "too_small"}

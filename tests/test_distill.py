@@ -27,6 +27,7 @@ from stages import (
     finetune,
     ingest,
     label_issues,
+    leakage,
     learning_curve,
     split,
     train_head,
@@ -299,6 +300,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_evaluate_reports_the_st
         assert not list(Path(params.paths.checkpoints).glob("distill-*"))
 
     for stage in (
+        leakage.leakage,
         baseline.baseline,
         learning_curve.learning_curve,
         label_issues.label_issues,

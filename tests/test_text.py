@@ -269,6 +269,7 @@ def test_text_stages_score_zero_shot_and_predict_labels_texts(
     params = trained_text_project(tmp_path, tiny_encoder)
     params = run(
         params,
+        "leakage",
         "baseline",
         "learning_curve",
         "label_issues",

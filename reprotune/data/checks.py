@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from reprotune.data.images import to_rgb, upright
-from reprotune.pipeline.params import Clean
+from reprotune.pipeline.params import InputChecks
 
 # Large JPEGs are decoded at a reduced scale (libjpeg's DCT scaling: still every byte is read, so truncation
 # is still caught) down to no less than this side; the hashes need no more.
@@ -39,7 +39,7 @@ class Decoded:
     orientation_note: str | None  # what EXIF orientation did, if anything
 
 
-def open_checked(source: Path | bytes, rules: Clean) -> Image.Image:
+def open_checked(source: Path | bytes, rules: InputChecks) -> Image.Image:
     """Open a file or an image's bytes (header only) and apply the checks that need no decoding."""
     if (len(source) if isinstance(source, bytes) else source.stat().st_size) == 0:
         raise Rejected("empty_file", "0 bytes")
@@ -63,7 +63,7 @@ def open_checked(source: Path | bytes, rules: Clean) -> Image.Image:
     return image
 
 
-def decode_checked(path: Path | bytes, rules: Clean, side: int) -> Decoded:
+def decode_checked(path: Path | bytes, rules: InputChecks, side: int) -> Decoded:
     """Decode a file (or an image's bytes) fully under the rules (a JPEG at the least reduced scale that keeps `side` pixels), upright
     and in RGB, or raise Rejected with the reason."""
     with open_checked(path, rules) as image:

@@ -19,6 +19,7 @@ from reprotune.data.checks import CHECK_SIDE, Rejected, decode_checked, pixels_s
 from reprotune.data.dataconfig import data_config
 from reprotune.data.duplicates import HASHES, WORDS, image_hashes, load_hashes, near_pairs
 from reprotune.pipeline.hashing import sha256_of_file
+from reprotune.pipeline.input_checks import input_checks
 from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Params
 from reprotune.reporting.progress import progress
@@ -73,7 +74,7 @@ def check_side(params: Params) -> int:
 
 def check_images(rows: pd.DataFrame, root: Path, params: Params, known: Known, desc: str) -> Checked:
     """`rows` (a `path` column, files under `root`, and any other columns) checked as the module says."""
-    rules = params.clean
+    rules = input_checks(params)
     side = check_side(params)
     kept, pixels, hashes, dropped = [], [], [], []
     files, seen_pixels = set(known.files), set(known.pixels)
@@ -103,7 +104,7 @@ def check_images(rows: pd.DataFrame, root: Path, params: Params, known: Known, d
         hashes.append(image_hashes(found.rgb))
     frame = pd.DataFrame(kept, columns=[*rows.columns, "sha256"])
     stacked = np.stack(hashes) if hashes else np.zeros((0, HASHES, WORDS), np.uint64)
-    distance = rules.near_duplicate_distance
+    distance = params.clean.near_duplicate_distance
     if distance is not None and len(frame) and len(known.hashes):
         count = len(known.hashes)
         near: dict[int, tuple[int, int]] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from reprotune.pipeline.errors import InputError
 from reprotune.pipeline.params import Backbone as BackboneParams
-from reprotune.pipeline.params import Clean
+from reprotune.pipeline.params import InputChecks
 
 FORMAT = "reprotune-torch-classifier"
 
@@ -25,7 +25,7 @@ class TrainedCard:
     modality: str
     backbone: BackboneParams
     classes: list[str]
-    checks: Clean
+    checks: InputChecks
 
     def write(self, weights: Path) -> None:
         """The card of `weights` (written beside it; the weights themselves are the caller's)."""
@@ -34,7 +34,7 @@ class TrainedCard:
             "modality": self.modality,
             "backbone": self.backbone.model_dump(mode="json"),
             "classes": self.classes,
-            "checks": self.checks.model_dump(mode="json"),
+            "checks": card_checks(self.checks),
         }
         card_path(weights).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
@@ -54,8 +54,20 @@ class TrainedCard:
             card["modality"],
             BackboneParams.model_validate_json(json.dumps(card["backbone"])),
             card["classes"],
-            Clean.model_validate_json(json.dumps(card["checks"])),
+            recorded_checks(card["checks"]),
         )
+
+
+def card_checks(checks: InputChecks) -> dict:
+    """What a card records of clean's rules: the InputChecks (of a whole `clean` section too, which is one)."""
+    return checks.model_dump(mode="json", include=set(InputChecks.model_fields))
+
+
+def recorded_checks(checks: dict) -> InputChecks:
+    """A card's `checks` (older cards recorded the whole `clean` section: its other keys are not checks)."""
+    return InputChecks.model_validate_json(
+        json.dumps({key: value for key, value in checks.items() if key in InputChecks.model_fields})
+    )
 
 
 def card_path(weights: Path) -> Path:

@@ -133,6 +133,15 @@ class Layout:
     def features_meta(self) -> Path:
         return self.features / "features.json"
 
+    # leakage
+    @property
+    def leakage_report(self) -> Path:
+        return self.reports / "leakage.json"
+
+    @property
+    def leakage_pairs(self) -> Path:
+        return self.reports / "leakage.csv"
+
     @property
     def label_descriptions(self) -> Path:
         """Yours to edit (text only): label,description rows that zero-shot embeds instead of class names."""

@@ -75,7 +75,11 @@ class Ingest(Section):
     sample_image_size: Annotated[int, Field(ge=32, le=1024)]
 
 
-class Clean(Section):
+class InputChecks(Section):
+    """clean's rules that one input passes or fails on its own: what clean applies to each file or text, and
+    what predict, serving, distill and adapt apply to new inputs. A model card records these (and only these:
+    how clean grouped, dropped or ran changes no model's inputs)."""
+
     formats: Auto | Annotated[list[ImageFormat], Field(min_length=1)]
     min_side: Auto | Side
     max_aspect_ratio: Auto | Annotated[float, Field(ge=1, le=65_535)]
@@ -88,12 +92,16 @@ class Clean(Section):
             Annotated[int, Field(ge=0, le=255)],
         ]
     )
+    max_text_length: Auto | Annotated[int, Field(ge=1, le=10_000_000)]  # characters
+    long_text: Auto | Literal["truncate", "drop"]
+
+
+class Clean(InputChecks):
     near_duplicate_distance: Auto | Annotated[int, Field(ge=0, le=128)] | None  # bits of 256
     label_conflict: Literal["drop", "majority"]
     min_class_size: Count
     small_class: Literal["drop", "fail"]
-    max_text_length: Auto | Annotated[int, Field(ge=1, le=10_000_000)]  # characters
-    long_text: Auto | Literal["truncate", "drop"]
+    num_workers: Workers
 
 
 class Split(Section):
@@ -127,6 +135,10 @@ class Featurize(Section):
     num_workers: Workers
     device: Device
     precision: Literal["float32", "bfloat16"]
+
+
+class Leakage(Section):
+    min_cosine: Auto | Annotated[float, Field(gt=0, le=1)] | None
 
 
 class TrainHead(Section):
@@ -256,6 +268,7 @@ class Params(Section):
     split: Split
     backbone: Backbone
     featurize: Featurize
+    leakage: Leakage
     train_head: TrainHead
     baseline: Baseline
     learning_curve: LearningCurve

@@ -70,6 +70,14 @@ RULES: dict[str, Rule] = {
     "clean.max_pixels": Rule("images: Pillow's own limit", image=89478485),
     "clean.background": Rule("images: white", image=[255, 255, 255]),
     "clean.near_duplicate_distance": Rule("images: 40 bits of 256", image=40),
+    "clean.num_workers": Rule("images: every core (resolved when clean runs)", image="auto"),
+    "leakage.min_cosine": Rule(
+        "images: 0.9 (every copy beyond clean's grouping distance, no distinct photo pair); off on the sample "
+        "(distinct 8x8 digits embed above 0.9) and on texts",
+        image=0.9,
+        sample=None,
+        text=None,
+    ),
     "clean.max_text_length": Rule("texts: 2000 characters", text=2000),
     "clean.long_text": Rule("texts: truncate", text="truncate"),
     "baseline.image_size": Rule("images: 32 px", image=32),

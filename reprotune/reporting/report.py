@@ -12,7 +12,7 @@ from reprotune.reporting.markdown import value_cell
 # The stages that write a section of report.md (reports/sections/<stage>.md), by where it goes: bullets under
 # "Data" and "Model", or a section with its own heading after "Does transfer help?". A stage with something
 # to report writes its file, declares it in dvc.yaml (and as evaluate's dependency) and is named here once.
-DATA = ("clean", "split")
+DATA = ("clean", "split", "leakage")
 MODEL = ("featurize", "baseline", "train_head", "finetune")
 FINDINGS = ("learning_curve", "label_issues", "adapt")
 SECTIONS = (*DATA, *MODEL, *FINDINGS)

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from reprotune.data.dataconfig import DataConfig
+from reprotune.models.model_card import recorded_checks
 from reprotune.pipeline.data_kind import IMAGE, TEXT
 from reprotune.pipeline.errors import InputError
-from reprotune.pipeline.params import Clean
+from reprotune.pipeline.params import InputChecks
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class ModelCard:
     classes: list[str]
     data: Any  # DataConfig for images, TextConfig (the folder's tokenizer) for texts
     temperature: float
-    checks: Clean  # the rules an input must pass, as clean applied them to the training data
+    checks: InputChecks  # the rules an input must pass, as clean applied them to the training data
     int8: dict  # export's int8 decision: the file shipped (or None) and the agreement it was accepted at
 
     @classmethod
@@ -51,7 +52,7 @@ class ModelCard:
             card["classes"],
             data,
             card["temperature"],
-            Clean.model_validate_json(json.dumps(card["checks"])),
+            recorded_checks(card["checks"]),
             card.get("int8") or {"file": None},
         )
 

@@ -44,7 +44,7 @@ from reprotune.data.dataconfig import DataConfig
 from reprotune.data.files import is_hidden, list_files
 from reprotune.pipeline.data_kind import IMAGE, TEXT
 from reprotune.pipeline.errors import InputError
-from reprotune.pipeline.params import Clean
+from reprotune.pipeline.params import InputChecks
 from reprotune.reporting.progress import progress
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Model:
     classes: list[str]
     data: DataConfig
     temperature: float | None  # None: the model carries none (raw softmax)
-    checks: Clean  # the rules an input file must pass: clean's, as the training images passed them
+    checks: InputChecks  # the rules an input file must pass: clean's, as the training images passed them
     source: str
     modality: str = IMAGE
     onnx: bool = True  # ONNX Runtime runs it (torch only preprocesses), else torch
@@ -174,7 +174,7 @@ class Files(Dataset):
     """Each file decoded under clean's rules and put through the eval transform; a file that fails gives a
     zero image and its reason, so that one bad file never stops a batch."""
 
-    def __init__(self, paths: Sequence[Path], rules: Clean, data: DataConfig) -> None:
+    def __init__(self, paths: Sequence[Path], rules: InputChecks, data: DataConfig) -> None:
         self.paths, self.rules, self.data = list(paths), rules, data
         self.transform = data.eval_transform()
 

@@ -10,6 +10,9 @@ copies; reprotune/data/duplicates.py) form one duplicate group, which the split 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from reprotune.data.dataconfig import DataConfig, data_config
 from reprotune.data.duplicates import HASHES, WORDS, image_hashes, load_hashes, near_pairs, save_hashes
 from reprotune.data.resized import CopyPackWriter, encode_copy
 from reprotune.pipeline.layout import Layout
-from reprotune.pipeline.params import Clean
+from reprotune.pipeline.params import Clean, InputChecks
 from reprotune.reporting.progress import progress
 
 KEPT_COLUMNS = [
@@ -57,7 +60,7 @@ class Inspected:
     resized_copy: bytes | None
 
 
-def inspect(path: Path, rules: Clean, data: DataConfig) -> Inspected:
+def inspect(path: Path, rules: InputChecks, data: DataConfig) -> Inspected:
     """Decode `path` fully under the rules, or raise Rejected with the reason; make its resized copy for
     the eval side of `data`."""
     found = decode_checked(path, rules, max(CHECK_SIDE, data.eval_decode_side))
@@ -78,6 +81,45 @@ def inspect(path: Path, rules: Clean, data: DataConfig) -> Inspected:
         alterations=alterations,
         resized_copy=encode_copy(rgb, data.eval_decode_side, data.interpolation),
     )
+
+
+def inspected_or_rejected(
+    job: tuple[str, InputChecks, DataConfig],
+) -> Inspected | tuple[str, str]:
+    """inspect, with a rejection as (reason, detail): what a worker process sends back (an exception's own
+    pickling would lose the detail)."""
+    path, rules, data = job
+    try:
+        return inspect(Path(path), rules, data)
+    except Rejected as rejected:
+        return rejected.reason, rejected.detail
+
+
+def clean_workers(setting: int | str) -> int:
+    """clean.num_workers: `auto` is every core (decoding and hashing are CPU-bound and share nothing)."""
+    return (os.cpu_count() or 1) if setting == "auto" else int(setting)
+
+
+PARALLEL_FROM = 2000  # files: fewer are checked in clean's own process (a worker takes seconds to start)
+
+
+def inspected_in_order(
+    paths: list[str], rules: InputChecks, data: DataConfig, workers: int
+) -> Iterator[Inspected | tuple[str, str]]:
+    """inspected_or_rejected of every path, in order: in `workers` processes (spawned, so that none
+    inherits torch's threads), a chunk of files at a time, when there are two or more and at least
+    PARALLEL_FROM files; else in this process. Each result is a function of its file alone, so the results
+    are the same with any number of workers."""
+    jobs = ((path, rules, data) for path in paths)
+    if workers <= 1 or len(paths) < PARALLEL_FROM:
+        yield from map(inspected_or_rejected, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunk = max(1, min(64, len(paths) // (4 * workers)))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(inspected_or_rejected, jobs, chunksize=chunk)
 
 
 def duplicate_groups(pixel_hashes: list[str], hashes: np.ndarray, max_distance: int | None) -> list[int]:
@@ -123,37 +165,44 @@ def inspect_all(
     altered: list[dict] = []
     relabelled: list[dict] = []
     rows: list[dict] = []
-    for row in progress(manifest.itertuples(index=False), "clean", unit="img", total=len(manifest)):
-        if row.issue:
-            dropped.append({"path": row.path, "reason": row.issue, "detail": ""})
-            continue
-        label = relabels.get(row.path, row.label)
-        if label == DROP:
-            dropped.append({"path": row.path, "reason": "relabel_drop", "detail": f"{layout.relabel}"})
-            continue
-        try:
-            found = inspect(Path(row.path), rules, data)
-        except Rejected as rejected:
-            dropped.append({"path": row.path, "reason": rejected.reason, "detail": rejected.detail})
-            continue
-        altered += [
-            {"path": row.path, "reason": note.split(":")[0], "detail": note} for note in found.alterations
-        ]
-        if label != row.label:
-            relabelled.append({"path": row.path, "from": row.label, "to": label})
-        rows.append(
-            {
-                "path": row.path,
-                "label": label,
-                "given_split": row.given_split,
-                "width": found.width,
-                "height": found.height,
-                "sha256": row.sha256,
-                "pixels_sha256": found.pixels_sha256,
-                "hashes": found.hashes,
-                "resized": copies.add(found.resized_copy),
-            }
-        )
+    to_inspect = [
+        row.path
+        for row in manifest.itertuples(index=False)
+        if not row.issue and relabels.get(row.path, row.label) != DROP
+    ]
+    # closed on the way out, so that an error or Ctrl-C stops the workers too
+    with closing(inspected_in_order(to_inspect, rules, data, clean_workers(rules.num_workers))) as results:
+        for row in progress(manifest.itertuples(index=False), "clean", unit="img", total=len(manifest)):
+            if row.issue:
+                dropped.append({"path": row.path, "reason": row.issue, "detail": ""})
+                continue
+            label = relabels.get(row.path, row.label)
+            if label == DROP:
+                dropped.append({"path": row.path, "reason": "relabel_drop", "detail": f"{layout.relabel}"})
+                continue
+            found = next(results)
+            if not isinstance(found, Inspected):
+                reason, detail = found
+                dropped.append({"path": row.path, "reason": reason, "detail": detail})
+                continue
+            altered += [
+                {"path": row.path, "reason": note.split(":")[0], "detail": note} for note in found.alterations
+            ]
+            if label != row.label:
+                relabelled.append({"path": row.path, "from": row.label, "to": label})
+            rows.append(
+                {
+                    "path": row.path,
+                    "label": label,
+                    "given_split": row.given_split,
+                    "width": found.width,
+                    "height": found.height,
+                    "sha256": row.sha256,
+                    "pixels_sha256": found.pixels_sha256,
+                    "hashes": found.hashes,
+                    "resized": copies.add(found.resized_copy),
+                }
+            )
     kept = pd.DataFrame(rows, columns=[*KEPT_COLUMNS[:-1], "hashes"])
     kept["group"] = duplicate_groups(
         kept["pixels_sha256"].tolist(), stacked_hashes(kept), rules.near_duplicate_distance

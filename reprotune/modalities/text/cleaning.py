@@ -20,12 +20,12 @@ from reprotune.data.cleaning_steps import (
 )
 from reprotune.data.texts import normalised, text_sha256
 from reprotune.pipeline.layout import Layout
-from reprotune.pipeline.params import Clean
+from reprotune.pipeline.params import Clean, InputChecks
 
 KEPT_COLUMNS = ["path", "label", "given_split", "sha256", "text", "group"]
 
 
-def check_text(text: str, rules: Clean) -> tuple[str | None, dict | None]:
+def check_text(text: str, rules: InputChecks) -> tuple[str | None, dict | None]:
     """The text as kept (None: dropped) and the reason it was dropped or altered, if it was."""
     if not text.strip():
         return None, {"reason": "empty_text", "detail": "empty or whitespace only"}
