@@ -283,6 +283,18 @@ def test_unchanged_repro_is_a_no_op_and_adds_no_run(built):
     assert len(mlflow_runs(root)) == before
 
 
+def test_images_versioned_with_dvc_add_change_no_stage(workspace):
+    """docs/performance.md's large-folder recipe: git lets go of data/raw (it tracks data/raw/.gitkeep, and
+    here the images too), `dvc add data/raw` puts the images in DVC's cache (git holds one small .dvc file),
+    and nothing the pipeline sees changes: the next repro runs no stage."""
+    root = workspace["root"]
+    run(["git", "rm", "-r", "-q", "--cached", "data/raw"], root)
+    run(["dvc", "add", "-q", "data/raw"], root)
+    assert (root / "data" / "raw.dvc").is_file() and "/raw" in (root / "data" / ".gitignore").read_text()
+    assert ran_stages(run(["dvc", "repro"], root)) == []
+    assert "up to date" in run(["dvc", "status"], root)
+
+
 def test_logs_to_a_tracking_server(workspace):
     log_to_a_tracking_server(workspace["root"], workspace["tmp"])
 

@@ -46,3 +46,57 @@ def test_real_photos_ship_an_int8_file_that_agrees_and_predict_runs_it(tmp_path:
         tmp_path,
     )
     assert "60 of 60 files labelled with" in used and "model.int8.onnx" in used, used
+
+
+def test_the_embedding_check_lists_a_copy_the_hashes_missed_and_no_distinct_photo(tmp_path: Path):
+    """The 60 photos in given train and test folders, plus, in test, a copy of a train photo cropped 3% from
+    two sides and recompressed (JPEG quality 70) that lands beyond clean's grouping distance, so that split
+    cannot keep it with its original: leakage lists that pair, and no pair of distinct photos."""
+    import csv
+
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from reprotune.data.duplicates import image_hashes, near_pairs
+    from reprotune.pipeline import params as params_module
+    from reprotune.pipeline.resolve import for_data
+    from stages import clean, featurize, ingest, leakage, split
+
+    raw = tmp_path / "raw"
+    for label in ("cat", "dog"):
+        photos = sorted((PHOTOS / label).glob("*.jpg"))
+        for n, photo in enumerate(photos):
+            folder = raw / ("train" if n % 3 else "test") / label
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(photo, folder / photo.name)
+    settings = yaml.safe_load((ROOT / "params.yaml").read_text())
+    settings["paths"] = {key: str(tmp_path / value) for key, value in settings["paths"].items()}
+    settings["paths"]["raw"] = str(raw)
+    params = for_data(params_module.validate(settings))
+    grouping = params.clean.near_duplicate_distance
+
+    def copied(photo: Path) -> Image.Image:
+        with Image.open(photo) as image:
+            w, h = image.size
+            cropped = image.convert("RGB").crop((round(w * 0.03), round(h * 0.03), w, h))
+        cropped.save(tmp_path / "copy.jpg", quality=70)
+        return Image.open(tmp_path / "copy.jpg").convert("RGB")
+
+    def distance(photo: Path) -> int:
+        with Image.open(photo) as image:
+            pair = np.stack([image_hashes(image.convert("RGB")), image_hashes(copied(photo))])
+        return near_pairs(pair, 256)[(0, 1)]
+
+    original = next(p for p in sorted((raw / "train").rglob("*.jpg")) if distance(p) > grouping)
+    copy = raw / "test" / original.parent.name / f"copy-of-{original.name}"
+    copied(original)
+    shutil.copy(tmp_path / "copy.jpg", copy)
+    for stage in (ingest.ingest, clean.clean, split.split, featurize.featurize, leakage.leakage):
+        stage(params)
+
+    split_report = json.loads((Path(params.paths.reports) / "split.json").read_text())
+    assert split_report["leakage"]["near_duplicate_pairs_across_splits"] == 0  # the hashes did not group it
+    with open(Path(params.paths.reports) / "leakage.csv", encoding="utf-8") as table:
+        listed = [{row["path_a"], row["path_b"]} for row in csv.DictReader(table)]
+    assert listed == [{str(original), str(copy)}], listed
