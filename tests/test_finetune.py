@@ -309,6 +309,7 @@ def finish(processes: list[subprocess.Popen], timeout: float = 300) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # CI's time: two torchrun processes on one node stay in the full suite
 def test_two_nodes_fine_tune_to_the_same_weights_as_two_processes_on_one(tiny_params, tmp_path):
     """Multi-node torchrun as on real machines (c10d rendezvous at one node's address), here two separate
     torchrun agents on the loopback, one process each: the same weights, bit for bit, as the single-node run

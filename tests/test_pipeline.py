@@ -295,6 +295,7 @@ def test_images_versioned_with_dvc_add_change_no_stage(workspace):
     assert "up to date" in run(["dvc", "status"], root)
 
 
+@pytest.mark.slow  # CI's time: tests/test_team_server.py logs the same way to a server on PostgreSQL
 def test_logs_to_a_tracking_server(workspace):
     log_to_a_tracking_server(workspace["root"], workspace["tmp"])
 
