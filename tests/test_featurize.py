@@ -186,14 +186,9 @@ def test_processes_share_the_missing_items_contiguously_without_padding(count, w
 def test_torchrun_featurize_writes_the_bytes_of_one_process(tiny_params, tmp_path: Path):
     """Two processes (gloo, CPU) each embed half of the images into their own cache shard; the first writes
     the split files, the same bytes as one process writes (whose batches hold other images)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     import yaml
 
-    from tests.conftest import ROOT
+    from tests.test_finetune import finish, torchrun
 
     make_class_folder(Path(tiny_params.paths.raw), per_class=10)
     for stage in (ingest.ingest, clean.clean, split.split):
@@ -202,23 +197,7 @@ def test_torchrun_featurize_writes_the_bytes_of_one_process(tiny_params, tmp_pat
     shutil.rmtree(Layout(tiny_params.paths).embedding_cache)
     shutil.rmtree(Layout(tiny_params.paths).features)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params.model_dump(mode="json")))
-    process = subprocess.Popen(  # its own process group, so that a hang kills torchrun's workers too
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "stages.featurize"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        _, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == 0, stderr[-3000:]
+    finish([torchrun(["--standalone", "--nproc_per_node", "2"], tmp_path, "featurize")])
     layout = Layout(tiny_params.paths)
     together = {split: layout.features_file(split).read_bytes() for split in SPLITS}
     assert together == {split: alone[split] for split in SPLITS}

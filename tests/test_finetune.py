@@ -280,13 +280,13 @@ def test_torchrun_two_cpu_processes(tiny_params, tmp_path):
     assert load_file(Path(tiny_params.paths.finetuned) / "model.safetensors")["head.weight"].shape == (3, 32)
 
 
-def torchrun(arguments: list[str], cwd: Path) -> subprocess.Popen:
-    """`torchrun <arguments> -m stages.finetune` in its own process group (a hang kills its workers too);
+def torchrun(arguments: list[str], cwd: Path, stage: str = "finetune") -> subprocess.Popen:
+    """`torchrun <arguments> -m stages.<stage>` in its own process group (a hang kills its workers too);
     gloo and the rendezvous on the loopback only."""
     from tests.conftest import ROOT
 
     return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", *arguments, "-m", "stages.finetune"],
+        [sys.executable, "-m", "torch.distributed.run", *arguments, "-m", f"stages.{stage}"],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"},
         stdout=subprocess.PIPE,
