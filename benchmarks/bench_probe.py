@@ -47,7 +47,7 @@ def main() -> None:
     for C in (configured.C, 100.0):
         settings = configured.model_copy(update={"C": C})
         started = time.perf_counter()
-        weight, bias, iterations = fit_linear_head(x, y, C, settings.max_iter, options.classes)
+        weight, bias, iterations = fit_linear_head(x, y, settings, options.classes)
         fits[f"C={C:g}"] = {
             "seconds": round(time.perf_counter() - started, 1),
             "iterations": iterations,

@@ -65,7 +65,9 @@ from reprotune.training.distributed import local_device, process_group
 from reprotune.training.finetuning import (
     UNLABELED,
     build_model,
+    class_weight_tensor,
     freeze,
+    hard_target_loss,
     load_split,
     make_optimizer,
     mixing,
@@ -463,8 +465,7 @@ def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) ->
                 weight, bias, _ = fit_linear_head(
                     on_source.outputs(train_paths, "embeddings"),
                     train_labels,
-                    params.train_head.C,
-                    params.train_head.max_iter,
+                    params.train_head,
                     len(classes),
                 )
                 head = {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
@@ -492,8 +493,7 @@ def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) ->
             weight, bias, _ = fit_linear_head(
                 align(train_embeddings["embeddings"].double().numpy()),
                 train_embeddings["labels"].numpy(),
-                params.train_head.C,
-                params.train_head.max_iter,
+                params.train_head,
                 len(classes),
             )
             head = {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
@@ -551,7 +551,8 @@ def target_aware_finetune(
         params, layout, backbone.data, backbone.data, train, val, rank, world, placement, settings.seed
     )
     optimizer, scheduler = make_optimizer(model, backbone, settings, len(data.train_loader))
-    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    criterion = hard_target_loss(settings, class_weight_tensor(settings, len(classes), train_labels))
+    criterion.to(placement.device)
 
     # finetune's fingerprint (its params, the backbone, the head, the split) and what adapt adds to it
     digest = hashlib.sha256((finetune_fingerprint(params, layout) + params.adapt.model_dump_json()).encode())
@@ -563,7 +564,13 @@ def target_aware_finetune(
         optimizer,
         scheduler,
         placement,
-        schedule=Schedule(settings.epochs, settings.patience, settings.freeze_bn_stats, settings.compile),
+        schedule=Schedule(
+            settings.epochs,
+            settings.patience,
+            settings.freeze_bn_stats,
+            settings.compile,
+            settings.selection_metric,
+        ),
         checkpoint=layout.adapt_checkpoint,
         fingerprint=digest.hexdigest(),
         rank=rank,

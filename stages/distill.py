@@ -229,9 +229,7 @@ def probe_head(
     loader = make_loader(images, params.featurize.batch_size, worker_count(params.featurize.num_workers))
     model = backbone.model.to(placement.device)
     embeddings = predict(model, loader, placement.device, placement.channels_last, placement.bf16)
-    weight, bias, _ = fit_linear_head(
-        embeddings.numpy(), np.array(labels), params.train_head.C, params.train_head.max_iter, len(classes)
-    )
+    weight, bias, _ = fit_linear_head(embeddings.numpy(), np.array(labels), params.train_head, len(classes))
     return {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
 
 
@@ -392,6 +390,7 @@ def distill(params: Params, on_batch: Callable[[int, int], None] | None = None, 
                     settings.patience,
                     params.finetune.freeze_bn_stats,
                     params.finetune.compile,
+                    params.finetune.selection_metric,
                 ),
                 checkpoint=layout.distill_checkpoint(student),
                 fingerprint=fingerprint(params, layout, student, train),

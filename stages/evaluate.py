@@ -271,7 +271,7 @@ def evaluate(params: Params) -> None:
     }
     frame = predictions_frame(paths["test"], labels["test"], probabilities, classes)
     showing = modality_showing.of(kind.modality)
-    manifest = layout.read_manifest(layout.split_manifest)
+    manifest = layout.read_manifest(layout.split_manifest, {"label": str})
     shown = pd.Series(manifest[showing.column].to_numpy(), index=manifest["path"])  # path -> what shows it
     if showing.column not in frame.columns:  # e.g. the text beside its path: predictions.csv reads on its own
         frame.insert(1, showing.column, shown.loc[frame["path"]].to_numpy())
@@ -296,6 +296,10 @@ def evaluate(params: Params) -> None:
         mistakes,
         showing.column,
         identity(layout, pick_device(params.finetune.device, "params.yaml: finetune.device")),
+        {
+            split: {name: int(((manifest["split"] == split) & (manifest["label"] == name)).sum()) for name in classes}
+            for split in ("train", "val", "test")
+        },
     )
     write_text(layout.report, report)
     for model in metrics:

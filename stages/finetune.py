@@ -5,8 +5,9 @@ last N layer groups, timm's own grouping), `full`, or `gradual` (head only for `
 everything, as fastai's fine_tune). BatchNorm layers with frozen weights keep their running statistics, and
 with `freeze_bn_stats` all of them do. AdamW or SGD; the backbone learns at `lr x backbone_lr_factor`,
 optionally decayed per layer group away from the head; no weight decay on norms and biases; linear warm-up
-then cosine decay per step. Early stopping on validation accuracy; epoch 0 (the starting model) is a
-candidate, and the best epoch's weights are saved. CUDA trains under bf16 autocast.
+then cosine decay per step. The loss weighs classes as `class_weights` says (reprotune/models/imbalance.py).
+Early stopping on the validation score (`selection_metric`); epoch 0 (the starting model) is a candidate, and
+the best epoch's weights are saved. CUDA trains under bf16 autocast.
 
 Every epoch crops from the same pictures, so each training image larger than the training side is decoded
 once per run, before the first epoch, and kept resized to that side (reprotune/data/resized.py); the epochs then
@@ -57,12 +58,14 @@ from reprotune.training.finetuning import (
     build_model,
     fingerprint,
     freeze,
+    load_split,
     make_criterion,
     make_optimizer,
     phase_strategy,
     trainable_backbone_names,
 )
 from reprotune.training.loop import (
+    Evaluation,
     Placement,
     Schedule,
     TrainingData,
@@ -73,11 +76,16 @@ from reprotune.training.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
-HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "lr"]
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_score", "lr"]
 
 
-def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None) -> None:
-    """`on_batch(epoch, batch)` is called before every training step (tests interrupt runs with it)."""
+def finetune(
+    params: Params,
+    on_batch: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[int, Evaluation], None] | None = None,
+) -> Progress:
+    """`on_batch(epoch, batch)` is called before every training step (tests interrupt runs with it),
+    `on_epoch(epoch, validation)` after each epoch's validation. Returns the run's progress."""
     layout = Layout(params.paths)
     settings = params.finetune
     with process_group() as (rank, world):
@@ -95,14 +103,22 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
         )
         data = training_data.of(modality)(params, layout, backbone.data, classes, rank, world, placement)
         optimizer, scheduler = make_optimizer(model, backbone, settings, len(data.train_loader))
+        train_labels = load_split(layout.read_manifest(layout.split_manifest), "train", classes)[1]
+        criterion, mix = make_criterion(settings, len(classes), train_labels)
         progress, best_state = fit(
             model,
             data,
-            supervised_loss(*make_criterion(settings, len(classes))),
+            supervised_loss(criterion.to(device), mix),
             optimizer,
             scheduler,
             placement,
-            schedule=Schedule(settings.epochs, settings.patience, settings.freeze_bn_stats, settings.compile),
+            schedule=Schedule(
+                settings.epochs,
+                settings.patience,
+                settings.freeze_bn_stats,
+                settings.compile,
+                settings.selection_metric,
+            ),
             checkpoint=layout.checkpoint,
             fingerprint=fingerprint(params, layout),
             rank=rank,
@@ -112,11 +128,13 @@ def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None)
                 model, trainable_backbone_names(backbone, phase, settings.unfreeze_last_n)
             ),
             on_batch=on_batch,
+            on_epoch=on_epoch,
         )
         if rank == 0:
             card = TrainedCard(modality, params.backbone, classes, input_checks(params))
             write_outputs(layout, settings, model, best_state, progress, device, world, card)
             remove_run_files(layout, data)
+        return progress
 
 
 # --- what trains -----------------------------------------------------------------------------------------
@@ -144,6 +162,8 @@ def write_outputs(
         "trainable_parameters_last_epoch": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
         "best_epoch": progress.best_epoch,
+        "selection_metric": settings.selection_metric,
+        "best_val_score": progress.best_score,
         "best_val_accuracy": progress.best_accuracy,
         "epochs_run": progress.epoch,
     }
@@ -172,8 +192,10 @@ def section(settings: Finetune, summary: dict) -> str:
         f"- Fine-tuned: strategy `{settings.strategy}`"
         + (f" (last {settings.unfreeze_last_n} layer groups)" if settings.strategy == "last_n" else "")
         + f", {summary['epochs_run']} of {settings.epochs} epochs on {summary['device']}, lr {settings.lr}"
-        f" (backbone x{settings.backbone_lr_factor}), batch {settings.batch_size}; best validation epoch "
-        f"{summary['best_epoch']} (0 = the probe's head unchanged)."
+        f" (backbone x{settings.backbone_lr_factor}), batch {settings.batch_size}, class weights "
+        f"`{settings.class_weights}`; best validation epoch {summary['best_epoch']} by "
+        f"{settings.selection_metric.replace('_', ' ')} {summary['best_val_score']:.4f} (0 = the probe's head "
+        "unchanged)."
     )
 
 

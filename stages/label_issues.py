@@ -55,7 +55,7 @@ def out_of_fold_probabilities(
         folded = splitter.split(embeddings, labels, groups)
         for train, held_out in progress(folded, "label_issues: cross-validation", unit="fold", total=folds):
             weight, bias, _ = fit_linear_head(
-                embeddings[train], labels[train], params.train_head.C, params.train_head.max_iter, num_classes
+                embeddings[train], labels[train], params.train_head, num_classes
             )
             result[held_out] = probabilities(weight, bias, embeddings[held_out])
     return result

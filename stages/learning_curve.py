@@ -79,13 +79,11 @@ def curve(data: dict, params: Params, num_classes: int, classes: list[str]) -> l
         for draw in range(settings.draws):
             rng = np.random.default_rng([settings.seed, k, draw])
             chosen = draw_indices(y_train, k, rng)
-            weight, bias, _ = fit_linear_head(
-                x_train[chosen], y_train[chosen], head.C, head.max_iter, num_classes
-            )
+            weight, bias, _ = fit_linear_head(x_train[chosen], y_train[chosen], head, num_classes)
             for split in SCORED_SPLITS:
                 scores[split].append(accuracy(weight, bias, *data[split]))
         points.append(point(k, int(np.minimum(per_class, k).sum()), scores, per_class, classes))
-    weight, bias, _ = fit_linear_head(x_train, y_train, head.C, head.max_iter, num_classes)
+    weight, bias, _ = fit_linear_head(x_train, y_train, head, num_classes)
     every = {split: [accuracy(weight, bias, *data[split])] for split in SCORED_SPLITS}
     points.append(point(None, len(y_train), every, per_class, classes))
     return points

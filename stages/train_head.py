@@ -24,9 +24,7 @@ def train_head(params: Params) -> None:
     train = load_file(layout.features_file("train"))
     val = load_file(layout.features_file("val"))
     x_train, y_train = train["embeddings"].numpy(), train["labels"].numpy()
-    weight, bias, iterations = fit_linear_head(
-        x_train, y_train, params.train_head.C, params.train_head.max_iter, len(classes)
-    )
+    weight, bias, iterations = fit_linear_head(x_train, y_train, params.train_head, len(classes))
     converged = iterations < params.train_head.max_iter
     summary = {
         "classes": classes,

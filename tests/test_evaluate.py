@@ -14,6 +14,8 @@ from reprotune.pipeline.resolve import resolve
 from reprotune.reporting import evaluation_plots as plots
 from reprotune.reporting.metrics import (
     bootstrap_interval,
+    bootstrap_intervals,
+    class_recall,
     expected_calibration_error,
     fit_temperature,
     per_class_metrics,
@@ -59,7 +61,14 @@ def test_hand_computed_with_a_class_never_predicted():
     per_class = per_class_metrics(labels, predicted, ["a", "b", "c"])
     assert per_class["classes"]["a"]["f1"] == pytest.approx(0.8, abs=1e-6)
     assert per_class["classes"]["b"]["precision"] == pytest.approx(0.5, abs=1e-6)
-    assert per_class["classes"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert per_class["classes"]["c"] | {"recall_ci_high": None} == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "recall_ci_low": 0.0,
+        "recall_ci_high": None,
+        "f1": 0.0,
+        "support": 1,
+    }
     assert per_class["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [0, 1, 0]]
 
 
@@ -78,6 +87,33 @@ def test_bootstrap_interval_brackets_accuracy_and_narrows_with_more_data():
     big_low, big_high = bootstrap_interval(large.astype(int), np.ones(5000, int), 1000, 0)
     assert big_high - big_low < (high - low) / 4
     assert bootstrap_interval(small.astype(int), np.ones(50, int), 1000, 0) == (low, high)  # seeded
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_each_bootstrap_resample_scores_as_scikit_learn_does(seed):
+    """One resample's interval is that resample's value: the tallies over all resamples at once must give
+    scikit-learn's balanced accuracy and macro-F1 (a class absent from the resample included, as 0)."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(seed + 10)
+    labels = rng.integers(0, 4, 40)
+    predicted = np.where(rng.random(40) < 0.6, labels, rng.integers(0, 5, 40))
+    draw = np.random.default_rng(seed).integers(0, 40, size=(1, 40))[0]
+    found = bootstrap_intervals(labels, predicted, 6, 1, seed)
+    y, p = labels[draw], predicted[draw]
+    assert found["accuracy"][0] == pytest.approx(np.mean(y == p))
+    assert found["balanced_accuracy"][0] == pytest.approx(balanced_accuracy_score(y, p))
+    expected_f1 = f1_score(y, p, labels=list(range(6)), average="macro", zero_division=0)
+    assert found["macro_f1"][0] == pytest.approx(expected_f1)
+
+
+def test_class_recall_gives_a_rare_class_an_honest_interval():
+    labels = np.array([0] * 100 + [1] * 3)
+    predicted = np.array([0] * 100 + [1] * 3)
+    rows = class_recall(labels, predicted, 3)
+    assert rows[1]["recall"] == 1.0 and rows[1]["low"] < 0.5  # 3 of 3: Wilson [0.44, 1], not [1, 1]
+    assert rows[0]["low"] > 0.95
+    assert rows[2] == {"items": 0, "found": 0, "recall": None, "low": None, "high": None}
 
 
 def test_calibration_error_by_hand():
@@ -175,7 +211,9 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         "device": "cpu",
         "versions": "reprotune 0.1.0, torch 2.14.1, timm 1.0",
     }
-    text = render(*arguments, DataKind(IMAGE, sample=False), mistakes, "path", identity)
+    counts = {split: {name: 20 for name in classes} for split in ("train", "val", "test")}
+    text = render(*arguments, DataKind(IMAGE, sample=False), mistakes, "path", identity, counts)
+    assert "## Classes" not in text  # balanced, and every class measured
     assert text.splitlines()[2].startswith("Data `0123456789abcdef` (the split manifest's sha256")
     assert "evaluated on cpu · reprotune 0.1.0, torch 2.14.1, timm 1.0" in text.split("## Data")[0]
     data = text.split("## Data")[1].split("## Model")[0]
@@ -186,7 +224,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     assert "\n\n\n" not in text  # an empty section leaves no gap
     findings = text.split("## Does transfer help?")[1]
     assert findings.index("## Would more labels help?") < findings.index("- label_issues says this.")
-    keys = {k for model in metrics.values() for split in model.values() for k in split}
+    keys = {k for m in metrics.values() for split in m.values() for k in split if "_ci_" not in k}
     assert all(f"`{k}`" in text for k in keys), keys
     assert "[" in text.split("`accuracy`")[1].splitlines()[0]  # the interval is shown beside accuracy
     for name in produced:
@@ -198,7 +236,7 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
     assert f"| {paths[1]} | {classes[0]} | {classes[1]} | 90% |" in text  # the mistakes, each by its path
     assert "in [`export.md`](export.md)" in text
     assert f"| `finetune.lr` | `{tiny_params.finetune.lr}` | params.yaml |" in text  # the params as run
-    on_texts = render(*arguments, DataKind(TEXT, sample=False), mistakes, "text", identity)
+    on_texts = render(*arguments, DataKind(TEXT, sample=False), mistakes, "text", identity, counts)
     assert "in [`export.md`](export.md)" in on_texts and "resamples of the texts" in on_texts
     # on the sample, with the shipped params: each auto key says what it became and why
     shipped = params_module.validate(tiny_params_raw(tmp_path, images=False))
@@ -209,9 +247,51 @@ def test_every_plot_and_the_report_are_produced(tmp_path: Path, tiny_params, num
         mistakes,
         "path",
         identity,
+        counts,
     )
     assert "| `finetune.augment.hflip` | `0.0` | auto: photos: 0.5; 0 on the sample" in on_sample
     assert "| `backbone.input_size` | `32` | params.yaml |" in on_sample  # tiny params set it
+
+
+def test_imbalanced_classes_lead_the_report_with_each_class_recall(tiny_params):
+    """A long tail: the report opens with the classes' test recall, rarest first, each with its interval,
+    the head's and the fine-tune's macro-F1 and balanced accuracy with theirs, and the classes too small to
+    measure; on balanced classes, only those too small to measure (if any) are named."""
+    classes = ["common", "rare", "tiny"]
+    labels = np.array([0] * 40 + [1] * 8 + [2] * 3)
+    predicted = np.array([0] * 40 + [1] * 6 + [0] * 2 + [2, 0, 0])
+    logits = np.log(np.eye(3)[predicted] * 0.9 + 0.05)
+    metrics = {
+        m: {s: summary_metrics(logits, labels, 3, 3, 15, 200, 0) for s in ("val", "test")}
+        for m in ("baseline", "head", "finetune")
+    }
+    per_class = {m: per_class_metrics(labels, predicted, classes) for m in metrics}
+    counts = {
+        "train": {"common": 400, "rare": 40, "tiny": 12},
+        "val": {"common": 40, "rare": 8, "tiny": 3},
+        "test": {"common": 40, "rare": 8, "tiny": 3},
+    }
+    sections = {stage: "" for stage in SECTIONS}
+    identity = {"data": "0" * 16, "device": "cpu", "versions": "v"}
+    arguments = (tiny_params, metrics, per_class, sections, {"enabled": False}, {}, DataKind(IMAGE, False))
+    text = render(*arguments, {"head": [], "finetune": []}, "path", identity, counts)
+    section = text.split("## Classes of unequal size")[1].split("## Data")[0]
+    assert text.index("## Classes of unequal size") < text.index("## Data")
+    assert "from 12 to 400 items (33.3x)" in section
+    assert f"`{tiny_params.finetune.selection_metric}` on val" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split(" | ")[0] for row in rows] == ["| tiny", "| rare", "| common"]
+    assert "| 0.333 [0.061, 0.792] |" in rows[0]  # 1 of 3 found, Wilson interval
+    assert "Too few val or test items to be measured (under 5): tiny (val 3, test 3)" in section
+    m = metrics["finetune"]["test"]
+    assert f"{m['macro_f1']:.4f} [{m['macro_f1_ci_low']:.4f}, {m['macro_f1_ci_high']:.4f}]" in section
+
+    balanced = {"train": {"common": 40, "rare": 30, "tiny": 25}} | {
+        s: {"common": 9, "rare": 9, "tiny": 3} for s in ("val", "test")
+    }
+    on_balanced = render(*arguments, {"head": [], "finetune": []}, "path", identity, balanced)
+    assert "## Classes of unequal size" not in on_balanced
+    assert "tiny (val 3, test 3)" in on_balanced.split("## Classes too small to measure")[1]
 
 
 def test_each_stage_writes_its_own_section_of_the_report(tmp_path: Path):

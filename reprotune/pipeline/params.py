@@ -141,9 +141,16 @@ class Leakage(Section):
     min_cosine: Auto | Annotated[float, Field(gt=0, le=1)] | None
 
 
+ClassWeights = Literal["none", "balanced", "effective"]  # reprotune/models/imbalance.py
+EffectiveBeta = Annotated[float, Field(ge=0.5, lt=1)]
+SelectionMetric = Literal["accuracy", "macro_f1", "balanced_accuracy"]
+
+
 class TrainHead(Section):
     C: Annotated[float, Field(gt=0, le=1e12)]
     max_iter: Count
+    class_weights: ClassWeights
+    class_weight_beta: EffectiveBeta  # with class_weights: effective
 
 
 class Augment(Section):
@@ -201,6 +208,9 @@ class Finetune(Section):
     weight_decay: Annotated[float, Field(ge=0, le=10)]
     warmup_epochs: Auto | Annotated[float, Field(ge=0, le=10_000)]
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    class_weights: ClassWeights
+    class_weight_beta: EffectiveBeta  # with class_weights: effective
+    selection_metric: SelectionMetric
     patience: Epochs
     freeze_bn_stats: Auto | bool
     augment: Augment

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 
 def value_cell(key: str, split: dict) -> str:
-    """One metric of a split's metrics (reprotune/reporting/metrics.py): accuracy with its 95% interval beside it."""
+    """One metric of a split's metrics (reprotune/reporting/metrics.py), with its 95% interval beside it where
+    it has one (`<key>_ci_low`, `<key>_ci_high`)."""
     if key not in split:
         return "–"
     value = split[key]
-    if key == "accuracy" and "accuracy_ci_low" in split:
-        return f"{value:.4f} [{split['accuracy_ci_low']:.4f}, {split['accuracy_ci_high']:.4f}]"
+    if f"{key}_ci_low" in split:
+        return f"{value:.4f} [{split[f'{key}_ci_low']:.4f}, {split[f'{key}_ci_high']:.4f}]"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 

@@ -27,10 +27,11 @@ class Progress:
     fingerprint: str
     epoch: int = 0
     best_epoch: int = 0
-    best_accuracy: float = -1.0
+    best_score: float = -1.0  # the selection metric's (Schedule.metric)
     best_loss: float = (
-        1e30  # breaks ties of accuracy, which a small validation set has often (JSON has no inf)
+        1e30  # breaks ties of the score, which a small validation set has often (no inf in JSON)
     )
+    best_accuracy: float = -1.0  # the best epoch's, for the record
     history: list[dict] = field(default_factory=list)
 
 

@@ -1,7 +1,8 @@
 """The fine-tuning recipe that finetune, distill and adapt share: the model (pretrained backbone + linear
 head, the head from train_head's probe for LP-FT), which parameters train in each phase of a strategy,
 their parameter groups (discriminative learning rates, layer decay, no weight decay on norms and biases),
-the optimizer with warm-up and cosine decay, the loss (with timm's mixup/cutmix), and the fingerprint a
+the optimizer with warm-up and cosine decay, the loss (class-weighted as `class_weights` says, with timm's
+mixup/cutmix), and the fingerprint a
 resumable run is checked against. The training data are the modality's (reprotune/modalities/image/training_data.py,
 reprotune/modalities/text/training_data.py); the loop is reprotune/training/loop.py's.
 """
@@ -12,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -19,6 +21,7 @@ from torch import nn
 
 from reprotune.models.backbones import Backbone, load_backbone
 from reprotune.models.classifier import Classifier
+from reprotune.models.imbalance import class_weights
 from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Backbone as BackboneParams
 from reprotune.pipeline.params import Finetune, Params
@@ -106,12 +109,44 @@ def mixing(settings: Finetune) -> bool:
     return settings.augment.mixup > 0 or settings.augment.cutmix > 0
 
 
-def make_criterion(settings: Finetune, num_classes: int) -> tuple[nn.Module, Callable | None]:
-    """The training loss and, with mixup or cutmix, timm's Mixup that mixes each batch first."""
+class SoftTargetCrossEntropy(nn.Module):
+    """Cross-entropy against mixed (soft) targets, each example weighted by its target's mix of the class
+    weights and the batch normalised by the weights' sum, as torch's weighted cross-entropy normalises hard
+    targets. With all weights 1 it is timm's SoftTargetCrossEntropy."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        losses = torch.sum(-target * nn.functional.log_softmax(logits, dim=-1), dim=-1)
+        weights = target @ self.weight.to(target.dtype)
+        return torch.sum(weights * losses) / torch.sum(weights)
+
+
+def class_weight_tensor(settings: Finetune, num_classes: int, train_labels: list[int]) -> torch.Tensor:
+    """Each class's weight in the loss for training labels `train_labels` (all 1 with `none`)."""
+    weights = class_weights(
+        np.asarray(train_labels), num_classes, settings.class_weights, settings.class_weight_beta
+    )
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def hard_target_loss(settings: Finetune, weight: torch.Tensor) -> nn.CrossEntropyLoss:
+    """Cross-entropy on class indices, label-smoothed, classes weighted by `weight` (none: plain)."""
+    weighted = weight if settings.class_weights != "none" else None
+    return nn.CrossEntropyLoss(weight=weighted, label_smoothing=settings.label_smoothing)
+
+
+def make_criterion(
+    settings: Finetune, num_classes: int, train_labels: list[int]
+) -> tuple[nn.Module, Callable | None]:
+    """The training loss, its classes weighted for `train_labels` as `settings.class_weights` says, and,
+    with mixup or cutmix, timm's Mixup that mixes each batch first. Move the loss to the model's device."""
+    weight = class_weight_tensor(settings, num_classes, train_labels)
     if not mixing(settings):
-        return nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing), None
+        return hard_target_loss(settings, weight), None
     from timm.data import Mixup
-    from timm.loss import SoftTargetCrossEntropy
 
     mix = Mixup(
         mixup_alpha=settings.augment.mixup,
@@ -119,7 +154,7 @@ def make_criterion(settings: Finetune, num_classes: int) -> tuple[nn.Module, Cal
         label_smoothing=settings.label_smoothing,
         num_classes=num_classes,
     )
-    return SoftTargetCrossEntropy(), mix
+    return SoftTargetCrossEntropy(weight), mix
 
 
 def make_optimizer(

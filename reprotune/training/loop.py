@@ -1,6 +1,6 @@
 """The one training loop, in the shape of torchvision's reference script: `train_one_epoch`, `evaluate`, and
-`fit`, the epoch loop around them (early stopping on validation accuracy, ties broken by validation loss, with
-the starting model as epoch 0,
+`fit`, the epoch loop around them (early stopping on the validation score, `finetune.selection_metric`: accuracy,
+macro-F1 or balanced accuracy, ties broken by validation loss, with the starting model as epoch 0,
 the best epoch's weights kept, a checkpoint after every epoch and resume from it, DDP and torch.compile
 wrapping). finetune drives it with a supervised loss; a stage with another objective (distillation, domain
 adaptation) passes its own `loss_fn` and reuses the rest.
@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from reprotune.models.imbalance import selection_score
 from reprotune.models.inference import predict
 from reprotune.reporting.progress import duration
 from reprotune.reporting.progress import progress as shown_progress
@@ -64,20 +65,22 @@ class Schedule:
     patience: int  # epochs without a validation gain before stopping
     freeze_bn_stats: bool
     compile: bool
+    metric: str  # what picks the best epoch: accuracy, macro_f1 or balanced_accuracy (models/imbalance.py)
 
 
 @dataclass(frozen=True)
 class Evaluation:
     accuracy: float
     loss: float
+    score: float  # the schedule's metric
 
 
 def improves(validation: Evaluation, progress: Progress) -> bool:
-    """Better accuracy, or the same with a lower loss. On a few dozen validation images, accuracy moves in
-    steps of a few points and ties between epochs are the rule; by accuracy alone the earliest of them (often
-    the starting model, epoch 0) would win however much better the later one fits."""
-    return validation.accuracy > progress.best_accuracy or (
-        validation.accuracy == progress.best_accuracy and validation.loss < progress.best_loss
+    """A better score, or the same with a lower loss. On a few dozen validation images, the score moves in
+    steps of a few points and ties between epochs are the rule; by the score alone the earliest of them
+    (often the starting model, epoch 0) would win however much better the later one fits."""
+    return validation.score > progress.best_score or (
+        validation.score == progress.best_score and validation.loss < progress.best_loss
     )
 
 
@@ -171,12 +174,17 @@ def log_estimate(seconds_per_batch: float, batches: int, epochs: int) -> None:
     )
 
 
-def evaluate(model: nn.Module, loader: DataLoader, labels: torch.Tensor, placement: Placement) -> Evaluation:
-    """Accuracy and (unsmoothed) cross-entropy on an in-order loader whose labels are `labels`."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, labels: torch.Tensor, placement: Placement, metric: str
+) -> Evaluation:
+    """Accuracy, (unsmoothed, unweighted) cross-entropy and `metric` on an in-order loader whose labels are
+    `labels`."""
     logits = predict(model, loader, placement.device, placement.channels_last, placement.bf16)
+    predicted = logits.argmax(1)
     return Evaluation(
-        accuracy=float((logits.argmax(1) == labels).float().mean()),
+        accuracy=float((predicted == labels).float().mean()),
         loss=float(nn.functional.cross_entropy(logits, labels)),
+        score=selection_score(metric, labels.numpy(), predicted.numpy()),
     )
 
 
@@ -196,6 +204,7 @@ def fit(
     phase_of: Callable[[int], str] = lambda epoch: "train",
     enter_phase: Callable[[str], None] = lambda phase: None,
     on_batch: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[int, Evaluation], None] | None = None,
 ) -> tuple[Progress, dict]:
     """Train until `schedule.epochs` or `schedule.patience` epochs without a validation gain; return the
     progress and the best epoch's state dict (epoch 0, the model as given, is a candidate).
@@ -203,17 +212,27 @@ def fit(
     `phase_of(epoch)` names what trains in an epoch; when it changes, `enter_phase(phase)` sets it up (which
     parameters train) and the model is wrapped anew for DDP, which registers trainable parameters when it
     wraps. A checkpoint made under the same `fingerprint` (rank 0 writes one after every epoch) is resumed;
-    with it, the run ends with the same weights as an uninterrupted one."""
+    with it, the run ends with the same weights as an uninterrupted one. `on_epoch(epoch, validation)` is
+    called after each epoch's validation (a tuning trial reports to its pruner there)."""
     resumed = checkpoints.load(checkpoint, model, optimizer, scheduler, data.loader_rng, fingerprint)
     if resumed:
         progress, best_state = resumed
     else:
         progress = Progress(fingerprint)
         enter_phase(phase_of(1))
-        start = evaluate(model, data.val_loader, data.val_labels, placement)
-        progress.best_accuracy, progress.best_loss = start.accuracy, start.loss
+        start = evaluate(model, data.val_loader, data.val_labels, placement, schedule.metric)
+        progress.best_score, progress.best_loss, progress.best_accuracy = (
+            start.score,
+            start.loss,
+            start.accuracy,
+        )
         best_state = copy.deepcopy(model.state_dict())
-        log.info("epoch 0 (the starting model): val accuracy %.4f", progress.best_accuracy)
+        log.info(
+            "epoch 0 (the starting model): val %s %.4f, accuracy %.4f",
+            schedule.metric,
+            start.score,
+            start.accuracy,
+        )
 
     started = time.perf_counter()
     epochs_this_run, phase, trained = 0, None, model
@@ -238,31 +257,36 @@ def fit(
             on_batch=on_batch,
             estimate_for_epochs=schedule.epochs - progress.epoch if epochs_this_run == 0 and rank == 0 else 0,
         )
-        validation = evaluate(model, data.val_loader, data.val_labels, placement)
+        validation = evaluate(model, data.val_loader, data.val_labels, placement, schedule.metric)
         progress.history.append(
             {
                 "epoch": epoch,
                 "train_loss": round(train_loss, 6),
                 "val_loss": round(validation.loss, 6),
                 "val_accuracy": round(validation.accuracy, 6),
+                "val_score": round(validation.score, 6),
                 "lr": scheduler.get_last_lr()[0],
             }
         )
         log.info("epoch %d (%s): %s", epoch, phase, progress.history[-1])
         if improves(validation, progress):
-            progress.best_accuracy, progress.best_loss = validation.accuracy, validation.loss
-            progress.best_epoch = epoch
+            progress.best_score, progress.best_loss = validation.score, validation.loss
+            progress.best_accuracy, progress.best_epoch = validation.accuracy, epoch
             best_state = copy.deepcopy(model.state_dict())
         progress.epoch = epoch
         epochs_this_run += 1
         if rank == 0:
             checkpoints.save(checkpoint, model, best_state, optimizer, scheduler, data.loader_rng, progress)
+        if on_epoch:
+            on_epoch(epoch, validation)
     if progress.epoch < schedule.epochs:
         log.info("early stop: no validation gain for %d epochs", schedule.patience)
     seconds = time.perf_counter() - started
     log.info(
-        "best epoch %d, val accuracy %.4f, %.0f s, %.1f training images/s",
+        "best epoch %d, val %s %.4f (accuracy %.4f), %.0f s, %.1f training images/s",
         progress.best_epoch,
+        schedule.metric,
+        progress.best_score,
         progress.best_accuracy,
         seconds,
         len(data.train_loader.dataset) * epochs_this_run / max(seconds, 1e-9),
