@@ -69,7 +69,7 @@ from reprotune.training.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
-HISTORY_FIELDS = ["student", "epoch", "train_loss", "val_loss", "val_accuracy", "lr"]
+HISTORY_FIELDS = ["student", "epoch", "train_loss", "val_loss", "val_accuracy", "val_score", "lr"]
 
 
 # --- the loss --------------------------------------------------------------------------------------------

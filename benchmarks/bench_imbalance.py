@@ -1,0 +1,214 @@
+"""Benchmark class imbalance: class weights and the selection metric on long-tailed and on balanced data.
+
+    .venv/bin/python -m benchmarks.bench_imbalance [--photos ../shared/data/cats-dogs] [--epochs 10]
+
+Data: the built-in sample (digits, 10 classes) and the 60 real photos (cats and dogs) when present, each as
+split makes it (balanced) and long-tailed: the last class keeps 3% of its train and val items, the one before
+it 10% (at least one each), drawn with a fixed seed; the test split is never touched, so every option is
+scored on the same untouched test items.
+
+For each data set, balanced and long-tailed, and each `class_weights` (none, balanced, effective):
+- the head (train_head's probe) fitted with those weights;
+- finetune with those weights (the head starting from that probe), params.yaml's recipe for `--epochs`
+  epochs. Every epoch's val and test logits are kept, so that each `selection_metric` (accuracy, macro_f1,
+  balanced_accuracy) is applied to the same run afterwards, early stopping (finetune.patience) included:
+  the metric changes which epoch is kept and when the run stops, not the training before it.
+
+Reported on test, each with its 95% interval: macro-F1 and balanced accuracy (bootstrap, as evaluate
+computes them), and the recall of each thinned class (Wilson). `none` + `accuracy` is the behaviour before
+these options existed. Merged into reports/bench.json under "imbalance".
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from benchmarks.results import print_table, save
+
+WEIGHTS = ("none", "balanced", "effective")
+METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
+TAIL = (0.10, 0.03)  # the kept share of the second-to-last and of the last class (train and val)
+SEED = 0
+
+
+def prepared(workdir: Path, raw: Path, sample: bool, cache: Path, long_tail: bool, epochs: int):
+    """params for `raw` (empty: the sample) under `workdir` after ingest, clean, split (thinned when
+    `long_tail`) and featurize; and the thinned classes."""
+    from reprotune.pipeline import params as params_module
+    from reprotune.pipeline.layout import Layout
+    from reprotune.pipeline.resolve import for_data
+    from stages import clean, featurize, ingest, split
+
+    settings = yaml.safe_load(Path("params.yaml").read_text())
+    settings["paths"] = {key: str(workdir / value) for key, value in settings["paths"].items()}
+    settings["paths"] |= {"raw": str(raw), "embedding_cache": str(cache)}
+    settings["finetune"] |= {"epochs": epochs, "patience": epochs + 1}  # selection is applied afterwards
+    params = for_data(params_module.validate(settings), sample=sample)
+    ingest.ingest(params)
+    clean.clean(params)
+    split.split(params)
+    layout = Layout(params.paths)
+    manifest = pd.read_csv(layout.split_manifest, dtype={"label": str}, keep_default_na=False)
+    thinned = sorted(manifest["label"].unique())[-len(TAIL) :]
+    if long_tail:
+        rng = np.random.default_rng(SEED)
+        dropped = []
+        for label, share in zip(thinned, TAIL, strict=True):
+            for part in ("train", "val"):
+                rows = manifest.index[(manifest["label"] == label) & (manifest["split"] == part)]
+                keep = max(1, round(share * len(rows)))
+                dropped += list(rng.choice(rows, len(rows) - keep, replace=False))
+        manifest.drop(index=dropped).to_csv(layout.split_manifest, index=False)
+    featurize.featurize(params)
+    return params, thinned
+
+
+def scored(logits: np.ndarray, labels: np.ndarray, classes: list[str], thinned: list[str], resamples: int):
+    from reprotune.reporting.metrics import class_recall, summary_metrics
+
+    summary = summary_metrics(logits, labels, len(classes), 1, 15, resamples, SEED)
+    recalls = class_recall(labels, logits.argmax(axis=1), len(classes))
+    interval = lambda key: (
+        f"{summary[key]:.3f} [{summary[f'{key}_ci_low']:.3f}, {summary[f'{key}_ci_high']:.3f}]"
+    )  # noqa: E731
+    result = {"macro_f1": interval("macro_f1"), "balanced_accuracy": interval("balanced_accuracy")}
+    for name in thinned:
+        row = recalls[classes.index(name)]
+        result[f"recall {name}"] = (
+            f"{row['recall']:.3f} [{row['low']:.3f}, {row['high']:.3f}] ({row['found']}/{row['items']})"
+        )
+    return result, summary
+
+
+def trajectory(params, weights: str):
+    """train_head and finetune with `weights`; the val and test logits of every epoch (0: the probe)."""
+    from reprotune.modalities import encoding as modality_encoding
+    from reprotune.models.inference import Inference
+    from reprotune.pipeline.layout import Layout
+    from stages import finetune, train_head
+
+    params = params.model_copy(
+        update={
+            "train_head": params.train_head.model_copy(update={"class_weights": weights}),
+            "finetune": params.finetune.model_copy(update={"class_weights": weights}),
+        }
+    )
+    train_head.train_head(params)
+    layout = Layout(params.paths)
+    encoding = modality_encoding.of(layout.modality)
+    manifest = layout.read_manifest(layout.split_manifest, {"label": str})
+    run = Inference(torch.device("cpu"), 64, 0, params.backbone.channels_last)
+    built, epochs = {}, []
+
+    def logits_now() -> dict[str, np.ndarray]:
+        model, backbone = built["model"], built["backbone"]
+        model.eval()
+        return {
+            part: torch.cat(
+                list(encoding.outputs(model, manifest[manifest["split"] == part], backbone, run, layout))
+            ).numpy()
+            for part in ("val", "test")
+        }
+
+    def build_and_keep(*args, **kwargs):
+        built["backbone"], built["model"] = finetune_build(*args, **kwargs)
+        epochs.append(logits_now())  # epoch 0, the starting model
+        return built["backbone"], built["model"]
+
+    finetune_build = finetune.build_model
+    with mock.patch.object(finetune, "build_model", build_and_keep):
+        finetune.finetune(params, on_epoch=lambda epoch, validation: epochs.append(logits_now()))
+    labels = {
+        part: np.array([built_classes(layout).index(v) for v in manifest[manifest["split"] == part]["label"]])
+        for part in ("val", "test")
+    }
+    return epochs, labels
+
+
+def built_classes(layout) -> list[str]:
+    from reprotune.pipeline.atomic_io import read_json
+
+    return read_json(layout.features_meta)["classes"]
+
+
+def chosen_epoch(epochs: list[dict], val_labels: np.ndarray, metric: str, patience: int) -> int:
+    """The epoch finetune keeps when `metric` picks: the loop's rule (a better score, or the same with a
+    lower loss) and its early stop, replayed on the recorded val logits."""
+    from scipy.special import log_softmax
+
+    from reprotune.models.imbalance import selection_score
+
+    best, best_key = 0, None
+    for epoch, logits in enumerate(epochs):
+        if epoch - best >= patience:
+            break
+        loss = -float(np.mean(log_softmax(logits["val"], axis=1)[np.arange(len(val_labels)), val_labels]))
+        key = (selection_score(metric, val_labels, logits["val"].argmax(axis=1)), -loss)
+        if best_key is None or key > best_key:
+            best, best_key = epoch, key
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=Path, default=Path("../shared/data/cats-dogs"))
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--resamples", type=int, default=1000)
+    options = parser.parse_args()
+    patience = yaml.safe_load(Path("params.yaml").read_text())["finetune"]["patience"]
+    datasets = {"sample": None} | ({"photos": options.photos} if options.photos.is_dir() else {})
+    result: dict = {"epochs": options.epochs, "patience": patience, "tail_shares": list(TAIL)}
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        (root / "empty").mkdir()
+        for name, raw in datasets.items():
+            for long_tail in (True, False):
+                variant = f"{name}_{'long_tail' if long_tail else 'balanced'}"
+                params, thinned = prepared(
+                    root / variant,
+                    raw or root / "empty",
+                    raw is None,
+                    root / "cache",
+                    long_tail,
+                    options.epochs,
+                )
+                from reprotune.pipeline.layout import Layout
+
+                layout = Layout(params.paths)
+                classes = built_classes(layout)
+                counts = pd.read_csv(layout.split_manifest, dtype={"label": str}, keep_default_na=False)
+                counts = counts[counts["split"] == "train"]["label"].value_counts()
+                found: dict = {"train_items": {c: int(counts.get(c, 0)) for c in thinned + classes[:1]}}
+                for weights in WEIGHTS:
+                    epochs, labels = trajectory(params, weights)
+                    head = load_file(layout.head_weights)
+                    test = load_file(layout.features_file("test"))
+                    head_logits = (test["embeddings"] @ head["weight"].T + head["bias"]).numpy()
+                    found[f"head, class_weights {weights}"], _ = scored(
+                        head_logits, test["labels"].numpy(), classes, thinned, options.resamples
+                    )
+                    for metric in METRICS:
+                        epoch = chosen_epoch(epochs, labels["val"], metric, patience)
+                        key = f"finetune, class_weights {weights}, selection {metric}"
+                        found[key], summary = scored(
+                            epochs[epoch]["test"], labels["test"], classes, thinned, options.resamples
+                        )
+                        found[key]["epoch"] = epoch
+                        rows.append((f"{variant}: {key}", found[key]["macro_f1"], f"epoch {epoch}"))
+                result[variant] = found
+                save("imbalance", result)
+    print_table("imbalance: test macro-F1 [95% interval]", rows)
+
+
+if __name__ == "__main__":
+    main()
