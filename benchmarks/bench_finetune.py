@@ -26,19 +26,19 @@ from benchmarks.results import print_table, save
 
 
 def finetune_seconds(params, copies: bool) -> float:
+    from reprotune.data import resized
+    from reprotune.modalities.image import training_data
     from stages import finetune
 
     def files_only(layout, rows, *_args, **_kwargs):
         """No copies: an empty pack that is never opened, and every row read from its file."""
-        return finetune.resized.ResizedCopies(layout.training_copies("none")), [
-            finetune.resized.NO_COPY
-        ] * len(rows)
+        return resized.ResizedCopies(layout.training_copies("none")), [resized.NO_COPY] * len(rows)
 
     started = time.perf_counter()
     if copies:
         finetune.finetune(params)
     else:
-        with mock.patch.object(finetune, "training_copies", files_only):
+        with mock.patch.object(training_data, "training_copies", files_only):
             finetune.finetune(params)
     return time.perf_counter() - started
 

@@ -77,9 +77,10 @@ def scored(logits: np.ndarray, labels: np.ndarray, classes: list[str], thinned: 
 
     summary = summary_metrics(logits, labels, len(classes), 1, 15, resamples, SEED)
     recalls = class_recall(labels, logits.argmax(axis=1), len(classes))
-    interval = lambda key: (
-        f"{summary[key]:.3f} [{summary[f'{key}_ci_low']:.3f}, {summary[f'{key}_ci_high']:.3f}]"
-    )  # noqa: E731
+
+    def interval(key: str) -> str:
+        return f"{summary[key]:.3f} [{summary[f'{key}_ci_low']:.3f}, {summary[f'{key}_ci_high']:.3f}]"
+
     result = {"macro_f1": interval("macro_f1"), "balanced_accuracy": interval("balanced_accuracy")}
     for name in thinned:
         row = recalls[classes.index(name)]
@@ -94,7 +95,8 @@ def trajectory(params, weights: str):
     from reprotune.modalities import encoding as modality_encoding
     from reprotune.models.inference import Inference
     from reprotune.pipeline.layout import Layout
-    from stages import finetune, train_head
+    from reprotune.training import finetune_run
+    from stages import train_head
 
     params = params.model_copy(
         update={
@@ -124,9 +126,16 @@ def trajectory(params, weights: str):
         epochs.append(logits_now())  # epoch 0, the starting model
         return built["backbone"], built["model"]
 
-    finetune_build = finetune.build_model
-    with mock.patch.object(finetune, "build_model", build_and_keep):
-        finetune.finetune(params, on_epoch=lambda epoch, validation: epochs.append(logits_now()))
+    finetune_build = finetune_run.build_model
+    with mock.patch.object(finetune_run, "build_model", build_and_keep):
+        finetune_run.run_finetune(
+            params,
+            layout,
+            0,
+            1,
+            layout.checkpoint,
+            on_epoch=lambda epoch, validation: epochs.append(logits_now()),
+        )
     labels = {
         part: np.array([built_classes(layout).index(v) for v in manifest[manifest["split"] == part]["label"]])
         for part in ("val", "test")

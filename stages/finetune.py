@@ -25,8 +25,9 @@ Distributed: `torchrun --nproc_per_node N -m stages.finetune` trains data-parall
 on CPU). `batch_size` stays the global batch (each process takes batch_size / N), so the learning rate and
 the results stay comparable with a single-process run; rank 0 alone writes outputs and checkpoints.
 
-The epoch loop, early stopping, resume and DDP wrapping are the shared training loop's
-(reprotune/training/loop.py: `fit`); this module says what trains, on which data, with which loss and optimizer.
+The run itself is reprotune/training/finetune_run.py's (tune's trials train through it too): the recipe in
+reprotune/training/finetuning.py, the epoch loop, early stopping, resume and DDP wrapping in
+reprotune/training/loop.py. This module writes what the run produced.
 """
 
 from __future__ import annotations
@@ -40,104 +41,35 @@ from collections.abc import Callable
 import torch
 from safetensors.torch import save_file
 
-from reprotune.modalities import encoding as modality_encoding
-from reprotune.modalities import training_data
 from reprotune.models.classifier import Classifier
 from reprotune.models.model_card import TrainedCard
 from reprotune.pipeline import stage
-from reprotune.pipeline.atomic_io import atomic_output, read_json, write_text
-from reprotune.pipeline.errors import InputError
+from reprotune.pipeline.atomic_io import atomic_output, write_text
 from reprotune.pipeline.input_checks import input_checks
 from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Finetune, Params
 from reprotune.reporting.markdown import lines_of
 from reprotune.training.checkpoints import Progress
-from reprotune.training.devices import pick_device
-from reprotune.training.distributed import local_device, process_group
-from reprotune.training.finetuning import (
-    build_model,
-    fingerprint,
-    freeze,
-    load_split,
-    make_criterion,
-    make_optimizer,
-    phase_strategy,
-    trainable_backbone_names,
-)
-from reprotune.training.loop import (
-    Evaluation,
-    Placement,
-    Schedule,
-    TrainingData,
-    fit,
-    supervised_loss,
-)
-from reprotune.training.seeding import seed_everything
+from reprotune.training.distributed import process_group
+from reprotune.training.finetune_run import run_finetune
+from reprotune.training.loop import TrainingData
 
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_score", "lr"]
 
 
-def finetune(
-    params: Params,
-    on_batch: Callable[[int, int], None] | None = None,
-    on_epoch: Callable[[int, Evaluation], None] | None = None,
-) -> Progress:
-    """`on_batch(epoch, batch)` is called before every training step (tests interrupt runs with it),
-    `on_epoch(epoch, validation)` after each epoch's validation. Returns the run's progress."""
+def finetune(params: Params, on_batch: Callable[[int, int], None] | None = None) -> None:
+    """`on_batch(epoch, batch)` is called before every training step (tests interrupt runs with it)."""
     layout = Layout(params.paths)
-    settings = params.finetune
     with process_group() as (rank, world):
-        if settings.batch_size % world:
-            raise InputError(
-                f"params.yaml: finetune.batch_size={settings.batch_size} must divide by the {world} processes"
-            )
-        seed_everything(settings.seed)
-        device = local_device(pick_device(settings.device, "params.yaml: finetune.device"))
-        placement = Placement(device, params.backbone.channels_last)
-        classes = read_json(layout.features_meta)["classes"]
-        modality = layout.modality
-        backbone, model = build_model(
-            params, layout, len(classes), placement, modality_encoding.of(modality).load
-        )
-        data = training_data.of(modality)(params, layout, backbone.data, classes, rank, world, placement)
-        optimizer, scheduler = make_optimizer(model, backbone, settings, len(data.train_loader))
-        train_labels = load_split(layout.read_manifest(layout.split_manifest), "train", classes)[1]
-        criterion, mix = make_criterion(settings, len(classes), train_labels)
-        progress, best_state = fit(
-            model,
-            data,
-            supervised_loss(criterion.to(device), mix),
-            optimizer,
-            scheduler,
-            placement,
-            schedule=Schedule(
-                settings.epochs,
-                settings.patience,
-                settings.freeze_bn_stats,
-                settings.compile,
-                settings.selection_metric,
-            ),
-            checkpoint=layout.checkpoint,
-            fingerprint=fingerprint(params, layout),
-            rank=rank,
-            world=world,
-            phase_of=lambda epoch: phase_strategy(settings, epoch),
-            enter_phase=lambda phase: freeze(
-                model, trainable_backbone_names(backbone, phase, settings.unfreeze_last_n)
-            ),
-            on_batch=on_batch,
-            on_epoch=on_epoch,
-        )
+        run = run_finetune(params, layout, rank, world, layout.checkpoint, on_batch)
         if rank == 0:
-            card = TrainedCard(modality, params.backbone, classes, input_checks(params))
-            write_outputs(layout, settings, model, best_state, progress, device, world, card)
-            remove_run_files(layout, data)
-        return progress
-
-
-# --- what trains -----------------------------------------------------------------------------------------
+            card = TrainedCard(layout.modality, params.backbone, run.classes, input_checks(params))
+            write_outputs(
+                layout, params.finetune, run.model, run.best_state, run.progress, run.device, world, card
+            )
+            remove_run_files(layout, run.data)
 
 
 # --- resume and outputs ----------------------------------------------------------------------------------
