@@ -203,7 +203,8 @@ class ParamsReads(ast.NodeVisitor):
     A function argument annotated `Params` is the root. From it, `x.a.b` reads key a.b; a local name bound to
     a section (`settings = params.finetune`) stands for that section. A section used as a whole anywhere
     else (passed to a function, put in a tuple, dumped) counts as reading every key under it, since what
-    receives it may read any of them; a method on the root (`params.model_dump()`) reads everything. Passing
+    receives it may read any of them; a method on the root (`params.model_dump()`) reads everything, except
+    `params.model_copy(update=...)`, which only copies (the copy is a Params like the root). Passing
     the root itself on is not a read: the project functions that receive it annotate it `Params` and are
     analysed too.
     """
@@ -251,6 +252,8 @@ class ParamsReads(ast.NodeVisitor):
             self.read(key)  # the outermost key of a chain; an enclosing chain would have stopped here
             return
         base = self.key_of(node.value)
+        if base == () and node.attr == "model_copy":
+            return  # a copy with a section replaced reads nothing; its keys are counted where they are read
         if base is not None:
             self.read(base)  # a method or attribute that is no field (model_dump, ...): the whole section
             return
@@ -312,6 +315,7 @@ def stage(params: Params, other):
     other.finetune.epochs                          # not params: nothing
     backbone = params.backbone
     check(backbone)                                # an alias used whole
+    params.model_copy(update={"finetune": x})      # a copy: nothing
 def track(params: Params):
     params.model_dump()                            # everything
 """

@@ -229,6 +229,24 @@ class Layout:
     def checkpoint(self) -> Path:
         return Path(self.paths.checkpoints) / "finetune"
 
+    @property
+    def tune_study(self) -> Path:
+        """tune's Optuna study (SQLite), shared by every copy of the project (see project_root)."""
+        path = Path(self.paths.tune_study)
+        return path if path.is_absolute() else project_root() / path
+
+    @property
+    def tune_checkpoints(self) -> Path:
+        return Path(self.paths.checkpoints) / "tune"
+
+    @property
+    def tune_summary(self) -> Path:
+        return self.reports / "tune.json"
+
+    @property
+    def tune_report(self) -> Path:
+        return self.reports / "tune.md"
+
     def training_copies(self, key: str) -> Path:
         """finetune's resized copies of its training images for one training set and side (see
         stages/finetune.py: training_copies); kept beside the checkpoint while a run may resume."""

@@ -66,6 +66,7 @@ class Paths(Section):
     reports: str
     checkpoints: str
     embedding_cache: str
+    tune_study: str
     text_sample: str
     label_descriptions: str
 
@@ -248,6 +249,92 @@ class Adapt(Section):
     seed: Seed
 
 
+class SearchRange(Section):
+    """A number drawn between low and high (inclusive), on a log scale with `log`; a whole number for a key
+    that takes whole numbers (epochs, patience)."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if self.low >= self.high:
+            raise ValueError(f"low must be below high (got {self.low} and {self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0 (got {self.low})")
+        return self
+
+
+class SearchChoices(Section):
+    """One of these values (any the key accepts: a string, a number, a list such as an augment scale)."""
+
+    choices: Annotated[list[Any], Field(min_length=1)]
+
+
+def _leaf_annotation(key: str) -> Any:
+    """The schema of a finetune key written `finetune.a.b`, or None when there is no such leaf."""
+    model: Any = Params
+    for part in key.split("."):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        model = fields[part].annotation
+    return None if isinstance(model, type) and issubclass(model, BaseModel) else model
+
+
+def whole_numbers(key: str) -> bool:
+    """Whether a finetune key takes whole numbers only (then a range draws integers)."""
+    from typing import get_args
+
+    def leaves(annotation: Any) -> set[Any]:
+        args = get_args(annotation)
+        if not args:
+            return {annotation}
+        if getattr(annotation, "__metadata__", None) is not None:  # Annotated[int, Field(...)]
+            return leaves(args[0])
+        return set().union(*(leaves(a) for a in args))
+
+    found = leaves(_leaf_annotation(key))
+    return int in found and float not in found
+
+
+class Tune(Section):
+    """tune: an Optuna search (TPE, seeded; median pruning on val per epoch) over finetune's keys, scored on
+    val by finetune.selection_metric (reprotune/training/tuning.py)."""
+
+    enabled: bool
+    trials: Annotated[int, Field(gt=0, le=10_000)]  # finished trials (complete or pruned) in the study
+    minutes: Annotated[float, Field(gt=0, le=100_000)] | None  # this run's wall-clock budget
+    seed: Seed
+    pruning: bool
+    space: dict[str, SearchRange | SearchChoices]
+
+    @field_validator("space")
+    @classmethod
+    def _finetune_keys_and_values(cls, space: dict[str, Any]) -> dict[str, Any]:
+        from pydantic import TypeAdapter
+
+        for key, dimension in space.items():
+            annotation = _leaf_annotation(key) if key.startswith("finetune.") else None
+            if annotation is None:
+                raise ValueError(
+                    f"{key}: not a finetune key; the space holds finetune keys, e.g. finetune.lr or "
+                    "finetune.augment.scale (what changes featurize or the head, such as backbone.input_size, "
+                    "is searched with a `dvc exp run --queue` grid: docs/tuning.md)"
+                )
+            candidates = (
+                dimension.choices if isinstance(dimension, SearchChoices) else [dimension.low, dimension.high]
+            )
+            for value in candidates:
+                try:
+                    TypeAdapter(annotation).validate_python(value, strict=not isinstance(value, list))
+                except ValidationError as error:
+                    reason = error.errors()[-1]["msg"]
+                    raise ValueError(f"{key}: {value!r} is not a value it takes ({reason})") from None
+        return space
+
+
 class Evaluate(Section):
     top_k: Annotated[int, Field(gt=0, le=1000)]
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
@@ -284,6 +371,7 @@ class Params(Section):
     learning_curve: LearningCurve
     label_issues: LabelIssues
     finetune: Finetune
+    tune: Tune
     distill: Distill
     adapt: Adapt
     evaluate: Evaluate
