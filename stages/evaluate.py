@@ -297,7 +297,10 @@ def evaluate(params: Params) -> None:
         showing.column,
         identity(layout, pick_device(params.finetune.device, "params.yaml: finetune.device")),
         {
-            split: {name: int(((manifest["split"] == split) & (manifest["label"] == name)).sum()) for name in classes}
+            split: {
+                name: int(((manifest["split"] == split) & (manifest["label"] == name)).sum())
+                for name in classes
+            }
             for split in ("train", "val", "test")
         },
     )

@@ -97,6 +97,7 @@ def write_outputs(
         "selection_metric": settings.selection_metric,
         "best_val_score": progress.best_score,
         "best_val_accuracy": progress.best_accuracy,
+        "best_val_loss": progress.best_loss,
         "epochs_run": progress.epoch,
     }
     with atomic_output(layout.finetuned) as staging:

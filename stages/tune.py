@@ -36,6 +36,7 @@ from reprotune.training.loop import Evaluation
 from reprotune.training.tuning import (
     INTERRUPTED,
     MLFLOW_RUN,
+    VAL_LOSS,
     checkpoint_for,
     finished_states,
     requeue_interrupted,
@@ -148,9 +149,13 @@ def objective(params: Params, layout: Layout, metric: str, tags: dict, on_epoch)
                 trial.set_user_attr(INTERRUPTED, True)  # resumed on the next run
                 raise
             shutil.rmtree(checkpoint, ignore_errors=True)
+            trial.set_user_attr(
+                VAL_LOSS, run.progress.best_loss
+            )  # the best epoch's, to tell equal scores apart
             mlflow.log_metrics(
                 {
                     f"best_val_{metric}": run.progress.best_score,
+                    "best_val_loss": run.progress.best_loss,
                     "best_epoch": run.progress.best_epoch,
                     "seconds": time.perf_counter() - started,
                 }

@@ -273,14 +273,19 @@ class SearchChoices(Section):
 
 
 def _leaf_annotation(key: str) -> Any:
-    """The schema of a finetune key written `finetune.a.b`, or None when there is no such leaf."""
+    """The schema of a key written `section.a.b` (its type with the field's constraints), or None when there
+    is no such leaf."""
     model: Any = Params
+    field = None
     for part in key.split("."):
         fields = getattr(model, "model_fields", None)
         if fields is None or part not in fields:
             return None
-        model = fields[part].annotation
-    return None if isinstance(model, type) and issubclass(model, BaseModel) else model
+        field = fields[part]
+        model = field.annotation
+    if field is None or (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    return Annotated[model, field]  # the FieldInfo carries the bounds (gt, le) pydantic moved off the type
 
 
 def whole_numbers(key: str) -> bool:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"  # a trial's user attribute: its run was cut short, not failed by an error
 MLFLOW_RUN = "mlflow_run_id"  # a trial's (and the study's) MLflow run
+VAL_LOSS = "val_loss"  # a complete trial's best epoch's val loss (finetune.json's best_val_loss)
+RESUMES = "resumes"  # a re-queued trial's user attribute: the number of the cut trial it runs again
 
 
 def suggest(trial: Any, space: dict) -> dict[str, Any]:
@@ -94,23 +96,24 @@ def finished_states():
 
 
 def requeue_interrupted(study: Any, storage: Any) -> list[int]:
-    """Trials cut short by a previous run: still RUNNING (its process was killed) or failed by an
-    interruption. Each is marked failed (for ever, so it is never picked up twice) and its values queued again,
-    once; returns their numbers."""
+    """Trials cut short by a previous run: still RUNNING (its process was killed; marked failed now) or
+    failed by an interruption. The values of each are queued again, once (the new trial records which one
+    it resumes); returns the cut trials' numbers."""
     from optuna.trial import TrialState
 
+    trials = study.get_trials(deepcopy=False)
+    resumed = {trial.user_attrs.get(RESUMES) for trial in trials}
     requeued = []
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         cut = trial.state == TrialState.RUNNING or (
             trial.state == TrialState.FAIL and trial.user_attrs.get(INTERRUPTED) is True
         )
-        if not cut:
+        if not cut or trial.number in resumed:
             continue
         if trial.state == TrialState.RUNNING:
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, "requeued")
         if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number})
+            study.enqueue_trial(trial.params, user_attrs={RESUMES: trial.number})
         requeued.append(trial.number)
     return requeued
 
@@ -124,6 +127,7 @@ def summary(study: Any, settings: Tune, metric: str) -> dict:
             "trial": trial.number,
             "state": trial.state.name.lower(),
             "val_score": trial.value if trial.state == TrialState.COMPLETE else None,
+            "val_loss": trial.user_attrs.get(VAL_LOSS),
             "last_epoch": max(trial.intermediate_values, default=0),
             "values": values_of(trial.params, settings.space),
         }
@@ -131,7 +135,8 @@ def summary(study: Any, settings: Tune, metric: str) -> dict:
     ]
     finished = [t for t in trials if t["state"] in ("complete", "pruned")]
     complete = [t for t in trials if t["state"] == "complete"]
-    best = max(complete, key=lambda t: (t["val_score"], -t["trial"])) if complete else None
+    # The loop's own rule: the higher score, then the lower loss (on small val sets scores tie often)
+    best = max(complete, key=lambda t: (t["val_score"], -t["val_loss"], -t["trial"])) if complete else None
     return {
         "enabled": True,
         "study": study.study_name,
