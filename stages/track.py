@@ -91,7 +91,9 @@ def run_metrics(layout: Layout) -> dict[str, float]:
     }
     numbers |= {f"export.{k}": float(v) for k, v in flatten(read_json(layout.export_report)).items()}
     finetuned = read_json(layout.finetuned_meta)
-    numbers |= {f"finetune.{k}": float(finetuned[k]) for k in ("best_val_accuracy", "best_epoch")}
+    numbers |= {
+        f"finetune.{k}": float(finetuned[k]) for k in ("best_val_accuracy", "best_val_score", "best_epoch")
+    }
     numbers["baseline.val.accuracy_search"] = read_json(layout.baseline_meta)["val_accuracy"]
     issues = pd.read_csv(layout.label_issues, dtype=str, keep_default_na=False)
     numbers["label_issues.flagged"] = len(issues)

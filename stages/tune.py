@@ -90,7 +90,7 @@ def tune(params: Params, on_epoch: Callable[[int, int], None] | None = None) -> 
             study.set_user_attr(MLFLOW_RUN, parent.info.run_id)
             mlflow.log_params(
                 {"study": name, "metric": metric, "seed": settings.seed, "pruning": settings.pruning}
-                | {f"space.{key}": dimension.model_dump_json() for key, dimension in settings.space.items()}
+                | {f"space.{d.key}": d.model_dump_json(exclude={"key"}) for d in settings.space}
             )
         remaining = settings.trials - sum(t.state in finished_states() for t in study.trials)
         if remaining > 0:
@@ -120,7 +120,7 @@ def objective(params: Params, layout: Layout, metric: str, tags: dict, on_epoch)
     import optuna
 
     def run_trial(trial: optuna.Trial) -> float:
-        values = suggest(trial, params.tune.space)
+        values = suggest(trial, params.tune.dimensions())
         checkpoint = checkpoint_for(layout, values)
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, tags=tags) as child:
             trial.set_user_attr(MLFLOW_RUN, child.info.run_id)
@@ -168,7 +168,7 @@ def objective(params: Params, layout: Layout, metric: str, tags: dict, on_epoch)
 
 def report(result: dict, params: Params, layout: Layout) -> list[str]:
     """tune.md: the study, its best trial and how to apply it, and every trial."""
-    keys = list(params.tune.space)
+    keys = list(params.tune.dimensions())
     best = result["best"]
     lines = [
         "# Tune",

@@ -22,12 +22,13 @@ from reprotune.pipeline.params import ParamsError
 from reprotune.training.tuning import apply_command, study_name, suggest, values_of, with_values
 from tests.conftest import ROOT, child_env, tiny_params_raw
 
-SPACE = {
-    "finetune.lr": {"low": 0.0003, "high": 0.003, "log": True},
-    "finetune.epochs": {"low": 2, "high": 3},
-    "finetune.class_weights": {"choices": ["none", "balanced"]},
-    "finetune.augment.scale": {"choices": [[0.6, 1.0], [0.35, 1.0]]},
-}
+SPACE = [
+    {"key": "finetune.lr", "low": 0.0003, "high": 0.003, "log": True},
+    {"key": "finetune.epochs", "low": 2, "high": 3},
+    {"key": "finetune.class_weights", "choices": ["none", "balanced"]},
+    {"key": "finetune.augment.scale", "choices": [[0.6, 1.0], [0.35, 1.0]]},
+]
+KEYS = {dimension["key"] for dimension in SPACE}
 
 
 def tune_params(base: Path, **tune) -> params_module.Params:
@@ -39,11 +40,16 @@ def tune_params(base: Path, **tune) -> params_module.Params:
 def test_the_space_takes_finetune_keys_with_values_they_accept(tmp_path: Path):
     raw = tiny_params_raw(tmp_path)
     for space, message in [
-        ({"backbone.input_size": {"choices": [160]}}, "backbone.input_size: not a finetune key"),
-        ({"finetune.strategy": {"choices": ["fast"]}}, "finetune.strategy: 'fast' is not a value it takes"),
-        ({"finetune.lr": {"low": 0.1, "high": 0.01}}, "low must be below high"),
-        ({"finetune.lr": {"low": 0.0, "high": 0.01, "log": True}}, "a log scale needs low > 0"),
-        ({"finetune.patience": {"low": 0, "high": 5}}, "finetune.patience: 0 is not a value it takes"),
+        ([{"key": "backbone.input_size", "choices": [160]}], "String should match pattern"),
+        ([{"key": "finetune.speed", "choices": [1]}], "finetune.speed: not a finetune key"),
+        (
+            [{"key": "finetune.strategy", "choices": ["fast"]}],
+            "finetune.strategy: 'fast' is not a value it takes",
+        ),
+        ([{"key": "finetune.lr", "low": 0.1, "high": 0.01}], "low must be below high"),
+        ([{"key": "finetune.lr", "low": 0.0, "high": 0.01, "log": True}], "a log scale needs low > 0"),
+        ([{"key": "finetune.patience", "low": 0, "high": 5}], "finetune.patience: 0 is not a value it takes"),
+        ([{"key": "finetune.lr", "low": 0.1, "high": 0.2}] * 2, "each key once"),
     ]:
         raw["tune"]["space"] = space
         with pytest.raises(ParamsError, match="tune.space") as error:
@@ -61,14 +67,14 @@ def test_a_trials_values_become_params_and_the_command_that_applies_them(tmp_pat
             "finetune.augment.scale": "[0.35, 1.0]",
         }
     )
-    values = suggest(trial, params.tune.space)
+    values = suggest(trial, params.tune.dimensions())
     assert values == {
         "finetune.lr": 0.0012,
         "finetune.epochs": 3,
         "finetune.class_weights": "balanced",
         "finetune.augment.scale": [0.35, 1.0],
     }
-    assert values_of(trial.params, params.tune.space) == values
+    assert values_of(trial.params, params.tune.dimensions()) == values
     changed = with_values(params, values)
     assert changed.finetune.lr == 0.0012 and changed.finetune.augment.scale == (0.35, 1.0)
     assert changed.finetune.class_weights == "balanced" and changed.backbone == params.backbone
@@ -93,7 +99,7 @@ def test_applying_the_best_values_keeps_the_study_and_a_new_space_starts_another
     assert study_name(applied, layout) == name  # applying tune's result does not restart the search
     assert study_name(with_values(params, {"finetune.patience": 2}), layout) != name  # outside the space
     narrower = params.model_copy(
-        update={"tune": params.tune.model_copy(update={"space": dict(list(params.tune.space.items())[:2])})}
+        update={"tune": params.tune.model_copy(update={"space": params.tune.space[:2]})}
     )
     assert study_name(narrower, layout) != name
     more = params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 40})})
@@ -200,7 +206,7 @@ def test_a_killed_study_continues_logs_every_trial_and_its_best_values_reproduce
     for trial in after.values():
         child = children[trial.user_attrs["mlflow_run_id"]]
         assert child.data.params["trial"] == str(trial.number)
-        assert set(SPACE) <= set(child.data.params)
+        assert KEYS <= set(child.data.params)
         if trial.state.name == "COMPLETE":
             assert child.info.status == "FINISHED"
             assert child.data.metrics["best_val_macro_f1"] == pytest.approx(trial.value)

@@ -249,10 +249,14 @@ class Adapt(Section):
     seed: Seed
 
 
+SearchKey = Annotated[str, Field(pattern=r"^finetune\.[a-z_.]+$")]
+
+
 class SearchRange(Section):
     """A number drawn between low and high (inclusive), on a log scale with `log`; a whole number for a key
     that takes whole numbers (epochs, patience)."""
 
+    key: SearchKey
     low: int | float
     high: int | float
     log: bool = False
@@ -269,6 +273,7 @@ class SearchRange(Section):
 class SearchChoices(Section):
     """One of these values (any the key accepts: a string, a number, a list such as an augment scale)."""
 
+    key: SearchKey
     choices: Annotated[list[Any], Field(min_length=1)]
 
 
@@ -313,21 +318,25 @@ class Tune(Section):
     minutes: Annotated[float, Field(gt=0, le=100_000)] | None  # this run's wall-clock budget
     seed: Seed
     pruning: bool
-    space: dict[str, SearchRange | SearchChoices]
+    space: Annotated[list[SearchRange | SearchChoices], Field(min_length=1)]
+
+    def dimensions(self) -> dict[str, SearchRange | SearchChoices]:
+        """The space by key."""
+        return {dimension.key: dimension for dimension in self.space}
 
     @field_validator("space")
     @classmethod
-    def _finetune_keys_and_values(cls, space: dict[str, Any]) -> dict[str, Any]:
+    def _finetune_keys_and_values(cls, space: list[Any]) -> list[Any]:
         from pydantic import TypeAdapter
 
-        for key, dimension in space.items():
-            annotation = _leaf_annotation(key) if key.startswith("finetune.") else None
+        keys = [dimension.key for dimension in space]
+        if len(set(keys)) < len(keys):
+            raise ValueError(f"each key once (got {keys})")
+        for dimension in space:
+            key = dimension.key
+            annotation = _leaf_annotation(key)
             if annotation is None:
-                raise ValueError(
-                    f"{key}: not a finetune key; the space holds finetune keys, e.g. finetune.lr or "
-                    "finetune.augment.scale (what changes featurize or the head, such as backbone.input_size, "
-                    "is searched with a `dvc exp run --queue` grid: docs/tuning.md)"
-                )
+                raise ValueError(f"{key}: not a finetune key, e.g. finetune.lr or finetune.augment.scale")
             candidates = (
                 dimension.choices if isinstance(dimension, SearchChoices) else [dimension.low, dimension.high]
             )

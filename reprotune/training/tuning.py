@@ -2,7 +2,7 @@
 (reprotune/training/finetune_run.py, the run the finetune stage makes) scored on val by
 finetune.selection_metric, so that the best trial's values in params.yaml reproduce its score.
 
-- The space is `tune.space` (reprotune/pipeline/params.py: Tune): a finetune key -> a range or choices.
+- The space is `tune.space` (reprotune/pipeline/params.py: Tune): finetune keys, each a range or choices.
   Choices are given to Optuna as JSON strings (Optuna's categorical values are scalars; an augment scale is
   a list), and turned back into values here, the one place that reads a trial's parameters.
 - The study lives in SQLite (`paths.tune_study`), named by what its scores depend on: the data, the head,
@@ -76,7 +76,10 @@ def study_name(params: Params, layout: Layout) -> str:
     settings = params.tune
     fixed = with_values(
         params,
-        {key: d.choices[0] if isinstance(d, SearchChoices) else d.low for key, d in settings.space.items()},
+        {
+            key: d.choices[0] if isinstance(d, SearchChoices) else d.low
+            for key, d in settings.dimensions().items()
+        },
     )
     digest = hashlib.sha256(fingerprint(fixed, layout).encode())
     digest.update(settings.model_dump_json(include={"space", "seed", "pruning"}).encode())
@@ -129,7 +132,7 @@ def summary(study: Any, settings: Tune, metric: str) -> dict:
             "val_score": trial.value if trial.state == TrialState.COMPLETE else None,
             "val_loss": trial.user_attrs.get(VAL_LOSS),
             "last_epoch": max(trial.intermediate_values, default=0),
-            "values": values_of(trial.params, settings.space),
+            "values": values_of(trial.params, settings.dimensions()),
         }
         for trial in study.get_trials(deepcopy=False)
     ]
