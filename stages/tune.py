@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from reprotune.pipeline import stage
+from reprotune.pipeline import data_kind, stage
 from reprotune.pipeline.atomic_io import write_json, write_text
 from reprotune.pipeline.layout import Layout
 from reprotune.pipeline.params import Params
@@ -37,6 +37,7 @@ from reprotune.training.tuning import (
     INTERRUPTED,
     MLFLOW_RUN,
     VAL_LOSS,
+    check_space,
     checkpoint_for,
     finished_states,
     requeue_interrupted,
@@ -49,8 +50,7 @@ from reprotune.training.tuning import (
 log = logging.getLogger(__name__)
 
 
-def tune(params: Params, on_epoch: Callable[[int, int], None] | None = None) -> None:
-    """`on_epoch(trial, epoch)` is called after each epoch of each trial (tests interrupt studies with it)."""
+def tune(params: Params) -> None:
     layout = Layout(params.paths)
     settings = params.tune
     if not settings.enabled:
@@ -62,6 +62,7 @@ def tune(params: Params, on_epoch: Callable[[int, int], None] | None = None) -> 
     import mlflow
     import optuna
 
+    check_space(params, data_kind.read(layout.data_kind))
     layout.tune_study.parent.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{layout.tune_study.as_posix()}")
     name = study_name(params, layout)
@@ -98,7 +99,7 @@ def tune(params: Params, on_epoch: Callable[[int, int], None] | None = None) -> 
                 "study %s: %d trial(s) to run of %d (%s)", name, remaining, settings.trials, layout.tune_study
             )
             study.optimize(
-                objective(params, layout, metric, tags, on_epoch),
+                objective(params, layout, metric, tags),
                 n_trials=remaining,
                 timeout=settings.minutes * 60 if settings.minutes else None,
                 callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=finished_states())],
@@ -115,7 +116,7 @@ def tune(params: Params, on_epoch: Callable[[int, int], None] | None = None) -> 
     write_text(layout.tune_report, lines_of(report(result, params, layout)))
 
 
-def objective(params: Params, layout: Layout, metric: str, tags: dict, on_epoch) -> Callable:
+def objective(params: Params, layout: Layout, metric: str, tags: dict) -> Callable:
     import mlflow
     import optuna
 
@@ -130,8 +131,6 @@ def objective(params: Params, layout: Layout, metric: str, tags: dict, on_epoch)
                 mlflow.log_metrics(
                     {f"val_{metric}": validation.score, "val_accuracy": validation.accuracy}, step=epoch
                 )
-                if on_epoch:
-                    on_epoch(trial.number, epoch)
                 trial.report(validation.score, epoch)
                 if trial.should_prune():
                     mlflow.set_tag("state", "pruned")
@@ -145,8 +144,8 @@ def objective(params: Params, layout: Layout, metric: str, tags: dict, on_epoch)
             except optuna.TrialPruned:
                 shutil.rmtree(checkpoint, ignore_errors=True)
                 raise
-            except BaseException:
-                trial.set_user_attr(INTERRUPTED, True)  # resumed on the next run
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: resumed on the next run
+                trial.set_user_attr(INTERRUPTED, True)
                 raise
             shutil.rmtree(checkpoint, ignore_errors=True)
             trial.set_user_attr(

@@ -57,6 +57,22 @@ def test_the_space_takes_finetune_keys_with_values_they_accept(tmp_path: Path):
         assert message in str(error.value)
 
 
+def test_a_space_value_the_data_cannot_take_is_refused_by_name(tmp_path: Path):
+    from reprotune.pipeline.data_kind import IMAGE, TEXT, DataKind
+    from reprotune.training.tuning import check_space
+
+    check_space(tune_params(tmp_path), DataKind(IMAGE, sample=False))
+    raw = tiny_params_raw(tmp_path, images=False)  # as params.yaml ships: the image keys say auto
+    raw["backbone"]["input_size"] = "auto"
+    raw["tune"]["space"] = SPACE
+    with pytest.raises(ParamsError) as error:
+        check_space(params_module.validate(raw), DataKind(TEXT, sample=False))
+    assert error.value.problems == [
+        "params.yaml: tune.space: finetune.augment.scale = [0.6, 1.0]: applies to images only and the data are "
+        "texts (ingest.modality); set it to auto (got [0.6, 1.0])"
+    ]
+
+
 def test_a_trials_values_become_params_and_the_command_that_applies_them(tmp_path: Path):
     params = tune_params(tmp_path)
     trial = optuna.trial.FixedTrial(

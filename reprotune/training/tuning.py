@@ -21,8 +21,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from reprotune.pipeline.data_kind import DataKind
 from reprotune.pipeline.layout import Layout
-from reprotune.pipeline.params import Finetune, Params, SearchChoices, Tune, whole_numbers
+from reprotune.pipeline.params import Finetune, Params, ParamsError, SearchChoices, Tune, whole_numbers
+from reprotune.pipeline.resolve import resolve
 from reprotune.training.finetuning import fingerprint
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,25 @@ def with_values(params: Params, values: dict[str, Any]) -> Params:
             node = node[section]
         node[leaf] = value
     return params.model_copy(update={"finetune": Finetune.model_validate_json(json.dumps(tree))})
+
+
+def check_space(params: Params, kind: DataKind) -> None:
+    """Refuse, naming the key, a value of the space that params.yaml could not hold for these data (an
+    image-only key such as finetune.augment.scale on texts): every value a trial may draw must be one the
+    resolver would run as written."""
+    problems = []
+    for key, dimension in params.tune.dimensions().items():
+        ends = dimension.choices if isinstance(dimension, SearchChoices) else [dimension.low, dimension.high]
+        for value in ends:
+            try:
+                resolve(with_values(params, {key: value}), kind)
+            except ParamsError as error:  # the lines about this key (params.yaml's own were refused earlier)
+                about = [line.split(f"{key}: ", 1)[1] for line in error.problems if f" {key}: " in line]
+                if about:
+                    problems.append(f"params.yaml: tune.space: {key} = {value!r}: {'; '.join(about)}")
+                    break
+    if problems:
+        raise ParamsError(problems)
 
 
 def study_name(params: Params, layout: Layout) -> str:
