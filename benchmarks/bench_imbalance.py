@@ -1,6 +1,7 @@
 """Benchmark class imbalance: class weights and the selection metric on long-tailed and on balanced data.
 
     .venv/bin/python -m benchmarks.bench_imbalance [--photos ../shared/data/cats-dogs] [--epochs 10]
+        [--data sample photos] [--variants long_tail balanced]
 
 Data: the built-in sample (digits, 10 classes) and the 60 real photos (cats and dogs) when present, each as
 split makes it (balanced) and long-tailed: the last class keeps 3% of its train and val items, the one before
@@ -22,6 +23,7 @@ these options existed. Merged into reports/bench.json under "imbalance".
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from unittest import mock
@@ -32,7 +34,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from benchmarks.results import print_table, save
+from benchmarks.results import BENCH_FILE, print_table, save
 
 WEIGHTS = ("none", "balanced", "effective")
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
@@ -172,16 +174,24 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=Path("../shared/data/cats-dogs"))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--data", nargs="+", default=["sample", "photos"], choices=["sample", "photos"])
+    parser.add_argument(
+        "--variants", nargs="+", default=["long_tail", "balanced"], choices=["long_tail", "balanced"]
+    )
     options = parser.parse_args()
     patience = yaml.safe_load(Path("params.yaml").read_text())["finetune"]["patience"]
     datasets = {"sample": None} | ({"photos": options.photos} if options.photos.is_dir() else {})
+    datasets = {name: raw for name, raw in datasets.items() if name in options.data}
     result: dict = {"epochs": options.epochs, "patience": patience, "tail_shares": list(TAIL)}
+    earlier = json.loads(BENCH_FILE.read_text()).get("imbalance", {}) if BENCH_FILE.exists() else {}
+    if all(earlier.get(k) == v for k, v in result.items()):  # the same set-up: keep the variants not run now
+        result = {k: v for k, v in earlier.items() if k not in ("cores", "machine")}
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         (root / "empty").mkdir()
         for name, raw in datasets.items():
-            for long_tail in (True, False):
+            for long_tail in [v == "long_tail" for v in options.variants]:
                 variant = f"{name}_{'long_tail' if long_tail else 'balanced'}"
                 params, thinned = prepared(
                     root / variant,
