@@ -5,7 +5,7 @@
 
 Data: the built-in sample (digits, 10 classes) and the 60 real photos (cats and dogs) when present, each as
 split makes it (balanced) and long-tailed: the last class keeps 3% of its train and val items, the one before
-it 10% (at least one each), drawn with a fixed seed; the test split is never touched, so every option is
+it 10% (at least one each; with two classes, only the last, at 10%), drawn with a fixed seed; the test split is never touched, so every option is
 scored on the same untouched test items.
 
 For each data set, balanced and long-tailed, and each `class_weights` (none, balanced, effective):
@@ -60,11 +60,13 @@ def prepared(workdir: Path, raw: Path, sample: bool, cache: Path, long_tail: boo
     split.split(params)
     layout = Layout(params.paths)
     manifest = pd.read_csv(layout.split_manifest, dtype={"label": str}, keep_default_na=False)
-    thinned = sorted(manifest["label"].unique())[-len(TAIL) :]
+    labels = sorted(manifest["label"].unique())
+    shares = TAIL[: len(labels) - 1]  # at least one class keeps all of its items (two classes: one thinned)
+    thinned = labels[-len(shares) :]
     if long_tail:
         rng = np.random.default_rng(SEED)
         dropped = []
-        for label, share in zip(thinned, TAIL, strict=True):
+        for label, share in zip(thinned, shares, strict=True):
             for part in ("train", "val"):
                 rows = manifest.index[(manifest["label"] == label) & (manifest["split"] == part)]
                 keep = max(1, round(share * len(rows)))
@@ -77,7 +79,7 @@ def prepared(workdir: Path, raw: Path, sample: bool, cache: Path, long_tail: boo
 def scored(logits: np.ndarray, labels: np.ndarray, classes: list[str], thinned: list[str], resamples: int):
     from reprotune.reporting.metrics import class_recall, summary_metrics
 
-    summary = summary_metrics(logits, labels, len(classes), 1, 15, resamples, SEED)
+    summary = summary_metrics(logits, labels, len(classes), len(classes), 15, resamples, SEED)  # no top-k
     recalls = class_recall(labels, logits.argmax(axis=1), len(classes))
 
     def interval(key: str) -> str:
