@@ -1,14 +1,16 @@
 """Benchmark class imbalance: class weights and the selection metric on long-tailed and on balanced data.
 
     .venv/bin/python -m benchmarks.bench_imbalance [--photos ../shared/data/cats-dogs] [--epochs 10]
-        [--data sample photos] [--variants long_tail balanced]
+        [--data sample photos] [--variants long_tail balanced] [--weights none balanced effective]
+        [--samplers shuffle balanced]
 
 Data: the built-in sample (digits, 10 classes) and the 60 real photos (cats and dogs) when present, each as
 split makes it (balanced) and long-tailed: the last class keeps 3% of its train and val items, the one before
 it 10% (at least one each; with two classes, only the last, at 10%), drawn with a fixed seed; the test split is never touched, so every option is
 scored on the same untouched test items.
 
-For each data set, balanced and long-tailed, and each `class_weights` (none, balanced, effective):
+For each data set, balanced and long-tailed, and each `class_weights` (none, balanced, effective) and
+`finetune.sampler` (shuffle, balanced):
 - the head (train_head's probe) fitted with those weights;
 - finetune with those weights (the head starting from that probe), params.yaml's recipe for `--epochs`
   epochs. Every epoch's val and test logits are kept, so that each `selection_metric` (accuracy, macro_f1,
@@ -94,8 +96,9 @@ def scored(logits: np.ndarray, labels: np.ndarray, classes: list[str], thinned: 
     return result, summary
 
 
-def trajectory(params, weights: str):
-    """train_head and finetune with `weights`; the val and test logits of every epoch (0: the probe)."""
+def trajectory(params, weights: str, sampler: str):
+    """train_head and finetune with `weights` (finetune drawing its batches by `sampler`); the val and test
+    logits of every epoch (0: the probe)."""
     from reprotune.modalities import encoding as modality_encoding
     from reprotune.models.inference import Inference
     from reprotune.pipeline.layout import Layout
@@ -105,7 +108,7 @@ def trajectory(params, weights: str):
     params = params.model_copy(
         update={
             "train_head": params.train_head.model_copy(update={"class_weights": weights}),
-            "finetune": params.finetune.model_copy(update={"class_weights": weights}),
+            "finetune": params.finetune.model_copy(update={"class_weights": weights, "sampler": sampler}),
         }
     )
     train_head.train_head(params)
@@ -210,8 +213,9 @@ def main() -> None:
                 counts = pd.read_csv(layout.split_manifest, dtype={"label": str}, keep_default_na=False)
                 counts = counts[counts["split"] == "train"]["label"].value_counts()
                 found: dict = {"train_items": {c: int(counts.get(c, 0)) for c in thinned + classes[:1]}}
-                for weights in WEIGHTS:
-                    epochs, labels = trajectory(params, weights)
+                for weights, sampler in [(w, s) for s in options.samplers for w in options.weights]:
+                    epochs, labels = trajectory(params, weights, sampler)
+                    drawn = "" if sampler == "shuffle" else f", sampler {sampler}"
                     head = load_file(layout.head_weights)
                     test = load_file(layout.features_file("test"))
                     head_logits = (test["embeddings"] @ head["weight"].T + head["bias"]).numpy()
@@ -220,13 +224,13 @@ def main() -> None:
                     )
                     for metric in METRICS:
                         epoch = chosen_epoch(epochs, labels["val"], metric, patience)
-                        key = f"finetune, class_weights {weights}, selection {metric}"
+                        key = f"finetune, class_weights {weights}{drawn}, selection {metric}"
                         found[key], summary = scored(
                             epochs[epoch]["test"], labels["test"], classes, thinned, options.resamples
                         )
                         found[key]["epoch"] = epoch
                         rows.append((f"{variant}: {key}", found[key]["macro_f1"], f"epoch {epoch}"))
-                result[variant] = found
+                result[variant] = result.get(variant, {}) | found
                 save("imbalance", result)
     print_table("imbalance: test macro-F1 [95% interval]", rows)
 

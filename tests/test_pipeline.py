@@ -612,6 +612,7 @@ def test_bad_params_stop_a_stage_before_it_writes(tmp_path: Path):
     assert not (project / "data" / "ingested").exists()
 
 
+@pytest.mark.slow  # CI's time; the Banking77 subset run (stress tier too) serves over HTTP as well
 def test_the_registered_model_is_served_over_http(built):
     """`reprotune serve` (MLflow's scoring server) on a free loopback port answers a POSTed JPEG with its label, answers a
     non-image with an error row, refuses a malformed request, and keeps serving; it is stopped after."""

@@ -212,6 +212,7 @@ class Finetune(Section):
     class_weights: ClassWeights
     class_weight_beta: EffectiveBeta  # with class_weights: effective
     selection_metric: SelectionMetric
+    sampler: Literal["shuffle", "balanced"]
     patience: Epochs
     freeze_bn_stats: Auto | bool
     augment: Augment

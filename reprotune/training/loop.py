@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
 from reprotune.models.imbalance import selection_score
 from reprotune.models.inference import predict
@@ -54,7 +54,7 @@ class TrainingData:
 
     train_loader: DataLoader
     loader_rng: torch.Generator
-    sampler: DistributedSampler | None
+    sampler: Sampler | None  # set_epoch(epoch) before each epoch (DistributedSampler, ClassBalancedSampler)
     val_loader: DataLoader
     val_labels: torch.Tensor
 

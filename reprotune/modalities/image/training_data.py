@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from reprotune.data import resized
 from reprotune.data.dataconfig import DataConfig
@@ -28,6 +28,7 @@ from reprotune.training.loop import (
     Placement,
     TrainingData,
 )
+from reprotune.training.sampling import training_sampler
 
 
 def load_data(
@@ -73,7 +74,7 @@ def mixed_training_data(
 ) -> TrainingData:
     """For the stages that train on labelled and unlabelled images together (distill, adapt): training
     batches of augmented views cut for `view` (`train`: path, sha256, `target` = label index or UNLABELED),
-    shuffled (seeded by `seed`), each process taking batch_size / world; validation through the eval
+    in `finetune.sampler`'s order (seeded by `seed`), each process taking batch_size / world; validation through the eval
     transform of `student_data`, the network that trains."""
     settings = params.finetune
     background = tuple(params.clean.background)
@@ -91,11 +92,7 @@ def mixed_training_data(
     # The shuffle (and each epoch's worker seeds) come from loader_rng, which checkpoints save; workers are
     # not persistent, so that an epoch's randomness depends on nothing a resumed run could not restore.
     loader_rng = torch.Generator().manual_seed(seed)
-    sampler = (
-        DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        if world > 1
-        else None
-    )
+    sampler = training_sampler(settings.sampler, train["target"].tolist(), seed, rank, world)
     train_loader = DataLoader(
         train_set,
         settings.batch_size // world,
