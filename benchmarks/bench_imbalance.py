@@ -183,6 +183,10 @@ def main() -> None:
     parser.add_argument(
         "--variants", nargs="+", default=["long_tail", "balanced"], choices=["long_tail", "balanced"]
     )
+    parser.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=WEIGHTS)
+    parser.add_argument(
+        "--samplers", nargs="+", default=["shuffle", "balanced"], choices=["shuffle", "balanced"]
+    )
     options = parser.parse_args()
     patience = yaml.safe_load(Path("params.yaml").read_text())["finetune"]["patience"]
     datasets = {"sample": None} | ({"photos": options.photos} if options.photos.is_dir() else {})
