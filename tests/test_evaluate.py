@@ -286,6 +286,10 @@ def test_imbalanced_classes_lead_the_report_with_each_class_recall(tiny_params):
     m = metrics["finetune"]["test"]
     assert f"{m['macro_f1']:.4f} [{m['macro_f1_ci_low']:.4f}, {m['macro_f1_ci_high']:.4f}]" in section
 
+    given_splits = counts | {"train": {"common": 400, "rare": 40, "tiny": 0}}  # `tiny` only in val and test
+    assert "from 0 to 400 items (a class has no training item)" in render(
+        *arguments, {"head": [], "finetune": []}, "path", identity, given_splits
+    )
     balanced = {"train": {"common": 40, "rare": 30, "tiny": 25}} | {
         s: {"common": 9, "rare": 9, "tiny": 3} for s in ("val", "test")
     }

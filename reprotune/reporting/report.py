@@ -129,7 +129,9 @@ def class_balance_section(params: Params, metrics: dict, per_class: dict, counts
     return [
         "## Classes of unequal size",
         "",
-        f"Training classes range from {smallest} to {largest} items ({largest / smallest:.1f}x). The head "
+        f"Training classes range from {smallest} to {largest} items"
+        + (f" ({largest / smallest:.1f}x). " if smallest else " (a class has no training item). ")
+        + "The head "
         f"weighs classes `{params.train_head.class_weights}`, the fine-tune `{params.finetune.class_weights}`; "
         f"its best epoch is chosen by `{params.finetune.selection_metric}` on val. On test, macro-F1: head "
         f"{mean(head, 'macro_f1')}, fine-tuned {mean(tuned, 'macro_f1')}; balanced accuracy (mean recall): "
