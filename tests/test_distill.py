@@ -261,7 +261,8 @@ def test_a_near_duplicate_of_a_labelled_image_is_dropped(tiny_params):
     assert record["students"]["distilled"]["unlabeled_images"] == 1
 
 
-@pytest.mark.e2e  # two interrupted runs and the stages after distill: seconds, so in the full suite
+@pytest.mark.e2e
+@pytest.mark.slow  # CI's time: the shared loop's resume is proven in the full suite by finetune's and tune's tests
 def test_interrupted_run_resumes_to_the_same_weights_and_evaluate_reports_the_students(tiny_params):
     params = with_distill(
         tiny_params,
@@ -317,6 +318,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_evaluate_reports_the_st
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # CI's time: torchrun through the shared loop stays in the full suite with finetune
 def test_torchrun_two_processes_distill(tiny_params, tmp_path):
     """Data-parallel distillation on CPU (gloo): one process writes, both students come out."""
     import yaml

@@ -347,6 +347,7 @@ def test_text_layer_groups_run_from_the_embeddings_to_the_last_layer(tmp_path: P
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # CI's time: torchrun through the shared loop stays in the full suite with images
 def test_torchrun_two_cpu_processes_fine_tune_the_text_model(tmp_path: Path, tiny_encoder: Path):
     """The text fine-tune data-parallel on CPU (gloo), through the same loop: one process writes."""
     import yaml
