@@ -141,26 +141,27 @@ def objective(params: Params, layout: Layout, metric: str, tags: dict) -> Callab
                 run = run_finetune(
                     with_values(params, values), layout, 0, 1, checkpoint, on_epoch=report_epoch
                 )
-            except optuna.TrialPruned:
-                shutil.rmtree(checkpoint, ignore_errors=True)
-                raise
+            except optuna.TrialPruned as pruned:  # raised below, so that its MLflow run ends FINISHED
+                stopped = pruned
             except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: resumed on the next run
                 trial.set_user_attr(INTERRUPTED, True)
                 raise
+            else:
+                stopped = None
+                trial.set_user_attr(VAL_LOSS, run.progress.best_loss)  # tells equal scores apart
+                mlflow.log_metrics(
+                    {
+                        f"best_val_{metric}": run.progress.best_score,
+                        "best_val_loss": run.progress.best_loss,
+                        "best_epoch": run.progress.best_epoch,
+                    }
+                )
+                mlflow.set_tag("state", "complete")
+            mlflow.log_metric("seconds", time.perf_counter() - started)
             shutil.rmtree(checkpoint, ignore_errors=True)
-            trial.set_user_attr(
-                VAL_LOSS, run.progress.best_loss
-            )  # the best epoch's, to tell equal scores apart
-            mlflow.log_metrics(
-                {
-                    f"best_val_{metric}": run.progress.best_score,
-                    "best_val_loss": run.progress.best_loss,
-                    "best_epoch": run.progress.best_epoch,
-                    "seconds": time.perf_counter() - started,
-                }
-            )
-            mlflow.set_tag("state", "complete")
-            return run.progress.best_score
+        if stopped is not None:
+            raise stopped
+        return run.progress.best_score
 
     return run_trial
 
