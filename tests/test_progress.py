@@ -35,6 +35,7 @@ def test_a_loop_of_unknown_length_says_how_far_it_got():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # CI's time; the progress lines' format is tested in the fast tier
 def test_a_stage_with_stderr_in_a_file_logs_progress_lines_with_a_rate(tmp_path: Path):
     """finetune in a subprocess, stderr redirected to a file as under nohup or a scheduler: each epoch's
     progress lines with a rate, and the whole run's estimate after its first batches."""
