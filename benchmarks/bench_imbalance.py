@@ -2,9 +2,10 @@
 
     .venv/bin/python -m benchmarks.bench_imbalance [--photos ../shared/data/cats-dogs] [--epochs 10]
         [--data sample photos] [--variants long_tail balanced] [--weights none balanced effective]
-        [--samplers shuffle balanced]
+        [--samplers shuffle balanced] [--heads-only]
 
-Data: the built-in sample (digits, 10 classes) and the 60 real photos (cats and dogs) when present, each as
+Data: the built-in sample (digits, 10 classes), the 60 real photos (cats and dogs) when present, and with
+`--data text_sample` the text sample (Banking77, 77 intents), each as
 split makes it (balanced) and long-tailed: the last class keeps 3% of its train and val items, the one before
 it 10% (at least one each; with two classes, only the last, at 10%), drawn with a fixed seed; the test split is never touched, so every option is
 scored on the same untouched test items.
@@ -16,6 +17,9 @@ For each data set, balanced and long-tailed, and each `class_weights` (none, bal
   epochs. Every epoch's val and test logits are kept, so that each `selection_metric` (accuracy, macro_f1,
   balanced_accuracy) is applied to the same run afterwards, early stopping (finetune.patience) included:
   the metric changes which epoch is kept and when the run stops, not the training before it.
+
+And the head's C: fitted with C = 1.0 (the one value before `train_head.C` took a list) against chosen from
+params.yaml's list on val by each selection metric (`--heads-only` runs just these, no fine-tuning).
 
 Reported on test, each with its 95% interval: macro-F1 and balanced accuracy (bootstrap, as evaluate
 computes them), and the recall of each thinned class (Wilson). `none` + `accuracy` is the behaviour before
@@ -44,17 +48,21 @@ TAIL = (0.10, 0.03)  # the kept share of the second-to-last and of the last clas
 SEED = 0
 
 
-def prepared(workdir: Path, raw: Path, sample: bool, cache: Path, long_tail: bool, epochs: int):
-    """params for `raw` (empty: the sample) under `workdir` after ingest, clean, split (thinned when
-    `long_tail`) and featurize; and the thinned classes."""
+def prepared(
+    workdir: Path, raw: Path, sample: bool, cache: Path, long_tail: bool, epochs: int, modality: str
+):
+    """params for `raw` (empty: the `modality`'s sample) under `workdir` after ingest, clean, split (thinned
+    when `long_tail`) and featurize; and the thinned classes."""
     from reprotune.pipeline import params as params_module
     from reprotune.pipeline.layout import Layout
     from reprotune.pipeline.resolve import for_data
     from stages import clean, featurize, ingest, split
 
     settings = yaml.safe_load(Path("params.yaml").read_text())
+    shipped = Path(settings["paths"]["text_sample"]).resolve()  # read where it ships, not copied
     settings["paths"] = {key: str(workdir / value) for key, value in settings["paths"].items()}
-    settings["paths"] |= {"raw": str(raw), "embedding_cache": str(cache)}
+    settings["paths"] |= {"raw": str(raw), "embedding_cache": str(cache), "text_sample": str(shipped)}
+    settings["ingest"]["modality"] = modality
     settings["finetune"] |= {"epochs": epochs, "patience": epochs + 1}  # selection is applied afterwards
     params = for_data(params_module.validate(settings), sample=sample)
     ingest.ingest(params)
@@ -150,6 +158,29 @@ def trajectory(params, weights: str, sampler: str):
     return epochs, labels
 
 
+def head_choices(params, layout, classes, thinned, weights: str, resamples: int) -> dict:
+    """The head with C = 1.0 and with C chosen from params.yaml's list on val by each selection metric, all
+    fitted with `weights`: scored on test, with the C kept."""
+    from reprotune.models.probe import choose_head
+
+    data = {part: load_file(layout.features_file(part)) for part in ("train", "val", "test")}
+    x = {part: (t["embeddings"].numpy(), t["labels"].numpy()) for part, t in data.items()}
+    listed = params.train_head.C if isinstance(params.train_head.C, list) else [params.train_head.C]
+    found = {}
+    for name, values, metric in [("C 1.0", 1.0, "macro_f1")] + [
+        (f"C from {listed} by {metric}", listed, metric) for metric in METRICS
+    ]:
+        settings = params.train_head.model_copy(
+            update={"C": values, "selection_metric": metric, "class_weights": weights}
+        )
+        chosen = choose_head(x["train"], x["val"], settings, len(classes))
+        test_logits = x["test"][0] @ chosen.weight.T + chosen.bias
+        key = f"head, class_weights {weights}, {name}"
+        found[key], _ = scored(test_logits, x["test"][1], classes, thinned, resamples)
+        found[key]["C"] = chosen.C
+    return found
+
+
 def built_classes(layout) -> list[str]:
     from reprotune.pipeline.atomic_io import read_json
 
@@ -179,7 +210,9 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=Path("../shared/data/cats-dogs"))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--data", nargs="+", default=["sample", "photos"], choices=["sample", "photos"])
+    parser.add_argument(
+        "--data", nargs="+", default=["sample", "photos"], choices=["sample", "photos", "text_sample"]
+    )
     parser.add_argument(
         "--variants", nargs="+", default=["long_tail", "balanced"], choices=["long_tail", "balanced"]
     )
@@ -187,9 +220,11 @@ def main() -> None:
     parser.add_argument(
         "--samplers", nargs="+", default=["shuffle", "balanced"], choices=["shuffle", "balanced"]
     )
+    parser.add_argument("--heads-only", action="store_true", help="only the head's C, no fine-tuning")
     options = parser.parse_args()
     patience = yaml.safe_load(Path("params.yaml").read_text())["finetune"]["patience"]
-    datasets = {"sample": None} | ({"photos": options.photos} if options.photos.is_dir() else {})
+    datasets = {"sample": None, "text_sample": None}
+    datasets |= {"photos": options.photos} if options.photos.is_dir() else {}
     datasets = {name: raw for name, raw in datasets.items() if name in options.data}
     result: dict = {"epochs": options.epochs, "patience": patience, "tail_shares": list(TAIL)}
     earlier = json.loads(BENCH_FILE.read_text()).get("imbalance", {}) if BENCH_FILE.exists() else {}
@@ -209,6 +244,7 @@ def main() -> None:
                     root / "cache",
                     long_tail,
                     options.epochs,
+                    "text" if name == "text_sample" else "image",
                 )
                 from reprotune.pipeline.layout import Layout
 
@@ -217,6 +253,14 @@ def main() -> None:
                 counts = pd.read_csv(layout.split_manifest, dtype={"label": str}, keep_default_na=False)
                 counts = counts[counts["split"] == "train"]["label"].value_counts()
                 found: dict = {"train_items": {c: int(counts.get(c, 0)) for c in thinned + classes[:1]}}
+                for weights in options.weights:
+                    heads = head_choices(params, layout, classes, thinned, weights, options.resamples)
+                    found |= heads
+                    rows += [(f"{variant}: {k}", v["macro_f1"], f"C {v['C']:g}") for k, v in heads.items()]
+                if options.heads_only:
+                    result[variant] = result.get(variant, {}) | found
+                    save("imbalance", result)
+                    continue
                 for weights, sampler in [(w, s) for s in options.samplers for w in options.weights]:
                     epochs, labels = trajectory(params, weights, sampler)
                     drawn = "" if sampler == "shuffle" else f", sampler {sampler}"

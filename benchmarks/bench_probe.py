@@ -43,15 +43,16 @@ def main() -> None:
     configured = TrainHead(**yaml.safe_load(Path("params.yaml").read_text())["train_head"])
     x, y = embeddings(options.rows, options.features, options.classes)
     fits = {}
-    # params.yaml's C, then a weakly regularised C that makes the solver work far harder.
-    for C in (configured.C, 100.0):
-        settings = configured.model_copy(update={"C": C})
+    # params.yaml's values of C (train_head fits one head per value), then a weakly regularised C that
+    # makes the solver work far harder.
+    listed = configured.C if isinstance(configured.C, list) else [configured.C]
+    for C in sorted({*listed, 100.0}):
         started = time.perf_counter()
-        weight, bias, iterations = fit_linear_head(x, y, settings, options.classes)
+        weight, bias, iterations = fit_linear_head(x, y, configured, options.classes, C)
         fits[f"C={C:g}"] = {
             "seconds": round(time.perf_counter() - started, 1),
             "iterations": iterations,
-            "converged": iterations < settings.max_iter,
+            "converged": iterations < configured.max_iter,
             "train_accuracy": round(accuracy(weight, bias, x, y), 4),
         }
     save(

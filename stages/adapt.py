@@ -52,7 +52,7 @@ from reprotune.modalities.image.training_data import mixed_training_data
 from reprotune.models.backbones import load_backbone
 from reprotune.models.classifier import Classifier, load_trained_classifier
 from reprotune.models.inference import predict
-from reprotune.models.probe import fit_linear_head
+from reprotune.models.probe import chosen_C, fit_linear_head
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json, write_text
 from reprotune.pipeline.errors import InputError
@@ -72,10 +72,11 @@ from reprotune.training.finetuning import (
     make_optimizer,
     mixing,
     phase_strategy,
+    schedule,
     trainable_backbone_names,
 )
 from reprotune.training.finetuning import fingerprint as finetune_fingerprint
-from reprotune.training.loop import Placement, Schedule, fit
+from reprotune.training.loop import Placement, fit
 from reprotune.training.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -467,6 +468,7 @@ def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) ->
                     train_labels,
                     params.train_head,
                     len(classes),
+                    chosen_C(layout.head_meta),
                 )
                 head = {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
                 for network in (on_source, on_target):
@@ -495,6 +497,7 @@ def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) ->
                 train_embeddings["labels"].numpy(),
                 params.train_head,
                 len(classes),
+                chosen_C(layout.head_meta),
             )
             head = {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
             # Per domain, as CORAL means it: target embeddings go to the new head as they are, source ones
@@ -564,13 +567,7 @@ def target_aware_finetune(
         optimizer,
         scheduler,
         placement,
-        schedule=Schedule(
-            settings.epochs,
-            settings.patience,
-            settings.freeze_bn_stats,
-            settings.compile,
-            settings.selection_metric,
-        ),
+        schedule=schedule(settings),
         checkpoint=layout.adapt_checkpoint,
         fingerprint=digest.hexdigest(),
         rank=rank,

@@ -53,7 +53,7 @@ from reprotune.models.backbones import Backbone, load_backbone
 from reprotune.models.classifier import Classifier, load_trained_classifier
 from reprotune.models.inference import predict
 from reprotune.models.model_card import TrainedCard
-from reprotune.models.probe import fit_linear_head
+from reprotune.models.probe import chosen_C, fit_linear_head
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json
 from reprotune.pipeline.errors import InputError
@@ -63,8 +63,8 @@ from reprotune.pipeline.params import Backbone as BackboneParams
 from reprotune.pipeline.params import Params
 from reprotune.training.devices import pick_device
 from reprotune.training.distributed import local_device, process_group
-from reprotune.training.finetuning import UNLABELED, load_split, make_optimizer
-from reprotune.training.loop import Placement, Schedule, fit
+from reprotune.training.finetuning import UNLABELED, load_split, make_optimizer, schedule
+from reprotune.training.loop import Placement, fit
 from reprotune.training.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,9 @@ def probe_head(
     loader = make_loader(images, params.featurize.batch_size, worker_count(params.featurize.num_workers))
     model = backbone.model.to(placement.device)
     embeddings = predict(model, loader, placement.device, placement.channels_last, placement.bf16)
-    weight, bias, _ = fit_linear_head(embeddings.numpy(), np.array(labels), params.train_head, len(classes))
+    weight, bias, _ = fit_linear_head(
+        embeddings.numpy(), np.array(labels), params.train_head, len(classes), chosen_C(layout.head_meta)
+    )
     return {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
 
 
@@ -385,13 +387,7 @@ def distill(params: Params, on_batch: Callable[[int, int], None] | None = None, 
                 optimizer,
                 scheduler,
                 placement,
-                schedule=Schedule(
-                    settings.epochs,
-                    settings.patience,
-                    params.finetune.freeze_bn_stats,
-                    params.finetune.compile,
-                    params.finetune.selection_metric,
-                ),
+                schedule=schedule(student_settings(params)),
                 checkpoint=layout.distill_checkpoint(student),
                 fingerprint=fingerprint(params, layout, student, train),
                 rank=rank,

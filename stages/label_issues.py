@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from sklearn.model_selection import StratifiedGroupKFold
 
 from reprotune.modalities import showing as modality_showing
-from reprotune.models.probe import fit_linear_head, probabilities
+from reprotune.models.probe import chosen_C, fit_linear_head, probabilities
 from reprotune.pipeline import data_kind, stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_text
 from reprotune.pipeline.errors import InputError
@@ -39,9 +39,9 @@ COLUMNS = ["rank", "path", "split", "given_label", "suggested_label", "score", "
 
 
 def out_of_fold_probabilities(
-    embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, params: Params, num_classes: int
+    embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, params: Params, num_classes: int, C: float
 ) -> np.ndarray:
-    """Each image's class probabilities from a head fitted on the other folds."""
+    """Each image's class probabilities from a head fitted on the other folds, with train_head's chosen `C`."""
     settings = params.label_issues
     folds = min(settings.folds, len(np.unique(groups)))
     if folds < 2:
@@ -55,7 +55,7 @@ def out_of_fold_probabilities(
         folded = splitter.split(embeddings, labels, groups)
         for train, held_out in progress(folded, "label_issues: cross-validation", unit="fold", total=folds):
             weight, bias, _ = fit_linear_head(
-                embeddings[train], labels[train], params.train_head, num_classes
+                embeddings[train], labels[train], params.train_head, num_classes, C
             )
             result[held_out] = probabilities(weight, bias, embeddings[held_out])
     return result
@@ -146,7 +146,9 @@ def label_issues(params: Params) -> None:
     layout = Layout(params.paths)
     classes = read_json(layout.features_meta)["classes"]
     rows, embeddings, labels = all_embeddings(layout)
-    probs = out_of_fold_probabilities(embeddings, labels, rows["group"].to_numpy(), params, len(classes))
+    probs = out_of_fold_probabilities(
+        embeddings, labels, rows["group"].to_numpy(), params, len(classes), chosen_C(layout.head_meta)
+    )
     indices = ranked_issues(labels, probs, params.label_issues.filter_by)
     frame = issues_frame(indices, rows, labels, probs, classes)
     kind = data_kind.read(layout.data_kind)

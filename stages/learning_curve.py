@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 from scipy import stats
 
-from reprotune.models.probe import accuracy, fit_linear_head
+from reprotune.models.probe import accuracy, chosen_C, fit_linear_head
 from reprotune.models.zero_shot import zero_shot_logits
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json, write_text
@@ -68,8 +68,9 @@ def interval(values: list[float]) -> tuple[float, float, float]:
     return mean, max(0.0, mean - half), min(1.0, mean + half)  # an accuracy: never beyond [0, 1]
 
 
-def curve(data: dict, params: Params, num_classes: int, classes: list[str]) -> list[dict]:
-    """One point per k, then the point for all training images."""
+def curve(data: dict, params: Params, num_classes: int, classes: list[str], C: float) -> list[dict]:
+    """One point per k, then the point for all training images: each the head fitted with train_head's
+    chosen `C`."""
     settings, head = params.learning_curve, params.train_head
     x_train, y_train = data["train"]
     per_class = np.bincount(y_train, minlength=num_classes)
@@ -79,11 +80,11 @@ def curve(data: dict, params: Params, num_classes: int, classes: list[str]) -> l
         for draw in range(settings.draws):
             rng = np.random.default_rng([settings.seed, k, draw])
             chosen = draw_indices(y_train, k, rng)
-            weight, bias, _ = fit_linear_head(x_train[chosen], y_train[chosen], head, num_classes)
+            weight, bias, _ = fit_linear_head(x_train[chosen], y_train[chosen], head, num_classes, C)
             for split in SCORED_SPLITS:
                 scores[split].append(accuracy(weight, bias, *data[split]))
         points.append(point(k, int(np.minimum(per_class, k).sum()), scores, per_class, classes))
-    weight, bias, _ = fit_linear_head(x_train, y_train, head, num_classes)
+    weight, bias, _ = fit_linear_head(x_train, y_train, head, num_classes, C)
     every = {split: [accuracy(weight, bias, *data[split])] for split in SCORED_SPLITS}
     points.append(point(None, len(y_train), every, per_class, classes))
     return points
@@ -255,7 +256,7 @@ def learning_curve(params: Params) -> None:
     for split in ("train", *SCORED_SPLITS):
         tensors = load_file(layout.features_file(split))
         data[split] = (tensors["embeddings"].numpy(), tensors["labels"].numpy())
-    points = curve(data, params, len(classes), classes)
+    points = curve(data, params, len(classes), classes, chosen_C(layout.head_meta))
     if "label_prompts" in meta:  # featurize embedded the class names: zero-shot is the curve's k = 0
         points.insert(0, zero_shot_point(layout, data, len(classes), classes))
     summary = {"draws": params.learning_curve.draws, "points": points, "reading": reading(points)}

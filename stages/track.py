@@ -77,7 +77,9 @@ def distill_metrics(layout: Layout) -> dict[str, float]:
 def run_metrics(layout: Layout) -> dict[str, float]:
     numbers = {k: float(v) for k, v in flatten(read_json(layout.metrics)).items()}
     head = read_json(layout.head_meta)
-    numbers |= {"head.val.accuracy": head["val_accuracy"], "head.iterations": head["iterations"]}
+    numbers |= {"head.C": head["C"], "head.iterations": head["iterations"]}
+    if head["val_accuracy"] is not None:
+        numbers["head.val.accuracy"] = head["val_accuracy"]
     cleaning, splits = read_json(layout.cleaning_report), read_json(layout.split_report)
     numbers |= {
         "data.scanned": cleaning["scanned"],

@@ -8,7 +8,7 @@ import logging
 import torch
 from safetensors.torch import load_file, save_file
 
-from reprotune.models.probe import accuracy, fit_linear_head
+from reprotune.models.probe import accuracy, choose_head
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_text
 from reprotune.pipeline.layout import Layout
@@ -24,14 +24,20 @@ def train_head(params: Params) -> None:
     train = load_file(layout.features_file("train"))
     val = load_file(layout.features_file("val"))
     x_train, y_train = train["embeddings"].numpy(), train["labels"].numpy()
-    weight, bias, iterations = fit_linear_head(x_train, y_train, params.train_head, len(classes))
-    converged = iterations < params.train_head.max_iter
+    x_val, y_val = val["embeddings"].numpy(), val["labels"].numpy()
+    settings = params.train_head
+    chosen = choose_head((x_train, y_train), (x_val, y_val), settings, len(classes))
+    weight, bias, iterations = chosen.weight, chosen.bias, chosen.iterations
+    converged = iterations < settings.max_iter
     summary = {
         "classes": classes,
+        "C": chosen.C,
+        "selection_metric": settings.selection_metric,
+        "candidates": chosen.candidates,
         "iterations": iterations,
         "converged": converged,
         "train_accuracy": accuracy(weight, bias, x_train, y_train),
-        "val_accuracy": accuracy(weight, bias, val["embeddings"].numpy(), val["labels"].numpy()),
+        "val_accuracy": accuracy(weight, bias, x_val, y_val) if len(y_val) else None,
     }
     if not converged:
         log.warning("the probe did not converge in %d iterations: raise train_head.max_iter", iterations)
@@ -42,15 +48,21 @@ def train_head(params: Params) -> None:
             staging / layout.head_weights.name,
         )
         (staging / layout.head_meta.name).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    how = (
+        f", the best on val by {settings.selection_metric.replace('_', '-')} of {len(chosen.candidates)} values"
+        if len(chosen.candidates) > 1
+        else ""
+    )
     write_text(
         layout.report_section("train_head"),
-        lines_of([f"- Head-only: logistic regression on frozen embeddings, C = {params.train_head.C}."]),
+        lines_of([f"- Head-only: logistic regression on frozen embeddings, C = {chosen.C:g}{how}."]),
     )
     log.info(
-        "head: %d iterations, train accuracy %.4f, val accuracy %.4f",
+        "head: C %g, %d iterations, train accuracy %.4f, val accuracy %s",
+        chosen.C,
         iterations,
         summary["train_accuracy"],
-        summary["val_accuracy"],
+        "-" if summary["val_accuracy"] is None else f"{summary['val_accuracy']:.4f}",
     )
 
 

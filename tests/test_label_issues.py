@@ -31,7 +31,7 @@ def test_flipped_labels_are_found_first(tiny_params):
     rng = np.random.default_rng(0)
     flipped = rng.choice(len(y), 8, replace=False)
     noisy = flip(y, flipped, 4, rng)
-    probs = out_of_fold_probabilities(x, noisy, np.arange(len(y)), tiny_params, 4)
+    probs = out_of_fold_probabilities(x, noisy, np.arange(len(y)), tiny_params, 4, 1.0)
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)
     found = ranked_issues(noisy, probs, "both")
     hits = len(set(flipped) & set(found))
@@ -52,7 +52,7 @@ def test_a_wrongly_labelled_copy_cannot_vouch_for_its_twin(tiny_params):
     noisy[90:] = noisy[wrong]
     groups = np.arange(len(noisy))
     groups[90:] = wrong
-    probs = out_of_fold_probabilities(x, noisy, groups, tiny_params, 3)
+    probs = out_of_fold_probabilities(x, noisy, groups, tiny_params, 3, 1.0)
     found = set(ranked_issues(noisy, probs, "both"))
     assert set(wrong) | set(90 + np.arange(9)) <= found
 
@@ -120,7 +120,7 @@ def test_on_the_sample_with_5_percent_of_training_labels_flipped():
     train = np.flatnonzero(split == "train")
     flipped = rng.choice(train, int(round(0.05 * len(train))), replace=False)
     noisy = flip(y, flipped, int(y.max()) + 1, rng)
-    probs = out_of_fold_probabilities(x, noisy, group, params, int(y.max()) + 1)
+    probs = out_of_fold_probabilities(x, noisy, group, params, int(y.max()) + 1, 1.0)
     flagged = set(ranked_issues(noisy, probs, params.label_issues.filter_by))
     hits = len(flagged & set(flipped))
     recall, precision = hits / len(flipped), hits / len(flagged)

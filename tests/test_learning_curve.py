@@ -40,7 +40,7 @@ def test_interval_is_a_t_interval_of_the_mean():
 
 def test_the_curve_rises_names_small_classes_and_ends_at_all_the_data(tiny_params):
     data = {split: blobs([40, 40, 40, 6], seed) for split, seed in (("train", 0), ("val", 1), ("test", 2))}
-    points = curve(data, tiny_params, 4, ["a", "b", "c", "d"])
+    points = curve(data, tiny_params, 4, ["a", "b", "c", "d"], 1.0)
     assert [p["labels_per_class"] for p in points] == [1, 2, 4, 8, 16, 32, "all"]
     assert (
         all(p["draws"] == tiny_params.learning_curve.draws for p in points[:-1]) and points[-1]["draws"] == 1
@@ -51,7 +51,7 @@ def test_the_curve_rises_names_small_classes_and_ends_at_all_the_data(tiny_param
     assert points[3]["images"] == 8 * 3 + 6 and points[-1]["images"] == 126
     assert points[-1]["test"]["mean"] > points[0]["test"]["mean"] + 0.1  # more labels helped here
     assert all(p["val"]["ci_low"] <= p["val"]["mean"] <= p["val"]["ci_high"] for p in points)
-    again = curve(data, tiny_params, 4, ["a", "b", "c", "d"])
+    again = curve(data, tiny_params, 4, ["a", "b", "c", "d"], 1.0)
     assert again == points  # seeded
 
 
@@ -87,6 +87,8 @@ def test_the_stage_writes_json_csv_and_plot(tiny_params):
         x, y = blobs([12, 12], seed)
         save_file({"embeddings": x, "labels": y.astype(np.int64)}, layout.features_file(split))
     layout.features_meta.write_text(json.dumps({"classes": ["a", "b"]}))
+    layout.head.mkdir(parents=True)
+    layout.head_meta.write_text(json.dumps({"C": 1.0}))  # train_head's choice
     layout.ingested.mkdir(parents=True)
     data_kind.write(layout.data_kind, data_kind.DataKind(data_kind.IMAGE, sample=False))  # as ingest would
     learning_curve(tiny_params)

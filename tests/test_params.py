@@ -27,7 +27,7 @@ def test_repository_params_validate():
     [
         (
             lambda r: r["train_head"].update(Cee=1.0),
-            "train_head.Cee: unknown key; train_head accepts: C, max_iter, class_weights, class_weight_beta",
+            "train_head.Cee: unknown key; train_head accepts: C, selection_metric, max_iter, class_weights, class_weight_beta",
         ),
         (lambda r: r["finetune"].update(lrr=1.0), "finetune.lrr: unknown key; did you mean 'lr'?"),
         (lambda r: r.update(extra_section={}), "extra_section: unknown key"),

@@ -607,7 +607,7 @@ def test_bad_params_stop_a_stage_before_it_writes(tmp_path: Path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines == [
-        "error: params.yaml: train_head.Cee: unknown key; train_head accepts: C, max_iter, class_weights, class_weight_beta",
+        "error: params.yaml: train_head.Cee: unknown key; train_head accepts: C, selection_metric, max_iter, class_weights, class_weight_beta",
         "error: params.yaml: finetune.lr: Input should be greater than 0 (got -1)",
     ]
     assert not (project / "data" / "ingested").exists()

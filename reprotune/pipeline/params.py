@@ -147,8 +147,14 @@ EffectiveBeta = Annotated[float, Field(ge=0.5, lt=1)]
 SelectionMetric = Literal["accuracy", "macro_f1", "balanced_accuracy"]
 
 
+InverseRegularisation = Annotated[float, Field(gt=0, le=1e12)]
+
+
 class TrainHead(Section):
-    C: Annotated[float, Field(gt=0, le=1e12)]
+    C: (
+        InverseRegularisation | Annotated[list[InverseRegularisation], Field(min_length=1)]
+    )  # a list: the best on val
+    selection_metric: SelectionMetric  # what picks C from a list
     max_iter: Count
     class_weights: ClassWeights
     class_weight_beta: EffectiveBeta  # with class_weights: effective

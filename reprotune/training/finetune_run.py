@@ -31,9 +31,10 @@ from reprotune.training.finetuning import (
     make_criterion,
     make_optimizer,
     phase_strategy,
+    schedule,
     trainable_backbone_names,
 )
-from reprotune.training.loop import Evaluation, Placement, Schedule, TrainingData, fit, supervised_loss
+from reprotune.training.loop import Evaluation, Placement, TrainingData, fit, supervised_loss
 from reprotune.training.seeding import seed_everything
 
 
@@ -88,13 +89,7 @@ def run_finetune(
         optimizer,
         scheduler,
         placement,
-        schedule=Schedule(
-            settings.epochs,
-            settings.patience,
-            settings.freeze_bn_stats,
-            settings.compile,
-            settings.selection_metric,
-        ),
+        schedule=schedule(settings),
         checkpoint=checkpoint,
         fingerprint=fingerprint(params, layout),
         rank=rank,

@@ -27,6 +27,7 @@ from reprotune.pipeline.params import Backbone as BackboneParams
 from reprotune.pipeline.params import Finetune, Params
 from reprotune.training.loop import (
     Placement,
+    Schedule,
     warmup_cosine,
 )
 
@@ -155,6 +156,17 @@ def make_criterion(
         num_classes=num_classes,
     )
     return SoftTargetCrossEntropy(weight), mix
+
+
+def schedule(settings: Finetune) -> Schedule:
+    """The training loop's schedule from finetune's settings, or from a copy of them (distill's students)."""
+    return Schedule(
+        settings.epochs,
+        settings.patience,
+        settings.freeze_bn_stats,
+        settings.compile,
+        settings.selection_metric,
+    )
 
 
 def make_optimizer(
