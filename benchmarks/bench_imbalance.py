@@ -64,7 +64,7 @@ def prepared(
     settings["paths"] |= {"raw": str(raw), "embedding_cache": str(cache), "text_sample": str(shipped)}
     settings["ingest"]["modality"] = modality
     settings["finetune"] |= {"epochs": epochs, "patience": epochs + 1}  # selection is applied afterwards
-    params = for_data(params_module.validate(settings), sample=sample)
+    params = for_data(params_module.validate(settings), modality, sample=sample)
     ingest.ingest(params)
     clean.clean(params)
     split.split(params)

@@ -48,8 +48,10 @@ def train_head(params: Params) -> None:
             staging / layout.head_weights.name,
         )
         (staging / layout.head_meta.name).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    best = next(c for c in chosen.candidates if c["C"] == chosen.C)
     how = (
-        f", the best on val by {settings.selection_metric.replace('_', '-')} of {len(chosen.candidates)} values"
+        f", the best on val by {settings.selection_metric.replace('_', ' ')} ({best['val_score']:.4f}) of "
+        f"{len(chosen.candidates)} values"
         if len(chosen.candidates) > 1
         else ""
     )

@@ -188,9 +188,11 @@ def test_dvc_repro_end_to_end(built):
     runs = mlflow_runs(root)
     assert len(runs) == 1
     run_data = runs[0].data
-    assert (
-        run_data.params["train_head.C"] == "1.0" and run_data.params["backbone.name"] == "reprotune-tiny-test"
-    )
+    written = yaml.safe_load((root / "params.yaml").read_text())["train_head"]["C"]
+    assert run_data.params["train_head.C"] == json.dumps(written)  # as written: the values to choose from
+    chosen = json.loads((root / "models" / "head" / "head.json").read_text())["C"]
+    assert chosen in written and run_data.metrics["head.C"] == chosen  # and the one chosen on val
+    assert run_data.params["backbone.name"] == "reprotune-tiny-test"
     assert run_data.metrics["finetune.test.accuracy"] == metrics["finetune"]["test"]["accuracy"]
     assert run_data.metrics["baseline.test.accuracy"] == metrics["baseline"]["test"]["accuracy"]
     assert (

@@ -87,7 +87,8 @@ def choose_head(
     if len(val[1]) == 0:
         if len(values) > 1:
             raise InputError(
-                f"train_head.C lists {len(values)} values to choose from on val, and val is empty: give one"
+                f"params.yaml: train_head.C lists {len(values)} values to choose from on val, and the val split "
+                "is empty: give one value"
             )
         weight, bias, iterations = fit_linear_head(*train, settings, num_classes, values[0])
         return ChosenHead(weight, bias, iterations, values[0], [{"C": values[0], "iterations": iterations}])
