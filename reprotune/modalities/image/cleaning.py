@@ -130,6 +130,8 @@ def duplicate_groups(pixel_hashes: list[str], hashes: np.ndarray, max_distance: 
     from scipy.sparse.csgraph import connected_components
 
     count = len(pixel_hashes)
+    if count == 0:
+        return []
     first_with: dict[str, int] = {}
     same_pixels = np.array(
         [first_with.setdefault(pixels, k) for k, pixels in enumerate(pixel_hashes)], np.int64
@@ -223,30 +225,29 @@ def leakage(kept: pd.DataFrame, hashes: np.ndarray, grouping_distance: int | Non
     split_of, path_of = kept["split"].to_numpy(), kept["path"].to_numpy()
     pairs = near_pairs(hashes, checked)
     apart = split_of[pairs.first] != split_of[pairs.second]
-    across = sorted(
-        zip(
-            pairs.distance[apart].tolist(),
-            pairs.first[apart].tolist(),
-            pairs.second[apart].tolist(),
-            strict=True,
-        )
-    )
-    near = [pair for pair in across if pair[0] <= grouping]
-    similar = [pair for pair in across if pair[0] > grouping]
+    distance, first, second = pairs.distance[apart], pairs.first[apart], pairs.second[apart]
+    order = np.lexsort((second, first, distance))  # the closest first (arrays: there can be millions)
+    distance, first, second = distance[order], first[order], second[order]
+    near = distance <= grouping
 
-    def examples(pairs: list[tuple[int, int, int]]) -> list[dict]:
+    def examples(chosen: np.ndarray) -> list[dict]:
         return [
             {"paths": [path_of[i], path_of[j]], "splits": [split_of[i], split_of[j]], "distance": d}
-            for d, i, j in pairs[:20]
+            for d, i, j in zip(
+                distance[chosen][:20].tolist(),
+                first[chosen][:20].tolist(),
+                second[chosen][:20].tolist(),
+                strict=True,
+            )
         ]
 
     return {
         "grouping_distance": grouping_distance,
         "checked_distance": checked,
-        "near_duplicate_pairs_across_splits": len(near),
-        "similar_pairs_across_splits": len(similar),
+        "near_duplicate_pairs_across_splits": int(near.sum()),
+        "similar_pairs_across_splits": int((~near).sum()),
         "examples": examples(near),
-        "similar_examples": examples(similar),
+        "similar_examples": examples(~near),
     }
 
 
