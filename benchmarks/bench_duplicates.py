@@ -188,7 +188,7 @@ def main() -> None:
                     picture = to_rgb(upright(image)[0], tuple(rules.background))
                 copy = save_copy(transform(picture), work / f"copy.{how['format'].lower()}", how)
                 hashes, old_copy = inspected(copy)
-                pair = near_pairs(np.stack([originals[index][0], hashes]), 256)
+                pair = near_pairs(np.stack([originals[index][0], hashes]), 256).as_dict()
                 distances.append(pair[(0, 1)])
                 old.append(bin(originals[index][1] ^ old_copy).count("1"))
                 cosines.append(float(original_embeddings[index] @ embedded(copy)))
@@ -211,7 +211,7 @@ def main() -> None:
                     work / "noisy_copy.jpg",
                     {"format": "JPEG", "quality": 70},
                 )
-            pair = near_pairs(np.stack([inspected(picture)[0], inspected(copy)[0]]), 256)
+            pair = near_pairs(np.stack([inspected(picture)[0], inspected(copy)[0]]), 256).as_dict()
             noisy_distances.append(pair[(0, 1)])
             noisy_embeddings.append(embedded(picture))
             noisy_cosines.append(float(noisy_embeddings[-1] @ embedded(copy)))
@@ -222,7 +222,7 @@ def main() -> None:
             if labels[i] == labels[j]
         ]
 
-        photo_pairs = near_pairs(np.stack([h for h, _ in originals]), 256)
+        photo_pairs = near_pairs(np.stack([h for h, _ in originals]), 256).as_dict()
         same_class = [d for (i, j), d in photo_pairs.items() if labels[i] == labels[j]]
         every_pair = list(photo_pairs.values())
         old_same = [
@@ -234,7 +234,7 @@ def main() -> None:
         digits = sample_digits(work / "digits", params.ingest.sample_image_size)
         digit_labels = [p.parent.name for p in digits]
         digit_hashes = [inspected(p) for p in digits]
-        within = near_pairs(np.stack([h for h, _ in digit_hashes]), max(THRESHOLDS))
+        within = near_pairs(np.stack([h for h, _ in digit_hashes]), max(THRESHOLDS)).as_dict()
         digit_old = np.array([h for _, h in digit_hashes], dtype=np.uint64)
 
     def largest_group(pairs: list[tuple[int, int]], count: int) -> int:

@@ -130,9 +130,9 @@ def test_pairs_are_the_least_distance_over_whole_and_crop_hashes():
     hashes = np.zeros((2, HASHES, WORDS), dtype=np.uint64)
     hashes[1] = np.uint64(2**64 - 1)  # every bit differs ...
     hashes[1, 5] = 0  # ... except one crop hash of image 1, which equals image 0's whole picture
-    assert near_pairs(hashes, 0) == {(0, 1): 0}
+    assert near_pairs(hashes, 0).as_dict() == {(0, 1): 0}
     hashes[1, 5, 0] = np.uint64(0b111)
-    assert near_pairs(hashes, 2) == {} and near_pairs(hashes, 3) == {(0, 1): 3}
+    assert near_pairs(hashes, 2).as_dict() == {} and near_pairs(hashes, 3).as_dict() == {(0, 1): 3}
 
 
 def brute_force_pairs(hashes: np.ndarray, max_distance: int) -> dict[tuple[int, int], int]:
@@ -162,8 +162,10 @@ def test_the_index_finds_exactly_the_pairs_brute_force_finds():
         hashes[k + 2, rng.integers(WHOLE, HASHES)] = (
             hashes[k, 1] ^ noise
         )  # a crop of one to the other's whole
-    for distance in (0, 35, 40, 45):
-        assert near_pairs(hashes, distance) == brute_force_pairs(hashes, distance)
+    hashes[::3, 1] = hashes[::3, 0]  # no frame: the trimmed hash is the stored one, as clean makes it
+    hashes[7, 1] = hashes[6, 3]  # a trimmed hash that differs, and matches a crop of another
+    for distance in (0, 35, 40, 45, 130):  # 130: beyond the search's 128-bit prefix
+        assert near_pairs(hashes, distance).as_dict() == brute_force_pairs(hashes, distance)
     assert len(near_pairs(hashes, 45)) > len(near_pairs(hashes, 35)) > 0
 
     photos = [photo_like(seed) for seed in range(6)]
@@ -171,6 +173,19 @@ def test_the_index_finds_exactly_the_pairs_brute_force_finds():
     real = np.stack(
         [image_hashes(image) for photo in photos for image in (photo, *(c(photo) for c in copies))]
     )
-    found = near_pairs(real, 40)
+    found = near_pairs(real, 40).as_dict()
     assert found == brute_force_pairs(real, 40) and list(found) == sorted(found)
     assert all((4 * k, 4 * k + c) in found for k in range(6) for c in (1, 2, 3))  # every copy found
+
+
+def test_groups_join_pairs_transitively_numbered_by_first_member():
+    """Same pixels (0 and 4), a chain of near pairs (1-5, 5-2) and a loner (3): ids in order of each group's
+    first member, as clean's manifest shows them."""
+    hashes = np.zeros((6, HASHES, WORDS), dtype=np.uint64)
+    for image, word in enumerate([1, 2, 3, 4, 5, 6]):  # far apart: each its own bits
+        hashes[image] = np.uint64((1 << (10 * word)) - 1)
+    hashes[5] = hashes[1]
+    hashes[5, 2:] = hashes[2, 0]  # every crop of 5 is 2's whole picture: 5 and 2 pair
+    pixels = ["a", "b", "c", "d", "a", "e"]
+    assert image_cleaning.duplicate_groups(pixels, hashes, 0) == [0, 1, 1, 2, 0, 1]
+    assert image_cleaning.duplicate_groups(pixels, hashes, None) == [0, 1, 2, 3, 0, 4]

@@ -86,7 +86,7 @@ def test_the_embedding_check_lists_a_copy_the_hashes_missed_and_no_distinct_phot
     def distance(photo: Path) -> int:
         with Image.open(photo) as image:
             pair = np.stack([image_hashes(image.convert("RGB")), image_hashes(copied(photo))])
-        return near_pairs(pair, 256)[(0, 1)]
+        return near_pairs(pair, 256).as_dict()[(0, 1)]
 
     original = next(p for p in sorted((raw / "train").rglob("*.jpg")) if distance(p) > grouping)
     copy = raw / "test" / original.parent.name / f"copy-of-{original.name}"

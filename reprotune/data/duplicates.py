@@ -17,6 +17,7 @@ this detector and split checks its splits for leakage with it, so both see the s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,9 @@ CROPS = [
 ] + [(0.025, 0.025, 0.025, 0.025)]
 HASHES = WHOLE + len(CROPS)
 QUERY_BLOCK = 65_536  # whole-picture hashes per range search: bounds the result arrays' memory
+PREFIX_BYTES = 16  # the search's share of each 32-byte code: unrelated 128-bit halves lie 64 +- 6 bits apart,
+# so few come within a near-duplicate distance, and each popcount is half the work
+VERIFY_BLOCK = 1 << 22  # candidates measured on all bits at a time (64 bytes each while measured)
 
 
 def frame(grey: np.ndarray) -> tuple[int, int, int, int]:
@@ -96,42 +100,73 @@ def image_hashes(image: Image.Image) -> np.ndarray:
     return np.stack([_phash(picture) for picture in pictures])
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int) -> dict[tuple[int, int], int]:
-    """{(i, j): distance} for every pair i < j of images whose hash sets are within `max_distance` bits: the
+@dataclass(frozen=True)
+class NearPairs:
+    """Pairs of images, first < second, sorted by (first, second), with their distance in bits: as arrays,
+    since a folder of look-alike pictures can have tens of millions of pairs."""
+
+    first: np.ndarray  # int64
+    second: np.ndarray  # int64
+    distance: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def as_dict(self) -> dict[tuple[int, int], int]:
+        """{(first, second): distance}, for small sets."""
+        pairs = zip(self.first.tolist(), self.second.tolist(), strict=True)
+        return dict(zip(pairs, self.distance.tolist(), strict=True))
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int, queried: int | None = None) -> NearPairs:
+    """Every pair i < j of images whose hash sets are within `max_distance` bits, with its distance: the
     least of whole-to-whole, whole-of-i-to-crop-of-j and crop-of-i-to-whole-of-j; in (i, j) order.
 
-    Exact, by FAISS's exhaustive binary index (popcount over every pair of codes, on every core): each
-    image's whole-picture hashes are range-searched among every hash of every image, QUERY_BLOCK of them
-    at a time so that memory stays bounded. tests/test_duplicates.py checks it against brute force;
-    benchmarks/bench_duplicates.py times it."""
+    Exact, by FAISS's exhaustive binary index (popcount over every pair of codes, on every core), with two
+    savings that change no answer: an image without a frame has its trimmed hash equal to its stored one, and
+    that copy is neither searched nor indexed; and the search runs on the first PREFIX_BYTES of each code,
+    half the popcounts, since two codes within `max_distance` bits are within it on any part of their bits.
+    Each candidate the prefix finds is then measured on all 256 bits. Queries go QUERY_BLOCK at a time, so
+    that memory stays bounded. tests/test_duplicates.py checks it against brute force;
+    benchmarks/bench_pair_search.py times it, and for a million images searches only the whole hashes of the
+    first `queried` images (the pairs they are the searched side of) to extrapolate from."""
     import faiss
 
     hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(hashes), HASHES, WORDS)
     count = len(hashes)
+    none = NearPairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
     if count < 2:
-        return {}
+        return none
     codes = np.ascontiguousarray(hashes, dtype=">u8").view(np.uint8)  # (count, HASHES, 32) bytes, MSB first
-    index = faiss.IndexBinaryFlat(WORDS * 64)
-    index.add(codes.reshape(count * HASHES, WORDS * 8))
-    whole = np.ascontiguousarray(codes[:, :WHOLE]).reshape(count * WHOLE, WORDS * 8)
+    kept = np.ones((count, HASHES), dtype=bool)
+    kept[:, 1] = np.any(codes[:, 1] != codes[:, 0], axis=1)  # the trimmed hash, where a frame was trimmed
+    owner = np.broadcast_to(np.arange(count)[:, None], (count, HASHES))
+    indexed, indexed_owner = codes[kept], owner[kept]
+    searched = kept[:queried, :WHOLE]
+    whole, whole_owner = codes[:queried, :WHOLE][searched], owner[:queried, :WHOLE][searched]
+    index = faiss.IndexBinaryFlat(PREFIX_BYTES * 8)
+    index.add(np.ascontiguousarray(indexed[:, :PREFIX_BYTES]))
     found_i, found_j, found_distance = [], [], []
     for start in range(0, len(whole), QUERY_BLOCK):
-        limits, distances, ids = index.range_search(whole[start : start + QUERY_BLOCK], max_distance + 1)
-        query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
-        i, j = query // WHOLE, ids // HASHES
-        other = i != j
-        found_i.append(np.minimum(i, j)[other])
-        found_j.append(np.maximum(i, j)[other])
-        found_distance.append(distances[other])
-    i, j, distance = (np.concatenate(found) for found in (found_i, found_j, found_distance))
+        queries = whole[start : start + QUERY_BLOCK]
+        limits, _, ids = index.range_search(np.ascontiguousarray(queries[:, :PREFIX_BYTES]), max_distance + 1)
+        query = np.repeat(np.arange(len(queries)), np.diff(limits).astype(np.int64))
+        for part in range(0, len(ids), VERIFY_BLOCK):  # the full distance, a bounded block at a time
+            q, other = query[part : part + VERIFY_BLOCK], ids[part : part + VERIFY_BLOCK]
+            distance = np.bitwise_count(queries[q] ^ indexed[other]).sum(axis=1, dtype=np.int64)
+            i, j = whole_owner[start + q], indexed_owner[other]
+            close = (distance <= max_distance) & (i != j)
+            found_i.append(np.minimum(i, j)[close])
+            found_j.append(np.maximum(i, j)[close])
+            found_distance.append(distance[close])
+    if not found_i:
+        return none
+    i, j, distance = (np.concatenate(found).astype(np.int64) for found in (found_i, found_j, found_distance))
     order = np.lexsort((distance, j, i))  # by pair, the least distance first
     i, j, distance = i[order], j[order], distance[order]
     first = np.ones(len(i), dtype=bool)
     first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
-    return {
-        (int(a), int(b)): int(d)
-        for a, b, d in zip(i[first].tolist(), j[first].tolist(), distance[first].tolist(), strict=True)
-    }
+    return NearPairs(i[first], j[first], distance[first])
 
 
 def save_hashes(path: Path, hashes: np.ndarray) -> None:

@@ -108,7 +108,10 @@ def check_images(rows: pd.DataFrame, root: Path, params: Params, known: Known, d
     if distance is not None and len(frame) and len(known.hashes):
         count = len(known.hashes)
         near: dict[int, tuple[int, int]] = {}
-        for (i, j), bits in near_pairs(np.concatenate([known.hashes, stacked]), distance).items():
+        pairs = near_pairs(np.concatenate([known.hashes, stacked]), distance)
+        for i, j, bits in zip(
+            pairs.first.tolist(), pairs.second.tolist(), pairs.distance.tolist(), strict=True
+        ):
             if i < count <= j:
                 near.setdefault(j - count, (i, bits))
         for index, (i, bits) in sorted(near.items()):

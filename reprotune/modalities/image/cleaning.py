@@ -124,26 +124,27 @@ def inspected_in_order(
 
 def duplicate_groups(pixel_hashes: list[str], hashes: np.ndarray, max_distance: int | None) -> list[int]:
     """Group ids (0, 1, ... in order of first member): same pixels, or near duplicates within
-    `max_distance` bits (reprotune/data/duplicates.py), joined transitively."""
-    parent = list(range(len(pixel_hashes)))
+    `max_distance` bits (reprotune/data/duplicates.py), joined transitively (the connected components of
+    the graph of both kinds of pair)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def join(i: int, j: int) -> None:
-        parent[max(root(i), root(j))] = min(root(i), root(j))
-
+    count = len(pixel_hashes)
+    if count == 0:
+        return []
     first_with: dict[str, int] = {}
-    for index, pixels in enumerate(pixel_hashes):
-        join(index, first_with.setdefault(pixels, index))
+    same_pixels = np.array(
+        [first_with.setdefault(pixels, k) for k, pixels in enumerate(pixel_hashes)], np.int64
+    )
+    ends = [(np.arange(count), same_pixels)]
     if max_distance is not None:
-        for i, j in near_pairs(hashes, max_distance):
-            join(i, j)
+        pairs = near_pairs(hashes, max_distance)
+        ends.append((pairs.first, pairs.second))
+    rows, columns = (np.concatenate(side) for side in zip(*ends, strict=True))
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, columns)), shape=(count, count))
+    _, component = connected_components(graph, directed=False)
     numbering: dict[int, int] = {}
-    return [numbering.setdefault(root(i), len(numbering)) for i in range(len(pixel_hashes))]
+    return [numbering.setdefault(c, len(numbering)) for c in component.tolist()]
 
 
 def stacked_hashes(kept: pd.DataFrame) -> np.ndarray:
@@ -222,27 +223,31 @@ def leakage(kept: pd.DataFrame, hashes: np.ndarray, grouping_distance: int | Non
     grouping = grouping_distance or 0
     checked = grouping + LEAKAGE_MARGIN
     split_of, path_of = kept["split"].to_numpy(), kept["path"].to_numpy()
-    across = sorted(
-        (distance, i, j)
-        for (i, j), distance in near_pairs(hashes, checked).items()
-        if split_of[i] != split_of[j]
-    )
-    near = [pair for pair in across if pair[0] <= grouping]
-    similar = [pair for pair in across if pair[0] > grouping]
+    pairs = near_pairs(hashes, checked)
+    apart = split_of[pairs.first] != split_of[pairs.second]
+    distance, first, second = pairs.distance[apart], pairs.first[apart], pairs.second[apart]
+    order = np.lexsort((second, first, distance))  # the closest first (arrays: there can be millions)
+    distance, first, second = distance[order], first[order], second[order]
+    near = distance <= grouping
 
-    def examples(pairs: list[tuple[int, int, int]]) -> list[dict]:
+    def examples(chosen: np.ndarray) -> list[dict]:
         return [
             {"paths": [path_of[i], path_of[j]], "splits": [split_of[i], split_of[j]], "distance": d}
-            for d, i, j in pairs[:20]
+            for d, i, j in zip(
+                distance[chosen][:20].tolist(),
+                first[chosen][:20].tolist(),
+                second[chosen][:20].tolist(),
+                strict=True,
+            )
         ]
 
     return {
         "grouping_distance": grouping_distance,
         "checked_distance": checked,
-        "near_duplicate_pairs_across_splits": len(near),
-        "similar_pairs_across_splits": len(similar),
+        "near_duplicate_pairs_across_splits": int(near.sum()),
+        "similar_pairs_across_splits": int((~near).sum()),
         "examples": examples(near),
-        "similar_examples": examples(similar),
+        "similar_examples": examples(~near),
     }
 
 
