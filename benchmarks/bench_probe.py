@@ -5,7 +5,8 @@
 The embeddings are synthetic but shaped like a backbone's: non-negative pooled activations (ReLU6 outputs
 averaged, as EfficientNet-Lite0's are) around one centre per class, with the class signal spread thinly over
 all 1,280 features. Reports seconds, iterations and whether the solver converged within
-params.yaml's train_head.max_iter. Merged into reports/bench.json under "probe".
+params.yaml's train_head.max_iter, for each value of train_head.C and for C = 100, and train_head's time
+(one fit per listed value). Merged into reports/bench.json under "probe".
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
             "max_iter": configured.max_iter,
             "target_seconds": 180,
             "fits": fits,
+            # train_head fits one head per listed value: its time is their sum
+            "train_head_seconds": round(sum(fits[f"C={C:g}"]["seconds"] for C in set(listed)), 1),
         },
     )
     print_table(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from reprotune.data import duplicates
 from reprotune.data.dataconfig import data_config
 from reprotune.data.duplicates import HASHES, WHOLE, WORDS, frame, image_hashes, near_pairs
 from reprotune.modalities.image import cleaning as image_cleaning
@@ -189,3 +190,20 @@ def test_groups_join_pairs_transitively_numbered_by_first_member():
     pixels = ["a", "b", "c", "d", "a", "e"]
     assert image_cleaning.duplicate_groups(pixels, hashes, 0) == [0, 1, 1, 2, 0, 1]
     assert image_cleaning.duplicate_groups(pixels, hashes, None) == [0, 1, 2, 3, 0, 4]
+
+
+def test_tiles_and_blocks_change_no_pair(monkeypatch):
+    """The index searched a few codes at a time, queries and candidates in small blocks: the same pairs as
+    one pass (the tiles' and blocks' edges fall inside images' hash sets)."""
+    rng = np.random.default_rng(3)
+    hashes = rng.integers(0, 2**63, size=(40, HASHES, WORDS), dtype=np.uint64)
+    hashes[::2, 1] = hashes[::2, 0]
+    for k in range(0, 36, 4):
+        hashes[k + 1, 0] = hashes[k, 0] ^ np.uint64(0xFFFF)
+        hashes[k + 3, WHOLE + 5] = hashes[k, 0] ^ np.uint64(0xFF)
+    whole = near_pairs(hashes, 40).as_dict()
+    assert len(whole) >= 18
+    monkeypatch.setattr(duplicates, "INDEX_TILE", 7)
+    monkeypatch.setattr(duplicates, "QUERY_BLOCK", 5)
+    monkeypatch.setattr(duplicates, "VERIFY_BLOCK", 3)
+    assert near_pairs(hashes, 40).as_dict() == whole == brute_force_pairs(hashes, 40)
