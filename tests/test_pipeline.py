@@ -394,6 +394,7 @@ def test_interrupted_track_leaves_no_finished_or_running_run(workspace, signum):
     assert sorted(r.info.status for r in store_runs(uri)) == ["FAILED", "FINISHED"]
 
 
+@pytest.mark.slow  # stress tier (17 s): CI keeps within 15 minutes; DVC's own lock is what it checks
 def test_a_second_repro_while_one_runs_fails_fast_and_corrupts_nothing(workspace):
     root = workspace["root"]
     lock_before = (root / "dvc.lock").read_text()
