@@ -148,6 +148,7 @@ def study_state(database: Path) -> list[tuple[int, str, int]]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # stress tier (38 s): CI keeps within 15 minutes; the fast tier checks the study's parts
 def test_a_killed_study_continues_logs_every_trial_and_its_best_values_reproduce_its_score(tmp_path: Path):
     """tune in a subprocess, SIGKILLed while its second trial runs; run again, it finishes the budget without
     repeating a finished trial (the cut one runs again with its values). MLflow holds one parent run with a
