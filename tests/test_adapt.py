@@ -205,7 +205,8 @@ def test_method_none_changes_no_output(project):
     assert "adapt" not in json.loads(Path(project.paths.reports, "metrics.json").read_text())
 
 
-@pytest.mark.e2e  # each method through adapt and evaluate: seconds each, so in the full suite
+@pytest.mark.e2e  # each method through adapt and evaluate: seconds each, in the stress tier for CI's time
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["adabn", "coral", "finetune"])
 def test_each_method_is_measured_against_source_only(project, method):
     params = with_adapt(project, method=method)

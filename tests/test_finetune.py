@@ -236,6 +236,7 @@ def test_a_checkpoint_from_other_params_is_not_resumed(tiny_params):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # stress tier (16 s) for CI's 15 minutes; CI keeps featurize's torchrun test
 def test_torchrun_two_cpu_processes(tiny_params, tmp_path):
     """Data-parallel on CPU (gloo): one process writes, and the result is a normal finetune output."""
     import subprocess

@@ -285,6 +285,7 @@ def test_unchanged_repro_is_a_no_op_and_adds_no_run(built):
     assert len(mlflow_runs(root)) == before
 
 
+@pytest.mark.slow  # stress tier (11 s) for CI's 15 minutes
 def test_images_versioned_with_dvc_add_change_no_stage(workspace):
     """docs/performance.md's large-folder recipe: git lets go of data/raw (it tracks data/raw/.gitkeep, and
     here the images too), `dvc add data/raw` puts the images in DVC's cache (git holds one small .dvc file),
