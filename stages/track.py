@@ -189,6 +189,7 @@ def log_model(params: Params, layout: Layout, folder: Path, name: str, registere
             python_model=serving.__file__,
             artifacts=artifacts,
             code_paths=[str(Path(reprotune.__file__).parent)],
+            pip_requirements=serving.requirements(),
             signature=infer_signature(example, output),
             input_example=example,
             registered_model_name=registered,

@@ -277,6 +277,72 @@ def test_dvc_repro_end_to_end(built):
     assert "accuracy" in json.dumps(shown)
 
 
+SERVED_IMPORTS = """
+import json, sys
+before = {name.split(".")[0] for name in sys.modules}
+import mlflow, pandas as pd
+from importlib.metadata import packages_distributions
+from pathlib import Path
+uri, images = sys.argv[1], sys.argv[2:]
+mlflow.set_tracking_uri(uri)
+served = mlflow.pyfunc.load_model("models:/reprotune@candidate").predict(pd.DataFrame({"image": images}))
+assert not served["error"].any(), served
+imported = {name.split(".")[0] for name in sys.modules} - before
+owners = packages_distributions()
+listed = Path(mlflow.pyfunc.get_model_dependencies("models:/reprotune@candidate")).read_text().split()
+print(json.dumps({"imported": {name: owners[name] for name in sorted(imported) if name in owners}, "listed": listed}))
+"""
+
+
+# Imported when present, under `try: import ... except ImportError`: by tqdm (colorama), torch (orjson, pydot,
+# psutil) and MLflow (psutil); each runs without them.
+OPTIONAL_IMPORTS = {"colorama", "orjson", "psutil", "pydot"}
+
+
+def closure(requirements: list[str]) -> set[str]:
+    """The distributions `requirements` install: each, and what each requires (extras left out)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import requires as requires_of
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: set[str] = set()
+    waiting = [Requirement(line) for line in requirements]
+    while waiting:
+        requirement = waiting.pop()
+        name = canonicalize_name(requirement.name)
+        if name in found or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        found.add(name)
+        with contextlib.suppress(PackageNotFoundError):
+            waiting += [Requirement(line) for line in requires_of(name) or []]
+    return found
+
+
+def test_the_registered_model_lists_every_distribution_it_imports(built):
+    """track logs the served model's pip requirements (reprotune/serving/pyfunc.py SERVED_WITH) instead of
+    letting MLflow infer them: loading and serving it in a fresh process imports nothing they do not install
+    (reprotune itself travels as the model's code)."""
+    from packaging.utils import canonicalize_name
+
+    root = built["root"]
+    images = sorted(str(p) for p in (root / "data" / "raw").rglob("*.png"))[:2]
+    command = [sys.executable, "-c", SERVED_IMPORTS, f"sqlite:///{root / 'mlflow.db'}", *images]
+    done = subprocess.run(command, cwd=root, env=child_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert {"torch", "onnxruntime"} <= {line.split("==")[0] for line in found["listed"]}
+    installed = closure(found["listed"]) | {"reprotune"}
+    missing = {
+        module: owners
+        for module, owners in found["imported"].items()
+        if module not in OPTIONAL_IMPORTS
+        and not {canonicalize_name(owner) for owner in owners} & installed  # a namespace has several owners
+    }
+    assert not missing, f"the served model imports modules its requirements do not install: {missing}"
+
+
 def test_unchanged_repro_is_a_no_op_and_adds_no_run(built):
     root = built["root"]
     before = len(mlflow_runs(root))

@@ -29,6 +29,25 @@ from scipy.special import softmax
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 64 * 2**20  # per image: a larger payload is refused without decoding
+# The distributions this file and the reprotune code logged beside it (code_paths) import when serving either
+# modality. Listed rather than inferred: MLflow's inference loads the model in a fresh process (about 20 s per
+# logged model) and still missed the imports made inside functions (torch, timm, ONNX Runtime).
+# tests/test_pipeline.py checks that a served model imports nothing outside these and their requirements.
+SERVED_WITH = (
+    "mlflow",
+    "numpy",
+    "onnxruntime",
+    "pandas",
+    "pillow",
+    "pydantic",
+    "pyyaml",
+    "safetensors",
+    "scipy",
+    "timm",
+    "torch",
+    "torchvision",
+    "transformers",  # a text model's tokenizer
+)
 
 
 def image_bytes(value: object) -> bytes:
@@ -88,6 +107,13 @@ def text_logits(model, card, values: list) -> tuple[np.ndarray, list[str]]:
     loader = eval_texts(texts, [0] * len(texts), card.data, 64)
     batches = [torch.from_numpy(model.logits(ids.numpy())) for ids, _ in loader]
     return in_row_order(torch.cat(batches), loader).numpy(), errors
+
+
+def requirements() -> list[str]:
+    """SERVED_WITH pinned to the versions installed here, where the model is logged and was checked."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in SERVED_WITH]
 
 
 def artifacts_of(folder: Path, into: Path) -> dict[str, str]:

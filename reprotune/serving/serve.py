@@ -75,6 +75,7 @@ def wrapped(folder: Path, into: Path) -> Path:
         python_model=pyfunc.__file__,
         artifacts=pyfunc.artifacts_of(folder, into),
         code_paths=[str(Path(reprotune.__file__).parent)],
+        pip_requirements=pyfunc.requirements(),
     )
     return path
 
