@@ -1,13 +1,15 @@
 """Benchmark a large folder through ingest -> clean -> split, and DVC on it.
 
-    .venv/bin/python -m benchmarks.bench_large_folder [--images 100000] [--side 96]
+    .venv/bin/python -m benchmarks.bench_large_folder [--images 100000] [--side 96] [--workers 1 2]
 
 A synthetic folder of `--images` small photo-like JPEGs (`--side` px, 10 classes). Each stage runs as
 `dvc repro` runs it (`python -m stages.<stage>` in a workspace holding params.yaml), in a fresh process:
 wall seconds and peak RSS (its own, by wait4). clean runs twice, with `clean.num_workers` 1 and 2 (the
 peak is the largest of clean's and its workers'): images/s, their ratio, and whether the outputs are the
 same bytes. Then DVC on the folder: `dvc add` of it (hashing every file), and a no-op `dvc status` right
-after (DVC's state database spares the re-hash). Merged into reports/bench.json under "large_folder".
+after (DVC's state database spares the re-hash). Merged into reports/bench.json under "large_folder";
+with other `--workers` than 1 and 2 (one pass of clean, say, to re-measure split alone) under
+"large_folder_workers_<counts>", so that every table holds one run.
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--side", type=int, default=96)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="clean.num_workers per pass")
     options = parser.parse_args()
+    counts = sorted(set(options.workers))
     settings = yaml.safe_load((ROOT / "params.yaml").read_text())
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -90,23 +94,23 @@ def main() -> None:
         generated = time.perf_counter() - started
         figures: dict[str, dict] = {}
         outputs = {}
-        for workers in (1, 2):
+        for workers in counts:
             workspace = work / f"workers_{workers}"
             workspace.mkdir()
             settings["paths"] = {key: str(workspace / value) for key, value in settings["paths"].items()}
             settings["paths"]["raw"] = str(raw)
             settings["clean"]["num_workers"] = workers
             (workspace / "params.yaml").write_text(yaml.safe_dump(settings))
-            stages = ("ingest", "clean", "split") if workers == 1 else ("ingest", "clean")
+            stages = ("ingest", "clean", "split") if workers == counts[0] else ("ingest", "clean")
             for stage in stages:
                 seconds, peak = run_stage(workspace, f"stages.{stage}")
-                figures[f"{stage}" if workers == 1 else f"{stage}_2_workers"] = {
+                figures[f"{stage}" if workers == 1 else f"{stage}_{workers}_workers"] = {
                     "seconds": round(seconds, 1),
                     "images_per_second": round(options.images / seconds, 1),
                     "peak_rss_mib": round(peak, 1),
                 }
             outputs[workers] = tree_bytes(Path(settings["paths"]["cleaned"]))
-        same = outputs[1] == outputs[2]
+        same = all(output == outputs[counts[0]] for output in outputs.values())
 
         dvc_workspace = work / "dvc"
         dvc_workspace.mkdir()
@@ -122,17 +126,24 @@ def main() -> None:
             started = time.perf_counter()
             subprocess.run([*dvc, *command], cwd=dvc_workspace, check=False, capture_output=True)
             timings[name] = round(time.perf_counter() - started, 1)
+    compared = counts == [1, 2]
     result = save(
-        "large_folder",
+        "large_folder" if compared else "large_folder_workers_" + "_".join(map(str, counts)),
         {
             "images": options.images,
             "side_px": options.side,
             "generate_seconds": round(generated, 1),
             **figures,
-            "clean_ratio_2_vs_1_workers": round(
-                figures["clean"]["seconds"] / figures["clean_2_workers"]["seconds"], 2
+            **(
+                {
+                    "clean_ratio_2_vs_1_workers": round(
+                        figures["clean"]["seconds"] / figures["clean_2_workers"]["seconds"], 2
+                    ),
+                    "clean_same_bytes_1_and_2_workers": same,
+                }
+                if compared
+                else {}
             ),
-            "clean_same_bytes_1_and_2_workers": same,
             **timings,
         },
     )
@@ -147,7 +158,11 @@ def main() -> None:
                 )
                 for stage, row in figures.items()
             ],
-            ("clean 2 workers vs 1", f"{result['clean_ratio_2_vs_1_workers']}x", f"same bytes: {same}"),
+            *(
+                [("clean 2 workers vs 1", f"{result['clean_ratio_2_vs_1_workers']}x", f"same bytes: {same}")]
+                if compared
+                else []
+            ),
             (
                 "dvc add / no-op dvc status",
                 f"{timings['dvc_add_seconds']} s",

@@ -207,3 +207,24 @@ def test_tiles_and_blocks_change_no_pair(monkeypatch):
     monkeypatch.setattr(duplicates, "QUERY_BLOCK", 5)
     monkeypatch.setattr(duplicates, "VERIFY_BLOCK", 3)
     assert near_pairs(hashes, 40).as_dict() == whole == brute_force_pairs(hashes, 40)
+
+
+def test_whole_codes_or_prefixes_find_the_same_pairs(monkeypatch):
+    """search_plan searches 128-bit prefixes of codes that look random and whole codes of alike ones (where
+    most prefixes would pass and be measured again); either way, forced, the pairs are brute force's."""
+    rng = np.random.default_rng(5)
+    random = rng.integers(0, 2**63, size=(30, HASHES, WORDS), dtype=np.uint64)
+    alike = np.broadcast_to(random[0, 0], (30, HASHES, WORDS)).copy()
+    alike ^= rng.integers(0, 2**63, size=alike.shape, dtype=np.uint64) & np.uint64(0x0101010101010101)
+    whole = np.ascontiguousarray(random[:, :WHOLE].reshape(-1, WORDS), dtype=">u8").view(np.uint8)
+    codes = np.ascontiguousarray(random.reshape(-1, WORDS), dtype=">u8").view(np.uint8)
+    assert duplicates.search_plan(whole, codes, 40)[0] == duplicates.PREFIX_BYTES
+    whole = np.ascontiguousarray(alike[:, :WHOLE].reshape(-1, WORDS), dtype=">u8").view(np.uint8)
+    codes = np.ascontiguousarray(alike.reshape(-1, WORDS), dtype=">u8").view(np.uint8)
+    assert duplicates.search_plan(whole, codes, 9)[0] == duplicates.CODE_BYTES
+    for hashes, distance in ((random, 130), (alike, 7), (alike, 9)):
+        expected = brute_force_pairs(hashes, distance)
+        for pays in (-1.0, 2.0):  # always whole codes, always prefixes
+            monkeypatch.setattr(duplicates, "PREFIX_PAYS", pays)
+            assert near_pairs(hashes, distance).as_dict() == expected
+    assert 0 < len(brute_force_pairs(alike, 7)) < len(brute_force_pairs(alike, 9)) < 435  # of 435 pairs

@@ -39,9 +39,17 @@ CROPS = [
     if (left, top, right, bottom) != (0.0, 0.0, 0.0, 0.0)
 ] + [(0.025, 0.025, 0.025, 0.025)]
 HASHES = WHOLE + len(CROPS)
-QUERY_BLOCK = 65_536  # whole-picture hashes per range search: bounds the result arrays' memory
-PREFIX_BYTES = 16  # the search's share of each 32-byte code: unrelated 128-bit halves lie 64 +- 6 bits apart,
-# so few come within a near-duplicate distance, and each popcount is half the work
+CODE_BYTES = WORDS * 8
+PREFIX_BYTES = (
+    16  # the search's share of each code when it pays: unrelated 128-bit halves of random codes lie
+)
+# 64 +- 6 bits apart, so few come within a near-duplicate distance, and each popcount is half the work
+PREFIX_PAYS = 0.01  # the share of prefix candidates that fail on all bits beyond which measuring them costs
+# more (about 50 ns each in numpy) than the half popcount saves (under 1 ns): then whole codes are searched
+SAMPLE_QUERIES, SAMPLE_CODES = 256, 8_192  # pairs drawn to estimate those shares, seeded
+QUERY_BLOCK = 65_536  # whole-picture hashes per range search, at most
+RESULTS_PER_SEARCH = 1 << 24  # candidates one range search is expected to return (about 200 MB): fewer
+# queries per search where the codes are alike
 VERIFY_BLOCK = 1 << 22  # candidates measured on all bits at a time (64 bytes each while measured)
 INDEX_TILE = 131_072  # indexed codes searched at a time: 2 MB of prefixes, within a core's cache
 
@@ -123,21 +131,26 @@ def near_pairs(hashes: np.ndarray, max_distance: int, queried: int | None = None
     """Every pair i < j of images whose hash sets are within `max_distance` bits, with its distance: the
     least of whole-to-whole, whole-of-i-to-crop-of-j and crop-of-i-to-whole-of-j; in (i, j) order.
 
-    Exact, by FAISS's exhaustive binary index (popcount over every pair of codes, on every core), with two
-    savings that change no answer: an image without a frame has its trimmed hash equal to its stored one, and
-    that copy is neither searched nor indexed; and the search runs on the first PREFIX_BYTES of each code,
-    half the popcounts, since two codes within `max_distance` bits are within it on any part of their bits.
-    Each candidate the prefix finds is then measured on all 256 bits. The index is searched a tile of
-    INDEX_TILE codes at a time, and queries go QUERY_BLOCK at a time, so that memory stays bounded. tests/test_duplicates.py checks it against brute force;
-    benchmarks/bench_pair_search.py times it, and for a million images searches only the whole hashes of the
-    first `queried` images (the pairs they are the searched side of) to extrapolate from."""
+    Exact, by FAISS's exhaustive binary index (popcount over every pair of codes, on every core), with
+    savings that change no answer:
+    - an image without a frame has its trimmed hash equal to its stored one, and that copy is neither
+      searched nor indexed;
+    - where it pays (search_plan), the search runs on the first PREFIX_BYTES of each code, half the
+      popcounts, since two codes within `max_distance` bits are within it on any part of their bits, and each
+      candidate it finds is then measured on all bits;
+    - the index is searched a tile of INDEX_TILE codes at a time (FAISS scans the whole index per query; a
+      tile stays in the CPU's cache, 1.8x as fast).
+    Memory stays bounded: each range search takes as many queries as keep its results near
+    RESULTS_PER_SEARCH, and a block of queries' pairs is reduced to one row per pair before the next.
+    tests/test_duplicates.py checks it against brute force; benchmarks/bench_pair_search.py times it, and for
+    a million images searches only the whole hashes of the first `queried` images (the pairs they are the
+    searched side of) to extrapolate from."""
     import faiss
 
     hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(hashes), HASHES, WORDS)
     count = len(hashes)
-    none = NearPairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
     if count < 2:
-        return none
+        return NearPairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
     codes = np.ascontiguousarray(hashes, dtype=">u8").view(np.uint8)  # (count, HASHES, 32) bytes, MSB first
     kept = np.ones((count, HASHES), dtype=bool)
     kept[:, 1] = np.any(codes[:, 1] != codes[:, 0], axis=1)  # the trimmed hash, where a frame was trimmed
@@ -145,33 +158,64 @@ def near_pairs(hashes: np.ndarray, max_distance: int, queried: int | None = None
     indexed, indexed_owner = codes[kept], owner[kept]
     searched = kept[:queried, :WHOLE]
     whole, whole_owner = codes[:queried, :WHOLE][searched], owner[:queried, :WHOLE][searched]
-    prefixes = np.ascontiguousarray(whole[:, :PREFIX_BYTES])
-    found_i, found_j, found_distance = [], [], []
-    # FAISS scans the whole index once per query; an index of one tile at a time stays in the CPU's cache for
-    # every query, which made the search 1.8x as fast as one index of everything.
-    for tile in range(0, len(indexed), INDEX_TILE):
-        index = faiss.IndexBinaryFlat(PREFIX_BYTES * 8)
-        index.add(np.ascontiguousarray(indexed[tile : tile + INDEX_TILE, :PREFIX_BYTES]))
-        for start in range(0, len(whole), QUERY_BLOCK):
-            limits, _, ids = index.range_search(prefixes[start : start + QUERY_BLOCK], max_distance + 1)
+    searched_bytes, pass_rate = search_plan(whole, indexed, max_distance)
+    queries = np.ascontiguousarray(whole[:, :searched_bytes])
+    tile_size = min(INDEX_TILE, len(indexed))
+    block = min(QUERY_BLOCK, max(64, int(RESULTS_PER_SEARCH / (tile_size * max(pass_rate, 1e-9)))))
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for start in range(0, len(whole), block):
+        block_found = []
+        for tile in range(0, len(indexed), INDEX_TILE):
+            index = faiss.IndexBinaryFlat(searched_bytes * 8)
+            index.add(np.ascontiguousarray(indexed[tile : tile + INDEX_TILE, :searched_bytes]))
+            limits, distances, ids = index.range_search(queries[start : start + block], max_distance + 1)
             query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
             other = tile + ids
             for part in range(0, len(ids), VERIFY_BLOCK):  # the full distance, a bounded block at a time
                 q, o = query[part : part + VERIFY_BLOCK], other[part : part + VERIFY_BLOCK]
-                distance = np.bitwise_count(whole[q] ^ indexed[o]).sum(axis=1, dtype=np.int64)
+                distance = (
+                    distances[part : part + VERIFY_BLOCK].astype(np.int64)
+                    if searched_bytes == CODE_BYTES
+                    else np.bitwise_count(whole[q] ^ indexed[o]).sum(axis=1, dtype=np.int64)
+                )
                 i, j = whole_owner[q], indexed_owner[o]
                 close = (distance <= max_distance) & (i != j)
-                found_i.append(np.minimum(i, j)[close])
-                found_j.append(np.maximum(i, j)[close])
-                found_distance.append(distance[close])
-    if not found_i:
-        return none
-    i, j, distance = (np.concatenate(found).astype(np.int64) for found in (found_i, found_j, found_distance))
-    order = np.lexsort((distance, j, i))  # by pair, the least distance first
+                block_found.append((np.minimum(i, j)[close], np.maximum(i, j)[close], distance[close]))
+        if block_found:
+            found.append(
+                least_per_pair(*(np.concatenate(column) for column in zip(*block_found, strict=True)))
+            )
+    if not found:
+        return NearPairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    i, j, distance = least_per_pair(*(np.concatenate(column) for column in zip(*found, strict=True)))
+    return NearPairs(i.astype(np.int64), j.astype(np.int64), distance.astype(np.int64))
+
+
+def least_per_pair(i: np.ndarray, j: np.ndarray, distance: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One row per pair (i, j), with its least distance, sorted by (i, j)."""
+    order = np.lexsort((distance, j, i))
     i, j, distance = i[order], j[order], distance[order]
     first = np.ones(len(i), dtype=bool)
     first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
-    return NearPairs(i[first], j[first], distance[first])
+    return i[first], j[first], distance[first]
+
+
+def search_plan(whole: np.ndarray, indexed: np.ndarray, max_distance: int) -> tuple[int, float]:
+    """(bytes of each code to search, the share of searched pairs expected to come back), from a seeded
+    sample of pairs. The prefix pays on codes that look random; on alike pictures (scans, renders of one
+    scene) most prefixes pass and would each be measured again, so whole codes are searched."""
+    rng = np.random.default_rng(0)
+    sample_queries = whole[rng.choice(len(whole), min(len(whole), SAMPLE_QUERIES), replace=False)]
+    sample_codes = indexed[rng.choice(len(indexed), min(len(indexed), SAMPLE_CODES), replace=False)]
+    if not len(sample_queries):
+        return PREFIX_BYTES, 0.0
+    words = [codes.view(np.uint64) for codes in (sample_queries, sample_codes)]  # (n, 4) words per code
+    differing = np.bitwise_count(words[0][:, None, :] ^ words[1][None, :, :])  # (queries, codes, words)
+    prefix = (differing[..., : PREFIX_BYTES // 8].sum(-1) <= max_distance).mean()
+    full = (differing.sum(-1) <= max_distance).mean()
+    if prefix - full > PREFIX_PAYS:
+        return CODE_BYTES, float(full)
+    return PREFIX_BYTES, float(prefix)
 
 
 def save_hashes(path: Path, hashes: np.ndarray) -> None:
