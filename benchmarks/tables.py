@@ -23,8 +23,9 @@ INTRO = """# Benchmarks
 
 Measured figures, written by `python -m benchmarks.tables` from `reports/bench.json`, which the benchmarks
 fill: `python -m benchmarks` runs them all (or `--only speed text ...`), each in its own process. They run by
-hand, never as timed tests. Each section says the machine it ran on (`cores`, `machine`); compare ratios
-within one section, since the machine may be shared and noisy. What each benchmark does is in its module's
+hand, never as timed tests. Each section says the machine it ran on (`cores`, `machine`) and, from when it
+was added, the code it measured (`commit`); compare ratios within one section, since the machine may be shared
+and noisy. What each benchmark does is in its module's
 docstring (`benchmarks/bench_<name>.py`).
 """
 
