@@ -40,10 +40,9 @@ CROPS = [
 ] + [(0.025, 0.025, 0.025, 0.025)]
 HASHES = WHOLE + len(CROPS)
 CODE_BYTES = WORDS * 8
-PREFIX_BYTES = (
-    16  # the search's share of each code when it pays: unrelated 128-bit halves of random codes lie
-)
-# 64 +- 6 bits apart, so few come within a near-duplicate distance, and each popcount is half the work
+# The search's share of each code when it pays: unrelated 128-bit halves of random codes lie 64 +- 6 bits
+# apart, so few come within a near-duplicate distance, and each popcount is half the work.
+PREFIX_BYTES = 16
 PREFIX_PAYS = 0.01  # the share of prefix candidates that fail on all bits beyond which measuring them costs
 # more (about 50 ns each in numpy) than the half popcount saves (under 1 ns): then whole codes are searched
 SAMPLE_QUERIES, SAMPLE_CODES = 256, 8_192  # pairs drawn to estimate those shares, seeded
