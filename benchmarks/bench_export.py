@@ -1,8 +1,8 @@
 """Benchmark the exported models and predict: single-image latency (p50, p95) and batch-32 throughput of
 torch float32, ONNX float32 and ONNX int8 on this machine's threads, and `reprotune predict`'s throughput on
-a folder of 0.2 MP JPEGs (decode, checks, resize, the model, the rows) against the bare forward pass of the
-file it ran, for the float32 file and for what `--precision auto` runs here (int8 where it passes its check);
-each the median of three alternating rounds.
+a folder of 0.2 MP JPEGs (decode, checks and resize in one thread per core ahead of the model, the model,
+the rows) against the bare forward pass of the file it ran, for the float32 file and for what
+`--precision auto` runs here (int8 where it passes its check); each the median of three alternating rounds.
 
     .venv/bin/python -m benchmarks.bench_export [--runs 50] [--images 256]
 
@@ -13,6 +13,7 @@ machine is shared and noisy. Results are merged into reports/bench.json under "e
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch
 from benchmarks.photos import SIZES, make_photos
 from benchmarks.results import print_table, save
 from reprotune.training.devices import cpu_instruction_sets
+
+PREPROCESS_THREADS = os.cpu_count() or 1  # as `reprotune predict` runs
 
 
 def latency(run, image: np.ndarray, runs: int) -> dict:
@@ -98,7 +101,7 @@ def main() -> None:
                 loaded = predict.load_model(str(layout.exported), torch.device("cpu"), precision=precision)
                 chosen[precision] = Path(loaded.source).name
                 started = time.perf_counter()
-                rows = predict.predict_files(paths, loaded, 3, True, 32, 0)
+                rows = predict.predict_files(paths, loaded, 3, True, 32, PREPROCESS_THREADS)
                 rate = len(rows) / (time.perf_counter() - started)
                 bare = throughput(
                     OnnxClassifier(Path(loaded.source)).logits, batch, max(1, options.images // 32)

@@ -90,3 +90,37 @@ def test_shipped_backbones_are_imagenet_pretrained(name, side):
     names = [info.index_to_description(i) for i in top1]
     assert [Path(f).name for f in photos.filenames] == ["china.jpg", "flower.jpg"]
     assert names == ["palace", "daisy" if name == "tf_efficientnet_lite0" else "honeycomb"]
+
+
+@pytest.mark.parametrize(
+    "name, input_size",
+    [("tf_efficientnet_lite0", 128), ("tf_efficientnet_lite0", None), ("resnet18", 160), (TINY_TEST, 32)],
+)
+def test_the_eval_transform_gives_timms_bits(name, input_size):
+    """The eval transform normalises by table lookup (reprotune/data/dataconfig.py: EvalTransform): its
+    tensors must be timm's to the bit, for every backbone's mean, std and interpolation, on pictures of any
+    size (RGB: every stage converts to it first)."""
+    import numpy as np
+    import timm.data
+
+    from reprotune.data.dataconfig import data_config
+
+    data = data_config(name, input_size)
+    timms = timm.data.create_transform(
+        input_size=(3, data.input_size, data.input_size),
+        interpolation=data.interpolation,
+        mean=data.mean,
+        std=data.std,
+        crop_pct=data.crop_pct,
+        is_training=False,
+    )
+    ours = data.eval_transform()
+    rng = np.random.default_rng(0)
+    for size in [(500, 333), (17, 40), (data.input_size, data.input_size)]:
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        pixels[0, 0] = 0
+        pixels[-1, -1] = 255
+        image = Image.fromarray(pixels)
+        expected, got = timms(image), ours(image)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert torch.equal(got, expected), size

@@ -218,3 +218,50 @@ def test_on_the_sample_the_torch_model_is_read_at_the_size_it_was_trained_at(mon
     assert [(r["label"], r["confidence"]) for r in rows[0]] == [
         (r["label"], r["confidence"]) for r in rows[1]
     ]
+
+
+def test_preprocessing_threads_keep_the_order_and_each_reason_with_its_file(project: Path, tiny_params):
+    """predict decodes in threads ahead of the model: the rows must be those of one thread, batch by batch,
+    with each bad file's reason on its own row however the threads finish."""
+    folder = new_images(project / "incoming")
+    paths = predict.files_in([str(folder)])
+    model = predict.load_model(tiny_params.paths.exported, torch.device("cpu"), precision="fp32")
+    alone = predict.predict_files(paths, model, 2, True, 32, 0)
+    assert sum(1 for row in alone if row["reason"]) == 3
+    for batch_size, threads in ((2, 2), (3, 4), (32, 2)):
+        assert predict.predict_files(paths, model, 2, True, batch_size, threads) == alone
+
+
+def test_in_order_gives_every_item_in_order_and_stops_cleanly():
+    import random
+    import threading
+    import time
+
+    from reprotune.data.datasets import in_order
+
+    class Slow:
+        """Items that take random times, so that threads finish out of order."""
+
+        def __init__(self, count: int) -> None:
+            self.count, self.made = count, []
+            self.lock = threading.Lock()
+
+        def __len__(self) -> int:
+            return self.count
+
+        def __getitem__(self, index: int) -> int:
+            time.sleep(random.Random(index).random() / 500)
+            with self.lock:
+                self.made.append(index)
+            return index
+
+    for threads in (0, 1, 3):
+        for batch_size in (1, 4, 50):
+            batches = list(in_order(Slow(23), batch_size, threads))
+            assert [len(b) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+            assert [i for b in batches for i in b] == list(range(23))
+    slow = Slow(1000)
+    batches = in_order(slow, 4, 2)
+    assert next(batches) == [0, 1, 2, 3]
+    batches.close()  # a caller that stops early: nothing queued is left to make
+    assert len(slow.made) <= 4 + 2 * 4 + 2  # the batch, two batches ahead, and what was running

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -57,6 +59,38 @@ def worker_count(setting: int | str) -> int:
         return int(setting)
     cores = os.cpu_count() or 1
     return 0 if cores <= 2 else min(8, cores - 1)
+
+
+def in_order(dataset: Dataset, batch_size: int, threads: int) -> Iterator[list]:
+    """The dataset's items in order, `batch_size` at a time, made by `threads` threads while the caller
+    works on the batch before (0: in the calling thread). Threads, not worker processes: Pillow's decoding
+    and resizing, torch's ops and ONNX Runtime's forward pass all release the GIL, so preprocessing overlaps
+    the model with nothing copied between processes. At most two batches are made ahead, so memory stays
+    bounded on any folder."""
+    if threads <= 0:
+        for start in range(0, len(dataset), batch_size):
+            yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        return
+    indices = iter(range(len(dataset)))
+    with ThreadPoolExecutor(threads, thread_name_prefix="preprocess") as pool:
+        ahead: deque = deque()
+
+        def submit_next() -> None:
+            if (index := next(indices, None)) is not None:
+                ahead.append(pool.submit(dataset.__getitem__, index))
+
+        for _ in range(2 * batch_size):
+            submit_next()
+        try:
+            while ahead:
+                batch = []
+                while ahead and len(batch) < batch_size:
+                    batch.append(ahead.popleft().result())
+                    submit_next()
+                yield batch
+        finally:  # the caller stopped early (an error): drop what is queued; the pool waits for the rest
+            for future in ahead:
+                future.cancel()
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, pin: bool = False) -> DataLoader:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,10 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.special import softmax
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from reprotune.data.checks import Rejected, decode_checked
 from reprotune.data.dataconfig import DataConfig
+from reprotune.data.datasets import in_order
 from reprotune.data.files import is_hidden, list_files
 from reprotune.pipeline.data_kind import IMAGE, TEXT
 from reprotune.pipeline.errors import InputError
@@ -225,21 +227,24 @@ def rows_for(
 
 
 def predict_files(
-    paths: list[Path], model: Model, top_k: int, calibrated: bool, batch_size: int, workers: int
+    paths: list[Path], model: Model, top_k: int, calibrated: bool, batch_size: int, threads: int
 ) -> list[dict]:
-    loader = DataLoader(Files(paths, model.checks, model.data), batch_size=batch_size, num_workers=workers)
+    """Rows for image files; `threads` decode and transform the next batches while the model runs one
+    (reprotune/data/datasets.py: in_order)."""
+    files = Files(paths, model.checks, model.data)
     logits, reasons = [], []
-    threads = torch.get_num_threads()
+    torch_threads = torch.get_num_threads()
     # With ONNX Runtime running the model, torch only preprocesses: its small per-image ops gain nothing from
     # threads, which would contend with ONNX Runtime's for the same cores.
     if model.onnx:
         torch.set_num_threads(1)
     try:
-        for images, why in progress(loader, "predict", unit="batch"):
-            logits.append(model.logits(images))
-            reasons += list(why)
+        batches = in_order(files, batch_size, threads)
+        for batch in progress(batches, "predict", total=-(-len(files) // batch_size), unit="batch"):
+            logits.append(model.logits(torch.stack([image for image, _ in batch])))
+            reasons += [why for _, why in batch]
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
     scores = np.concatenate(logits) if logits else np.zeros((0, len(model.classes)))
     probabilities = softmax(scores / (model.temperature if calibrated and model.temperature else 1.0), axis=1)
     return rows_for(paths, probabilities, reasons, model.classes, min(top_k, len(model.classes)))
@@ -290,7 +295,6 @@ def write_csv(rows: list[dict], out: Path | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    from reprotune.data.datasets import worker_count
     from reprotune.training.devices import pick_device
 
     parser = argparse.ArgumentParser(
@@ -344,7 +348,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             rows = predict_texts(paths, model, options.top_k, calibrated, options.batch_size)
         else:
             rows = predict_files(
-                paths, model, options.top_k, calibrated, options.batch_size, worker_count("auto")
+                paths, model, options.top_k, calibrated, options.batch_size, os.cpu_count() or 1
             )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
