@@ -383,7 +383,8 @@ def adapt(params: Params, on_batch: Callable[[int, int], None] | None = None) ->
                 json.dumps({"method": "none"}) + "\n", encoding="utf-8"
             )
         write_json(layout.adapt_report, {"method": "none"})
-        write_text(layout.report_section("adapt"), "")  # nothing adapted: nothing to report
+        # Nothing adapted, nothing to show; a comment rather than an empty file, which DVC warns about.
+        write_text(layout.report_section("adapt"), "<!-- adapt.method: none -->\n")
         return
     if settings.method == "finetune" and mixing(params.finetune):
         raise InputError(
