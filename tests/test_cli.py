@@ -44,3 +44,24 @@ def test_doctor_fails_on_bad_params(tmp_path: Path, monkeypatch, capsys):
     assert cli.main(["doctor", "--no-weights"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  params" in out
+
+
+def test_doctor_checks_the_images_weights_when_params_yaml_is_set_for_images(
+    tmp_path: Path, monkeypatch, capsys
+):
+    """backbone.input_size applies to images only: the doctor checks the image backbone and says the text
+    one was not checked, rather than stopping on the text modality's refusal."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["backbone"]["input_size"] = 96
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "ok    weights (image)  tf_efficientnet_lite0" in out
+    assert "skip  weights (text)   not checked: params.yaml does not fit texts" in out
+    assert "backbone.input_size" in out

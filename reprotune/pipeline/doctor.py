@@ -27,7 +27,7 @@ PACKAGES = (
     "sentence-transformers",
     "cleanlab",
 )
-OK, WARN, FAIL = "ok", "warn", "FAIL"
+OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 
 EXAMPLES = """examples:
   reprotune doctor                 # in the project: everything, weights loaded offline
@@ -87,9 +87,13 @@ def weights() -> list[tuple[str, str, str]]:
     except params_module.ParamsError:
         return []
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # what the stages will find without a network
-    rows = []
+    rows, refused = [], {}
     for modality in (IMAGE, TEXT):
-        backbone = for_data(params, modality).backbone
+        try:
+            backbone = for_data(params, modality).backbone
+        except params_module.ParamsError as error:  # keys set for the other modality (images' input_size)
+            refused[modality] = "; ".join(error.problems)
+            continue
         if params.backbone.name != "auto" and modality == TEXT and backbone.name == params.backbone.name:
             continue  # one named backbone: checked once, as the modality it is for
         try:
@@ -101,6 +105,11 @@ def weights() -> list[tuple[str, str, str]]:
             rows.append(
                 (FAIL, f"weights ({modality})", f"{backbone.name}: {type(error).__name__}: {error}"[:400])
             )
+    # params.yaml that fits one modality only is fine; one that fits neither cannot run
+    state = SKIP if len(refused) < 2 else FAIL
+    for modality, problems in refused.items():
+        detail = f"not checked: params.yaml does not fit {modality}s: " if state == SKIP else ""
+        rows.append((state, f"weights ({modality})", (detail + problems)[:400]))
     return rows
 
 
