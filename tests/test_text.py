@@ -75,6 +75,27 @@ def test_csv_rows_keep_their_line_and_only_undecodable_rows_are_lost(tmp_path: P
     assert f"{path} line 4" in rows[1]["detail"]
 
 
+def test_semicolon_and_tab_separated_files_are_read_by_their_header(tmp_path: Path):
+    """Spreadsheets save "CSV" with semicolons where the comma is the decimal mark; a .tsv has tabs. The
+    header says which: commas inside a text stay in the text."""
+    from reprotune.data.texts import read_unlabelled
+
+    semicolons = tmp_path / "train.csv"
+    semicolons.write_bytes(b'\xef\xbb\xbfText;Label\r\n"hello, there";greet\r\nbye, now;farewell\r\n')
+    tabs = tmp_path / "test.tsv"
+    tabs.write_text("label\ttext\ngreet\thi; you, there\n")
+    assert [(r["text"], r["label"], r["split"], r["issue"]) for r in read_text_file(semicolons)] == [
+        ("hello, there", "greet", "train", ""),
+        ("bye, now", "farewell", "train", ""),
+    ]
+    assert [(r["text"], r["label"], r["split"]) for r in read_text_file(tabs)] == [
+        ("hi; you, there", "greet", "test")
+    ]
+    assert [text for _, text, _ in read_unlabelled(semicolons)] == ["hello, there", "bye, now"]
+    commas = write_csv(tmp_path / "data.csv", [("a; b", "x")])  # a semicolon in a comma file's text
+    assert [r["text"] for r in read_text_file(commas)] == ["a; b"]
+
+
 def test_jsonl_rows_and_a_split_column(tmp_path: Path):
     path = tmp_path / "data.jsonl"
     path.write_text(

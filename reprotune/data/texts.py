@@ -1,9 +1,10 @@
 """Labelled texts: which files of a folder hold them, how their rows are read, and the rules that compare texts.
 
-A text data file is a CSV or JSON Lines file directly inside the data folder, with a `text` and a `label`
-column (names matched without case or surrounding spaces) and optionally a `split` column. A file named
-train, val/valid/validation or test (any case, e.g. `Train.csv`) gives all its rows that split, as a split
-folder does for images; a `split` column gives it per row and wins over the name.
+A text data file is a CSV (comma, semicolon or tab separated; .csv or .tsv) or JSON Lines file directly
+inside the data folder, with a `text` and a `label` column (names matched without case or surrounding
+spaces) and optionally a `split` column. A file named train, val/valid/validation or test (any case, e.g.
+`Train.csv`) gives all its rows that split, as a split folder does for images; a `split` column gives it
+per row and wins over the name.
 
 Each row's id is `<file>:<line>` (the line its record starts on), the `path` every later table uses for it,
 so that relabel.csv, label_issues.csv and predictions.csv name rows the way an editor finds them. Bytes that
@@ -22,7 +23,11 @@ from pathlib import Path
 
 from reprotune.pipeline.errors import InputError
 
-TEXT_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+CSV_SUFFIXES = (".csv", ".tsv")
+TEXT_SUFFIXES = (*CSV_SUFFIXES, ".jsonl", ".ndjson")
+# A CSV file's delimiter is the first of these that splits its header into the columns needed: comma, then
+# the semicolon that spreadsheets write where the comma is the decimal mark, then tab (.tsv).
+DELIMITERS = (",", ";", "\t")
 # File names (and `split` values) accepted as a given split, and the split each one means; as image folders.
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 TEXT_COLUMN, LABEL_COLUMN, SPLIT_COLUMN = "text", "label", "split"
@@ -105,8 +110,19 @@ def _decoded(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
 
 
+def _csv_reader(content: str, needed: tuple[str, ...]):
+    """A csv reader of `content` with the delimiter its header uses (see DELIMITERS); comma when none gives
+    the `needed` columns, so that the error names the header as found."""
+    header = content.split("\n", 1)[0]
+    for delimiter in DELIMITERS:
+        names = {name.strip().lower() for name in next(csv.reader([header], delimiter=delimiter), [])}
+        if all(name in names for name in needed):
+            return csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+    return csv.reader(io.StringIO(content, newline=""))
+
+
 def read_csv_rows(path: Path, name_split: str) -> list[dict]:
-    reader = csv.reader(io.StringIO(_decoded(path), newline=""))
+    reader = _csv_reader(_decoded(path), (TEXT_COLUMN, LABEL_COLUMN))
     try:
         header = next(reader)
     except StopIteration:
@@ -192,7 +208,7 @@ def read_jsonl_rows(path: Path, name_split: str) -> list[dict]:
 def read_text_file(path: Path) -> list[dict]:
     """Every record of one text data file as a row (path id, text, label, split, issue, detail)."""
     name_split = SPLIT_NAMES.get(path.stem.lower(), "")
-    if path.suffix.lower() == ".csv":
+    if path.suffix.lower() in CSV_SUFFIXES:
         return read_csv_rows(path, name_split)
     return read_jsonl_rows(path, name_split)
 
@@ -203,8 +219,8 @@ def read_unlabelled(path: Path) -> list[tuple[str, str, str]]:
     row that cannot be read gets its reason instead of a text."""
     if is_text_file(path):
         rows = []
-        if path.suffix.lower() == ".csv":
-            reader = csv.reader(io.StringIO(_decoded(path), newline=""))
+        if path.suffix.lower() in CSV_SUFFIXES:
+            reader = _csv_reader(_decoded(path), (TEXT_COLUMN,))
             header = next(reader, None)
             if header is None:
                 return []
