@@ -143,6 +143,13 @@ def split(params: Params) -> None:
         report["groups_straddling_given_splits"] = [
             sorted(kept.loc[kept["group"] == group, "path"]) for group in straddling[straddling > 1].index
         ]
+    spellings = kept.groupby(kept["label"].str.casefold())["label"].unique()
+    clashing = [" and ".join(map(repr, sorted(labels))) for labels in spellings if len(labels) > 1]
+    if clashing:  # train/Cat beside val/cat: two classes to the model, one to the person who named them
+        raise InputError(
+            f"{layout.raw}: labels that differ only in case: {'; '.join(clashing)}; spell each class the "
+            "same way in every split folder and file (they would be learned as different classes)"
+        )
     missing = sorted(set(kept["label"]) - set(kept.loc[kept["split"] == "train", "label"]))
     if missing:
         raise InputError(

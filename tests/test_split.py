@@ -97,6 +97,17 @@ def test_split_folders_without_train_are_refused_naming_train(tiny_params):
         run_to_split(tiny_params)
 
 
+def test_labels_that_differ_only_in_case_are_refused_naming_both(tiny_params):
+    """train/red beside val/Red: two classes to the model, and then "no training image" for one of them;
+    the error names the two spellings instead."""
+    raw = Path(tiny_params.paths.raw)
+    make_class_folder(raw, per_class=6, split="train")
+    make_class_folder(raw, per_class=3, split="val", seed=1)
+    (raw / "val" / "red").rename(raw / "val" / "Red")
+    with pytest.raises(InputError, match=r"labels that differ only in case: 'Red' and 'red'; spell each"):
+        run_to_split(tiny_params)
+
+
 def test_a_missing_folder_with_a_zero_fraction_names_the_key(tiny_params):
     raw = Path(tiny_params.paths.raw)
     make_class_folder(raw, per_class=10, split="train")
