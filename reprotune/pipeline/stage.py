@@ -40,6 +40,9 @@ def run(work: Callable[[Params], None], resolved: bool = True) -> None:
     finds it, resolves them itself), then run `work`. Exit 2 on bad params, 1 on bad input, with no
     traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # faiss-cpu's loader says at INFO that it found no separate AVX2 library, which reads like a failure:
+    # its one library picks the CPU's instructions itself (faiss.get_compile_options(): "DD AVX2").
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C: temporary outputs are removed and an MLflow run in
     # progress ends as FAILED instead of staying RUNNING.
     signal.signal(signal.SIGTERM, _terminate)
