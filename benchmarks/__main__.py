@@ -1,6 +1,6 @@
 """Every benchmark, one after another, each in its own process; figures merge into reports/bench.json.
 
-    .venv/bin/python -m benchmarks [--only clean diagnostics duplicates export featurize finetune probe rerun sharding speed text gpu]
+    .venv/bin/python -m benchmarks [--only clean diagnostics duplicates export featurize finetune leakage probe rerun sharding speed text gpu]
 
 Run on a quiet machine: the figures are ratios within one run, but a busy neighbour still skews them.
 """
@@ -18,6 +18,7 @@ BENCHMARKS = [
     "export",
     "featurize",
     "finetune",
+    "leakage",
     "probe",
     "rerun",
     "sharding",

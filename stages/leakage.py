@@ -14,9 +14,8 @@ from __future__ import annotations
 import csv
 import logging
 
-from safetensors.numpy import load_file
-
 from reprotune.data.similar_embeddings import MAX_LISTED, pairs_across
+from reprotune.data.tensorfiles import open_rows
 from reprotune.pipeline import stage
 from reprotune.pipeline.atomic_io import atomic_output, read_json, write_json, write_text
 from reprotune.pipeline.layout import SPLITS, Layout
@@ -37,8 +36,8 @@ def leakage(params: Params) -> None:
     if min_cosine is None:
         count, pairs = 0, []
     else:
-        embeddings = {split: load_file(layout.features_file(split))["embeddings"] for split in SPLITS}
-        count, pairs = pairs_across(embeddings, min_cosine)
+        embeddings = {split: open_rows(layout.features_file(split), "embeddings") for split in SPLITS}
+        count, pairs = pairs_across(embeddings, min_cosine)  # memory maps, read a tile or a block at a time
     rows = [
         {
             "cosine": f"{pair.cosine:.4f}",

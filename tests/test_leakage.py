@@ -41,6 +41,7 @@ def planted(seed: int) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("min_cosine", [0.5, 0.9, 0.99])
 def test_pairs_across_splits_are_every_pair_brute_force_finds_in_its_order(monkeypatch, min_cosine):
     monkeypatch.setattr(similar_embeddings, "QUERY_BLOCK", 16)  # several blocks per split
+    monkeypatch.setattr(similar_embeddings, "INDEX_TILE", 64)  # and several tiles of the indexed ones
     splits = planted(0)
     expected = brute_force(splits, min_cosine)
     count, pairs = pairs_across(splits, min_cosine)
@@ -60,6 +61,22 @@ def test_only_the_most_similar_pairs_are_listed_but_every_pair_is_counted(monkey
     count, pairs = pairs_across(splits, 0.3)
     assert count == len(expected) > 3
     assert [(p.split_a, p.row_a, p.split_b, p.row_b) for p in pairs] == [e[1:] for e in expected[:3]]
+
+
+def test_memory_mapped_features_files_give_the_pairs_of_rows_in_memory(monkeypatch, tmp_path):
+    """The stage reads each split from its features file a tile or a block at a time, never whole."""
+    from reprotune.data.tensorfiles import open_rows
+
+    monkeypatch.setattr(similar_embeddings, "QUERY_BLOCK", 16)
+    monkeypatch.setattr(similar_embeddings, "INDEX_TILE", 100)
+    splits = planted(2)
+    mapped = {}
+    for name, rows in splits.items():
+        save_file({"labels": np.zeros(len(rows), np.int64), "embeddings": rows}, tmp_path / f"{name}.st")
+        mapped[name] = open_rows(tmp_path / f"{name}.st", "embeddings")
+    assert isinstance(mapped["train"], np.memmap) and np.array_equal(mapped["val"], splits["val"])
+    assert pairs_across(mapped, 0.5) == pairs_across(splits, 0.5)
+    assert pairs_across(mapped, 0.5)[0] > 10
 
 
 def write_features(layout: Layout, splits: dict[str, np.ndarray]) -> dict[str, list[str]]:
